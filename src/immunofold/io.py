@@ -1,0 +1,242 @@
+"""Structure input/output through gemmi: atom14 arrays <-> PDB / mmCIF files.
+
+Coordinates are in Å. A chain is held as atom14 arrays (`constants.ATOM14_NAMES` order) plus
+its residue numbering (number, insertion code), so author numbering such as IMGT's 111A
+survives a round trip. The B-factor column carries one value per residue (our per-residue
+error estimate, Å), written to every atom of that residue.
+
+Free-text remarks are stored as `REMARK 250` lines in PDB files and as a
+`_database_PDB_remark` loop (id 250) in mmCIF files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import gemmi
+import numpy as np
+
+from immunofold.constants import ATOM14_NAMES, BACKBONE_ATOMS, MODIFIED_TO_PARENT, ONE_TO_THREE, THREE_TO_ONE
+
+REMARK_NUMBER = 250
+REMARK_TEXT_WIDTH = 80 - len("REMARK 250 ")
+UNKNOWN_RESIDUE = "UNK"
+# Atoms of modified residues that play the part of a parent atom, e.g. selenium in MSE.
+MODIFIED_ATOM_TO_PARENT_ATOM = {("MSE", "SE"): "SD"}
+FORMAT_BY_SUFFIX = {".pdb": "pdb", ".ent": "pdb", ".cif": "cif", ".mmcif": "cif"}
+
+
+@dataclass
+class ChainAtoms:
+    """One protein chain as atom14 arrays.
+
+    chain_id: chain identifier, e.g. "H", "L", "A", "B".
+    sequence: one-letter sequence, length N ("X" for unknown residues).
+    residue_ids: (number, insertion code or "") per residue, e.g. (111, "A").
+    atom14: [N, 14, 3] coordinates, Å, atom order of `constants.ATOM14_NAMES`.
+    atom_mask: [N, 14] bool, which atoms exist.
+    bfactor: [N] per-residue value written to every atom's B-factor column (Å).
+    """
+
+    chain_id: str
+    sequence: str
+    residue_ids: list[tuple[int, str]]
+    atom14: np.ndarray
+    atom_mask: np.ndarray
+    bfactor: np.ndarray
+
+
+def atom14_names(resname: str) -> tuple[str, ...]:
+    """Atom14 names of a residue type; backbone only for unknown residues."""
+    return ATOM14_NAMES.get(resname, BACKBONE_ATOMS)
+
+
+def _make_residue(resname: str, residue_id: tuple[int, str], coords: np.ndarray,
+                  mask: np.ndarray, bfactor: float) -> gemmi.Residue:
+    """A gemmi residue from one atom14 slice: coords [14, 3] Å, mask [14]."""
+    residue = gemmi.Residue()
+    residue.name = resname
+    residue.seqid = gemmi.SeqId(int(residue_id[0]), residue_id[1] or " ")
+    residue.het_flag = "A"
+    residue.entity_type = gemmi.EntityType.Polymer
+    for slot, name in enumerate(atom14_names(resname)):
+        if not mask[slot]:
+            continue
+        atom = gemmi.Atom()
+        atom.name = name
+        atom.element = gemmi.Element(name[0])  # atom14 names start with their element (C, N, O, S)
+        atom.pos = gemmi.Position(*np.round(coords[slot].astype(float), 3))
+        atom.occ = 1.0
+        atom.b_iso = float(bfactor)
+        residue.add_atom(atom)
+    return residue
+
+
+def _setup_polymer_entities(structure: gemmi.Structure) -> None:
+    """Entities with their full sequences, and label_seq_id numbering, for mmCIF output."""
+    structure.setup_entities()
+    for entity in structure.entities:
+        entity.full_sequence = [residue.name for residue in structure[0].get_subchain(entity.subchains[0])]
+    structure.assign_label_seq_id(force=False)
+
+
+def build_structure(chains: list[ChainAtoms], remarks: list[str] = ()) -> gemmi.Structure:
+    """A one-model gemmi structure from atom14 chains, with `remarks` as REMARK 250 text."""
+    model = gemmi.Model(1)
+    for chain_atoms in chains:
+        chain = gemmi.Chain(chain_atoms.chain_id)
+        for i, letter in enumerate(chain_atoms.sequence):
+            resname = ONE_TO_THREE.get(letter, UNKNOWN_RESIDUE)
+            residue = _make_residue(resname, chain_atoms.residue_ids[i], chain_atoms.atom14[i],
+                                    chain_atoms.atom_mask[i], chain_atoms.bfactor[i])
+            residue.subchain = chain_atoms.chain_id  # mmCIF label_asym_id
+            chain.add_residue(residue)
+        model.add_chain(chain)
+    structure = gemmi.Structure()
+    structure.add_model(model)
+    _setup_polymer_entities(structure)
+    structure.raw_remarks = [
+        f"REMARK {REMARK_NUMBER} {line}".ljust(80)
+        for remark in remarks
+        for line in textwrap.wrap(remark, REMARK_TEXT_WIDTH) or [""]
+    ]
+    return structure
+
+
+def to_pdb_string(structure: gemmi.Structure) -> str:
+    """PDB text: REMARK lines, ATOM records with serial numbers and elements, TER per chain, END."""
+    options = gemmi.PdbWriteOptions()
+    options.cryst1_record = False
+    options.ter_records = True
+    return structure.make_pdb_string(options)
+
+
+def _remark_texts(structure: gemmi.Structure) -> list[str]:
+    """Text of the structure's REMARK 250 lines."""
+    prefix = f"REMARK {REMARK_NUMBER} "
+    return [line[len(prefix):].rstrip() for line in structure.raw_remarks if line.startswith(prefix)]
+
+
+def to_cif_string(structure: gemmi.Structure) -> str:
+    """mmCIF text; REMARK 250 lines are kept as a `_database_PDB_remark` loop (id 250)."""
+    groups = gemmi.MmcifOutputGroups(True)
+    groups.cell = False
+    groups.symmetry = False
+    document = structure.make_mmcif_document(groups)
+    texts = _remark_texts(structure)
+    if texts:
+        loop = document.sole_block().init_loop("_database_PDB_remark.", ["id", "text"])
+        for text in texts:
+            loop.add_row([str(REMARK_NUMBER), gemmi.cif.quote(text)])
+    return document.as_string()
+
+
+def write_structure(structure: gemmi.Structure, path: str | os.PathLike, fmt: str | None = None) -> None:
+    """Write `structure` as fmt "pdb" or "cif" (default: from the suffix .pdb/.cif/.mmcif).
+
+    The file is written atomically: to a temporary file in the same folder, then renamed.
+    """
+    path = Path(path)
+    fmt = fmt or FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    if fmt not in ("pdb", "cif"):
+        raise ValueError(f"{path}: cannot tell the format; give fmt='pdb' or 'cif'")
+    text = to_pdb_string(structure) if fmt == "pdb" else to_cif_string(structure)
+    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as temp_file:
+            temp_file.write(text)
+        os.replace(temp_path, path)
+    except BaseException:
+        os.unlink(temp_path)
+        raise
+
+
+def _read_gemmi_structure(path_or_string: str | os.PathLike) -> tuple[gemmi.Structure, str]:
+    """(structure, label for error messages) from a file path or PDB/mmCIF text."""
+    if isinstance(path_or_string, str) and "\n" in path_or_string:
+        label = "<string>"
+        try:
+            if path_or_string.lstrip().startswith("data_"):
+                block = gemmi.cif.read_string(path_or_string).sole_block()
+                return gemmi.make_structure_from_block(block), label
+            return gemmi.read_pdb_string(path_or_string), label
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{label}: cannot parse: {error}") from error
+    label = str(path_or_string)
+    if not os.path.exists(label):
+        raise FileNotFoundError(label)
+    try:
+        return gemmi.read_structure(label), label
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{label}: cannot parse: {error}") from error
+
+
+def _parent_residue_name(residue: gemmi.Residue) -> str | None:
+    """Standard amino-acid name of a residue (modified ones mapped), or None to skip it."""
+    name = MODIFIED_TO_PARENT.get(residue.name, residue.name)
+    if name in ATOM14_NAMES or name == UNKNOWN_RESIDUE:
+        return name
+    return None
+
+
+def _chain_atoms(chain: gemmi.Chain) -> ChainAtoms | None:
+    """Atom14 arrays of a chain's amino-acid residues; None if it has none."""
+    sequence, residue_ids, coords, masks, bfactors = [], [], [], [], []
+    for residue in chain:
+        resname = _parent_residue_name(residue)
+        if resname is None:
+            continue
+        slots = {name: i for i, name in enumerate(atom14_names(resname))}
+        xyz = np.zeros((14, 3), np.float32)
+        mask = np.zeros(14, bool)
+        atom_b = []
+        for atom in residue:
+            name = MODIFIED_ATOM_TO_PARENT_ATOM.get((residue.name, atom.name), atom.name)
+            slot = slots.get(name)
+            if slot is None or atom.is_hydrogen():
+                continue
+            xyz[slot] = atom.pos.tolist()
+            mask[slot] = True
+            atom_b.append(atom.b_iso)
+        sequence.append(THREE_TO_ONE.get(resname, "X"))
+        residue_ids.append((residue.seqid.num, residue.seqid.icode.strip()))
+        coords.append(xyz)
+        masks.append(mask)
+        bfactors.append(np.mean(atom_b) if atom_b else 0.0)
+    if not sequence:
+        return None
+    return ChainAtoms(chain.name, "".join(sequence), residue_ids, np.stack(coords), np.stack(masks),
+                      np.asarray(bfactors, np.float32))
+
+
+def read_chains(path_or_string: str | os.PathLike,
+                chain_ids: list[str] | None = None) -> dict[str, ChainAtoms]:
+    """Protein chains of the first model, as {chain_id: ChainAtoms} in file order.
+
+    Reads .pdb, .cif, .mmcif (optionally .gz) files, or PDB/mmCIF text. Keeps heavy atoms of the
+    atom14 layout (first altloc), maps modified residues to their parent (MSE SE -> SD) and skips
+    waters, ligands and other non-amino-acid residues. Missing atoms have mask False.
+    Raises ValueError("<path>: <reason>") for an unreadable or empty file or an unknown chain.
+    """
+    structure, label = _read_gemmi_structure(path_or_string)
+    if len(structure) == 0:
+        raise ValueError(f"{label}: no models (empty or not a structure file)")
+    structure.remove_alternative_conformations()
+    structure.merge_chain_parts()
+    chains = {}
+    for chain in structure[0]:
+        chain_atoms = _chain_atoms(chain)
+        if chain_atoms is not None:
+            chains[chain.name] = chain_atoms
+    if not chains:
+        raise ValueError(f"{label}: no protein chains")
+    if chain_ids is None:
+        return chains
+    unknown = [c for c in chain_ids if c not in chains]
+    if unknown:
+        raise ValueError(f"{label}: no protein chain {', '.join(unknown)} (found {', '.join(chains)})")
+    return {c: chains[c] for c in chain_ids}

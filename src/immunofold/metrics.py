@@ -1,0 +1,71 @@
+"""Accuracy metrics in ImmuneBuilder's convention.
+
+Backbone atoms N, CA, C, CB (CB where the residue has one); each chain superposed on its own
+framework (IMGT 1-128 outside the CDRs); CDRs by IMGT definition (27-38, 56-65, 105-117).
+Region names: chain letter + 1/2/3 for CDRs, + "fr" for the framework (e.g. "H3", "Lfr").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS
+from immunofold.data.template import is_framework
+from immunofold.geometry import kabsch
+
+METRIC_ATOMS = (0, 1, 2, 4)  # atom14 slots of N, CA, C, CB
+
+
+def region_masks(imgt_position: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean residue masks [N] for '1', '2', '3' (CDRs) and 'fr'."""
+    masks = {str(k): (imgt_position >= lo) & (imgt_position <= hi) for k, (lo, hi) in IMGT_CDRS.items()}
+    masks["fr"] = is_framework(imgt_position)
+    return masks
+
+
+def superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> torch.Tensor:
+    """Prediction [N, 14, 3] with each chain moved onto the truth by its framework backbone atoms."""
+    moved = pred_atom14.clone()
+    atoms = list(METRIC_ATOMS)
+    for slot in chain_slot.unique().tolist():
+        in_chain = chain_slot == slot
+        anchor = (true_mask[:, atoms] & (in_chain & is_framework(imgt_position))[:, None]).flatten()
+        if anchor.sum() < 3:
+            continue
+        frame = kabsch(
+            pred_atom14[:, atoms].reshape(-1, 3).double(), true_atom14[:, atoms].reshape(-1, 3).double(), anchor.double()
+        )
+        moved[in_chain] = frame.apply(pred_atom14[in_chain].double()).to(moved.dtype)
+    return moved
+
+
+def region_rmsds(kind: str, pred_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> dict[str, float]:
+    """RMSD (Å) per region, e.g. {'H1': .., 'H2': .., 'H3': .., 'Hfr': .., 'L1': ..}."""
+    moved = superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
+    sq = ((moved - true_atom14) ** 2).sum(-1)[:, list(METRIC_ATOMS)]  # [N, 4]
+    present = true_mask[:, list(METRIC_ATOMS)]
+    result = {}
+    for slot, chain_id in enumerate(KIND_CHAIN_IDS[kind]):
+        for region, residues in region_masks(imgt_position).items():
+            selected = present & (residues & (chain_slot == slot))[:, None]
+            if selected.any():
+                result[f"{chain_id}{region}"] = float(torch.sqrt(sq[selected].mean()))
+    return result
+
+
+def ca_deviation(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> torch.Tensor:
+    """Per-residue CA deviation [N] (Å) after per-chain framework superposition; NaN where CA is missing."""
+    moved = superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
+    deviation = torch.linalg.norm(moved[:, 1] - true_atom14[:, 1], dim=-1)
+    return torch.where(true_mask[:, 1], deviation, torch.full_like(deviation, float("nan")))
+
+
+def error_spearman(predicted_error: np.ndarray, real_deviation: np.ndarray) -> float:
+    """Spearman rank correlation between predicted per-residue error and real CA deviation (NaNs ignored)."""
+    predicted_error, real_deviation = np.asarray(predicted_error), np.asarray(real_deviation)
+    keep = np.isfinite(predicted_error) & np.isfinite(real_deviation)
+    if keep.sum() < 3:
+        return float("nan")
+    return float(spearmanr(predicted_error[keep], real_deviation[keep]).statistic)

@@ -1,0 +1,74 @@
+"""Building blocks: relative-position attention bias, pair-free transformer layer, transition."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MAX_RELATIVE_OFFSET = 32  # residues; longer sequence separations share one bucket
+
+
+def relative_position_buckets(chain_slot: torch.Tensor) -> torch.Tensor:
+    """Bucket of each residue pair [*, N, N]: clipped sequence offset within a chain, one bucket per chain pair otherwise.
+
+    chain_slot [*, N] (0 or 1). Buckets 0..2*MAX_RELATIVE_OFFSET for the same chain,
+    2*MAX+1 (first -> second chain) and 2*MAX+2 (second -> first).
+    """
+    n = chain_slot.shape[-1]
+    index = torch.arange(n, device=chain_slot.device)
+    offset = (index[None, :] - index[:, None]).clamp(-MAX_RELATIVE_OFFSET, MAX_RELATIVE_OFFSET) + MAX_RELATIVE_OFFSET
+    same_chain = chain_slot.unsqueeze(-1) == chain_slot.unsqueeze(-2)
+    cross = 2 * MAX_RELATIVE_OFFSET + 1 + (chain_slot.unsqueeze(-1) > chain_slot.unsqueeze(-2)).long()
+    return torch.where(same_chain, offset.expand_as(same_chain), cross)
+
+
+NUM_RELATIVE_BUCKETS = 2 * MAX_RELATIVE_OFFSET + 3
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head attention bias from relative position buckets: [*, N, N] -> [*, H, N, N]."""
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.embedding = nn.Embedding(NUM_RELATIVE_BUCKETS, num_heads)
+
+    def forward(self, buckets: torch.Tensor) -> torch.Tensor:
+        return self.embedding(buckets).movedim(-1, -3)
+
+
+class Transition(nn.Module):
+    """Residual two-layer MLP with pre-layer-norm: [*, N, C] -> [*, N, C]."""
+
+    def __init__(self, dim: int, expansion: int = 2):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, dim * expansion)
+        self.down = nn.Linear(dim * expansion, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(F.gelu(self.up(self.norm(x))))
+
+
+class SequenceAttentionLayer(nn.Module):
+    """Pre-LN multi-head self-attention over residues with a relative-position bias, then a transition."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.gate = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.bias = RelativePositionBias(num_heads)
+        self.transition = Transition(dim)
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x [B, N, C]; buckets [B, N, N]; key_mask [B, N] bool."""
+        h = self.norm(x)
+        q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [B, H, N, c] each
+        bias = self.bias(buckets) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, H, N, c]
+        attended = attended.transpose(1, 2).flatten(-2)
+        x = x + self.out(torch.sigmoid(self.gate(h)) * attended)
+        return self.transition(x)

@@ -1,0 +1,135 @@
+"""The immunofold network: embedding -> pair-free sequence trunk -> lean IPA structure module -> atoms.
+
+Frames start from a mean structure per (receptor kind, chain slot, IMGT position, insertion rank),
+stored in the weights as `template_atoms`, so the structure module only has to refine it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from immunofold.constants import CHAIN_CLASSES, IMGT_MAX_POSITION, KINDS, NUM_RESTYPES, NUM_TORSIONS
+from immunofold.data.features import MAX_INSERTION_RANK
+from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
+from immunofold.model.ipa import InvariantPointAttention
+from immunofold.model.layers import SequenceAttentionLayer, Transition, relative_position_buckets
+
+NUM_POSITIONS = IMGT_MAX_POSITION + 1  # IMGT 1..128, 0 unused
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 128
+    trunk_layers: int = 4
+    trunk_heads: int = 8
+    ipa_blocks: int = 4
+    ipa_heads: int = 8
+    error_bins: int = 16
+    error_max: float = 8.0  # Å; upper edge of the last error bin
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResidueEmbedding(nn.Module):
+    """Residue type + chain class + receptor kind + IMGT position (per chain class) + insertion rank -> [B, N, C]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.restype = nn.Embedding(NUM_RESTYPES, dim)
+        self.chain_class = nn.Embedding(len(CHAIN_CLASSES), dim)
+        self.kind = nn.Embedding(len(KINDS), dim)
+        self.position = nn.Embedding(len(CHAIN_CLASSES) * NUM_POSITIONS, dim)
+        self.insertion = nn.Embedding(MAX_INSERTION_RANK + 1, dim)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        position = batch["chain_class"] * NUM_POSITIONS + batch["imgt_position"]
+        return (
+            self.restype(batch["restype"])
+            + self.chain_class(batch["chain_class"])
+            + self.kind(batch["kind"])[:, None, :]
+            + self.position(position)
+            + self.insertion(batch["imgt_insertion"])
+        )
+
+
+class StructureBlock(nn.Module):
+    """IPA + transition, then a frame update and torsion prediction."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ipa = InvariantPointAttention(dim, num_heads=heads)
+        self.ipa_norm = nn.LayerNorm(dim)
+        self.transition = Transition(dim)
+        self.out_norm = nn.LayerNorm(dim)
+        self.frame_update = nn.Linear(dim, 6)
+        nn.init.zeros_(self.frame_update.weight)
+        nn.init.zeros_(self.frame_update.bias)
+        self.torsion = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, NUM_TORSIONS * 2))
+
+    def forward(self, s, s_initial, frames: Frames, buckets, mask):
+        s = self.ipa_norm(s + self.ipa(s, frames, buckets, mask))
+        s = self.out_norm(self.transition(s))
+        update = self.frame_update(s)  # [B, N, 6]: quaternion vector part, translation (Å)
+        quat = torch.cat([torch.ones_like(update[..., :1]), update[..., :3]], dim=-1)
+        quat = quat / quat.norm(dim=-1, keepdim=True)
+        frames = frames.compose(Frames(quaternion_to_rotation(quat), update[..., 3:]))
+        torsions = self.torsion(torch.cat([s, s_initial], dim=-1)).unflatten(-1, (NUM_TORSIONS, 2))
+        return s, frames, torsions
+
+
+class ImmunoFoldNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = ResidueEmbedding(config.dim)
+        self.trunk = nn.ModuleList(SequenceAttentionLayer(config.dim, config.trunk_heads) for _ in range(config.trunk_layers))
+        self.single_norm = nn.LayerNorm(config.dim)
+        self.blocks = nn.ModuleList(StructureBlock(config.dim, config.ipa_heads) for _ in range(config.ipa_blocks))
+        self.error_head = nn.Sequential(
+            nn.LayerNorm(config.dim), nn.Linear(config.dim, config.dim), nn.ReLU(), nn.Linear(config.dim, config.error_bins)
+        )
+        # Mean backbone (N, CA, C) per [kind, chain slot, IMGT position, insertion rank], Å; filled from training data.
+        self.register_buffer(
+            "template_atoms", torch.zeros(len(KINDS), 2, NUM_POSITIONS, MAX_INSERTION_RANK + 1, 3, 3)
+        )
+
+    def initial_frames(self, batch: dict[str, torch.Tensor]) -> Frames:
+        kind = batch["kind"][:, None].expand_as(batch["chain_slot"])
+        atoms = self.template_atoms[kind, batch["chain_slot"], batch["imgt_position"], batch["imgt_insertion"]]
+        return Frames.from_3_points(atoms[..., 0, :], atoms[..., 1, :], atoms[..., 2, :])  # [B, N]
+
+    def error_bin_centers(self) -> torch.Tensor:
+        width = self.config.error_max / self.config.error_bins
+        return (torch.arange(self.config.error_bins, device=self.template_atoms.device) + 0.5) * width
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        """Returns frames per block, torsions per block ([B, N, 5, 2]), atom14 [B, N, 14, 3] Å, error logits [B, N, bins]."""
+        mask = batch["residue_mask"]
+        buckets = relative_position_buckets(batch["chain_slot"])
+        s = self.embedding(batch)
+        for layer in self.trunk:
+            s = layer(s, buckets, mask)
+        s = self.single_norm(s)
+        s_initial = s
+        frames = self.initial_frames(batch)
+        all_frames, all_torsions = [], []
+        for i, block in enumerate(self.blocks):
+            s, frames, torsions = block(s, s_initial, frames, buckets, mask)
+            all_frames.append(frames)
+            all_torsions.append(torsions)
+            if i < len(self.blocks) - 1:
+                frames = frames.detach_rot()  # AlphaFold: stop rotation gradients between blocks
+        atom14 = atom14_from_frames(frames, all_torsions[-1], batch["restype"])
+        error_logits = self.error_head(s)
+        expected_error = (torch.softmax(error_logits, -1) * self.error_bin_centers()).sum(-1)
+        return {
+            "frames": all_frames,
+            "torsions": all_torsions,
+            "atom14": atom14,
+            "error_logits": error_logits,
+            "predicted_error": expected_error,  # [B, N] Å, expected CA deviation
+        }

@@ -1,0 +1,277 @@
+"""Energy minimisation of predicted structures (OpenMM + PDBFixer) and geometry checks.
+
+In the spirit of ImmuneBuilder's refinement: PDBFixer completes missing heavy atoms and adds
+hydrogens (pH 7); the Amber14 force field in vacuum is minimised with harmonic
+restraints holding heavy atoms near the prediction. If the result still has a cis non-proline
+peptide, a D-amino acid, a steric clash or a broken peptide bond, minimisation continues with
+weaker restraints; if problems survive every round, the input is returned unrefined.
+
+Nonbonded forces use a 1 nm cutoff with OpenMM's reaction field (CutoffNonPeriodic): about four
+times faster than no cutoff for an Fv, and the reaction field damps vacuum electrostatics.
+
+Output keeps chain ids, residue numbers and insertion codes, and each residue's B-factor
+(our per-residue error estimate, Å) is copied back from the input.
+"""
+
+from __future__ import annotations
+
+import functools
+import io as text_io
+import random
+from dataclasses import dataclass
+
+import gemmi
+import numpy as np
+import openmm
+from openmm import app, unit
+from pdbfixer import PDBFixer
+
+from immunofold.constants import ONE_TO_THREE
+from immunofold.io import ChainAtoms, atom14_names, read_chains, to_pdb_string
+
+DEFAULT_RESTRAINT_K = 1000.0  # kJ/mol/nm^2 (about 2.4 kcal/mol/Å^2, ImmuneBuilder's first stiffness)
+RESTRAINT_SCALES = (1.0, 0.1, 0.01)  # one minimisation round per scale of restraint_k
+MINIMISATION_TOLERANCE = 10.0  # kJ/mol/nm, largest force component at convergence
+NONBONDED_CUTOFF = 1.0 * unit.nanometer
+CPU_THREADS = 1  # one thread: minimisation is deterministic and, on 2 cores, about as fast as two
+PH = 7.0
+
+PEPTIDE_BOND_LENGTH = 1.33  # Å
+PEPTIDE_BOND_TOLERANCE = 0.1  # Å
+CIS_OMEGA_LIMIT = 30.0  # degrees: |omega| below this is cis
+CLASH_DISTANCE = 2.0  # Å, non-bonded heavy atoms closer than this clash
+# Heavy-atom pairs (atom of residue i, atom of residue i+1) within two bonds across a peptide bond.
+PEPTIDE_NEIGHBOUR_PAIRS = frozenset({("C", "N"), ("O", "N"), ("CA", "N"), ("C", "CA"), ("C", "CD")})
+CLASH_BLOCK_ROWS = 1024  # rows of the pairwise distance matrix computed at once
+
+
+@dataclass
+class RefineResult:
+    """pdb_string: refined structure with hydrogens, or the input if refinement failed.
+    refined: whether pdb_string is the refined structure.
+    message: "" on success, else a one-line reason.
+    """
+
+    pdb_string: str
+    refined: bool
+    message: str
+
+
+def refine(pdb_string: str, max_iterations: int = 0, restraint_k: float = DEFAULT_RESTRAINT_K,
+           seed: int = 0) -> RefineResult:
+    """Minimise a PDB structure with heavy-atom position restraints; never raises.
+
+    max_iterations: limit per minimisation round (0 = until converged).
+    restraint_k: harmonic restraint stiffness on heavy atoms, kJ/mol/nm^2; later rounds use
+        restraint_k times each of RESTRAINT_SCALES.
+    seed: random seed for placing missing atoms and hydrogens (same input and seed, same output).
+    """
+    try:
+        return _refine(pdb_string, max_iterations, restraint_k, seed)
+    except Exception as error:  # refinement is best effort: report, never raise
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        return RefineResult(pdb_string, False, f"refinement failed: {reason}")
+
+
+def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int) -> RefineResult:
+    """refine() without the exception guard."""
+    fixer = _protonated(pdb_string, seed)
+    context = _restrained_context(fixer.topology, fixer.positions)
+    for scale in RESTRAINT_SCALES:
+        context.setParameter("k", restraint_k * scale)
+        openmm.LocalEnergyMinimizer.minimize(context, MINIMISATION_TOLERANCE, max_iterations)
+        positions = context.getState(getPositions=True).getPositions()
+        refined = _with_input_annotations(_openmm_pdb_string(fixer.topology, positions), pdb_string)
+        problems = find_problems(refined)
+        if not problems:
+            return RefineResult(refined, True, "")
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return RefineResult(pdb_string, False, f"problems remain after refinement: {shown}")
+
+
+def _protonated(pdb_string: str, seed: int) -> PDBFixer:
+    """PDBFixer model with hetero groups removed, missing heavy atoms and hydrogens (pH 7) added.
+
+    Missing residues are not modelled: a gap stays a gap.
+    """
+    # The Reference platform keeps PDBFixer's small minimisations deterministic (CPU's are not).
+    reference = openmm.Platform.getPlatformByName("Reference")
+    fixer = PDBFixer(pdbfile=text_io.StringIO(pdb_string), platform=reference)
+    fixer.removeHeterogens(keepWater=False)
+    fixer.findNonstandardResidues()
+    fixer.replaceNonstandardResidues()
+    fixer.missingResidues = {}
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms(seed=seed)
+    global_random_state = random.getstate()
+    random.seed(seed)  # OpenMM's Modeller.addHydrogens starts hydrogens at random positions
+    try:
+        fixer.addMissingHydrogens(PH)
+    finally:
+        random.setstate(global_random_state)
+    return fixer
+
+
+@functools.lru_cache(maxsize=1)
+def _force_field() -> app.ForceField:
+    """Amber14 protein force field (loaded once)."""
+    return app.ForceField("amber14-all.xml")
+
+
+def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
+    """Vacuum Amber14 system (1 nm cutoff) with harmonic restraints (global parameter k,
+    kJ/mol/nm^2) holding each heavy atom at its starting position.
+
+    A one-thread CPU context, or Reference if the CPU platform is unavailable.
+    """
+    system = _force_field().createSystem(topology, nonbondedMethod=app.CutoffNonPeriodic,
+                                            nonbondedCutoff=NONBONDED_CUTOFF, constraints=None)
+    restraint = openmm.CustomExternalForce("0.5*k*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
+    restraint.addGlobalParameter("k", 0.0)
+    for name in ("x0", "y0", "z0"):
+        restraint.addPerParticleParameter(name)
+    for atom, position in zip(topology.atoms(), positions.value_in_unit(unit.nanometer)):
+        if atom.element is not None and atom.element.symbol != "H":
+            restraint.addParticle(atom.index, list(position))
+    system.addForce(restraint)
+    integrator = openmm.VerletIntegrator(0.001)
+    try:
+        platform = openmm.Platform.getPlatformByName("CPU")
+        context = openmm.Context(system, integrator, platform, {"Threads": str(CPU_THREADS)})
+    except openmm.OpenMMException:
+        context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    return context
+
+
+def _openmm_pdb_string(topology: app.Topology, positions) -> str:
+    """PDB text from OpenMM, keeping chain ids, residue numbers and insertion codes."""
+    buffer = text_io.StringIO()
+    app.PDBFile.writeFile(topology, positions, buffer, keepIds=True)
+    return buffer.getvalue()
+
+
+def _with_input_annotations(refined_pdb: str, input_pdb: str) -> str:
+    """Refined PDB text rewritten by gemmi with the input's per-residue B-factors and remarks."""
+    source = gemmi.read_pdb_string(input_pdb)
+    bfactors = {(chain.name, str(residue.seqid)): float(np.mean([atom.b_iso for atom in residue]))
+                for chain in source[0] for residue in chain if len(residue)}
+    structure = gemmi.read_pdb_string(refined_pdb)
+    for chain in structure[0]:
+        for residue in chain:
+            bfactor = bfactors.get((chain.name, str(residue.seqid)), 0.0)
+            for atom in residue:
+                atom.b_iso = bfactor
+    structure.raw_remarks = list(source.raw_remarks)
+    structure.setup_entities()
+    return to_pdb_string(structure)
+
+
+# --- geometry checks ---------------------------------------------------------------------------
+
+def find_problems(pdb_string: str, clash_distance: float = CLASH_DISTANCE) -> list[str]:
+    """One-line descriptions of geometry problems among heavy atoms of a PDB structure.
+
+    Reports non-proline cis peptides (|omega CA-C-N-CA| < 30°), D-amino acids (N-CA-C-CB
+    chirality), broken peptide bonds (C-N outside 1.33 ± 0.1 Å) and clashes: non-bonded heavy
+    atoms of different residues closer than `clash_distance` (Å), excluding pairs within two
+    bonds across a peptide bond and disulfide SG-SG pairs. Hydrogens are ignored.
+    Raises ValueError if the text holds no protein.
+    """
+    chains = list(read_chains(pdb_string).values())
+    problems = []
+    for chain in chains:
+        problems += _peptide_bond_problems(chain)
+        problems += _chirality_problems(chain)
+    problems += _clash_problems(chains, clash_distance)
+    return problems
+
+
+def _residue_label(chain: ChainAtoms, index: int) -> str:
+    """E.g. 'H111A SER'."""
+    number, insertion = chain.residue_ids[index]
+    return f"{chain.chain_id}{number}{insertion} {ONE_TO_THREE.get(chain.sequence[index], 'UNK')}"
+
+
+def _dihedral_degrees(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Dihedral angles a-b-c-d in degrees, points [N, 3] -> [N]."""
+    b0, b1, b2 = a - b, c - b, d - c
+    b1 = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
+    v = b0 - np.sum(b0 * b1, axis=-1, keepdims=True) * b1
+    w = b2 - np.sum(b2 * b1, axis=-1, keepdims=True) * b1
+    x = np.sum(v * w, axis=-1)
+    y = np.sum(np.cross(b1, v) * w, axis=-1)
+    return np.degrees(np.arctan2(y, x))
+
+
+def _peptide_bond_problems(chain: ChainAtoms) -> list[str]:
+    """Broken peptide bonds and cis non-proline peptides between consecutive residues."""
+    x, mask = chain.atom14, chain.atom_mask
+    ca, c, n = x[:-1, 1], x[:-1, 2], x[1:, 0]
+    next_ca = x[1:, 1]
+    has_bond_atoms = mask[:-1, 2] & mask[1:, 0]
+    has_omega_atoms = has_bond_atoms & mask[:-1, 1] & mask[1:, 1]
+    bond_length = np.linalg.norm(c - n, axis=-1)
+    omega = _dihedral_degrees(ca, c, n, next_ca)
+    problems = []
+    for i in range(len(chain.sequence) - 1):
+        pair = f"{_residue_label(chain, i)} - {_residue_label(chain, i + 1)}"
+        if has_bond_atoms[i] and abs(bond_length[i] - PEPTIDE_BOND_LENGTH) > PEPTIDE_BOND_TOLERANCE:
+            problems.append(f"broken peptide bond {pair}: C-N {bond_length[i]:.2f} Å")
+        if has_omega_atoms[i] and abs(omega[i]) < CIS_OMEGA_LIMIT and chain.sequence[i + 1] != "P":
+            problems.append(f"cis peptide {pair}: omega {omega[i]:.0f}°")
+    return problems
+
+
+def _chirality_problems(chain: ChainAtoms) -> list[str]:
+    """Residues whose CB lies on the D side of the N-CA-C plane."""
+    x, mask = chain.atom14, chain.atom_mask
+    n, ca, c, cb = x[:, 0], x[:, 1], x[:, 2], x[:, 4]
+    has_atoms = mask[:, :3].all(axis=-1) & mask[:, 4]
+    # Signed volume (N-CA) x (C-CA) . (CB-CA) is positive for L-amino acids.
+    volume = np.sum(np.cross(n - ca, c - ca) * (cb - ca), axis=-1)
+    return [f"D-amino acid {_residue_label(chain, i)}" for i in np.flatnonzero(has_atoms & (volume < 0))]
+
+
+def _clash_problems(chains: list[ChainAtoms], clash_distance: float) -> list[str]:
+    """Pairs of non-bonded heavy atoms in different residues closer than clash_distance (Å)."""
+    coords, chain_index, residue_index, atom_names = [], [], [], []
+    for c, chain in enumerate(chains):
+        for r, letter in enumerate(chain.sequence):
+            names = atom14_names(ONE_TO_THREE.get(letter, "UNK"))
+            for slot in np.flatnonzero(chain.atom_mask[r]):
+                coords.append(chain.atom14[r, slot])
+                chain_index.append(c)
+                residue_index.append(r)
+                atom_names.append(names[slot])
+    coords = np.asarray(coords, np.float64)
+    problems = []
+    for start in range(0, len(coords), CLASH_BLOCK_ROWS):
+        block = coords[start:start + CLASH_BLOCK_ROWS]
+        squared = (np.sum(block**2, axis=-1)[:, None] + np.sum(coords**2, axis=-1)[None, :]
+                   - 2.0 * block @ coords.T)
+        distances = np.sqrt(np.maximum(squared, 0.0))
+        for a, b in zip(*np.nonzero(distances < clash_distance)):
+            a += start
+            if b <= a or (chain_index[a], residue_index[a]) == (chain_index[b], residue_index[b]):
+                continue
+            if _bonded_across_residues(chain_index, residue_index, atom_names, a, b):
+                continue
+            chain_a, chain_b = chains[chain_index[a]], chains[chain_index[b]]
+            problems.append(
+                f"clash {_residue_label(chain_a, residue_index[a])} {atom_names[a]} - "
+                f"{_residue_label(chain_b, residue_index[b])} {atom_names[b]}: "
+                f"{distances[a - start, b]:.2f} Å")
+    return problems
+
+
+def _bonded_across_residues(chain_index: list[int], residue_index: list[int], atom_names: list[str],
+                            a: int, b: int) -> bool:
+    """Whether atoms a and b (different residues) are a disulfide SG pair or within two bonds
+    across the peptide bond of consecutive residues."""
+    if atom_names[a] == atom_names[b] == "SG":
+        return True
+    if chain_index[a] != chain_index[b] or abs(residue_index[a] - residue_index[b]) != 1:
+        return False
+    first, second = (a, b) if residue_index[a] < residue_index[b] else (b, a)
+    return (atom_names[first], atom_names[second]) in PEPTIDE_NEIGHBOUR_PAIRS

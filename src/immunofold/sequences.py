@@ -1,0 +1,143 @@
+"""Sequence checks and IMGT numbering of immune-receptor V domains (via anarcism).
+
+`number_chain` turns one raw sequence into a `NumberedChain`: cleaned, identified as heavy,
+kappa, lambda, TCR alpha or TCR beta, numbered in IMGT and cut to the V domain (IMGT 1-128).
+Every rejection is an `InputError` whose message is one line naming the record and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import anarcism
+
+from immunofold.constants import ANARCI_TO_CHAIN_CLASS, KIND_CHAIN_IDS, RESTYPES
+
+MIN_DOMAIN_LENGTH = 70  # residues; shorter hits are fragments, not V domains
+MAX_SEQUENCE_LENGTH = 5000  # residues; longer input is refused before numbering
+_ALLOWED_LETTERS = set(RESTYPES)
+# Which chain classes fill which slot of each receptor kind.
+KIND_SLOTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "antibody": (("heavy", ("heavy",)), ("light", ("kappa", "lambda"))),
+    "nanobody": (("heavy", ("heavy",)),),
+    "tcr": (("alpha", ("alpha",)), ("beta", ("beta",))),
+}
+
+
+class InputError(ValueError):
+    """A record that cannot be modelled; str(error) is one line: '<record>: <reason>'."""
+
+    def __init__(self, record: str, reason: str):
+        self.record = record
+        self.reason = reason
+        super().__init__(f"{record}: {reason}")
+
+
+@dataclass(frozen=True)
+class NumberedChain:
+    """One IMGT-numbered V domain."""
+
+    chain_class: str  # one of constants.CHAIN_CLASSES
+    sequence: str  # V-domain residues only, one-letter
+    positions: tuple[tuple[int, str], ...]  # IMGT (number, insertion code) per residue
+    species: str = ""
+    trimmed_before: int = 0  # residues removed N-terminal of the domain
+    trimmed_after: int = 0  # residues removed C-terminal of the domain
+    source_indices: tuple[int, ...] = ()  # index of each residue in the cleaned input sequence
+    notes: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+
+def clean_sequence(sequence: str, record: str) -> str:
+    """Upper-case, strip whitespace, digits and stop/gap symbols; refuse other non-amino-acid letters."""
+    if sequence is None:
+        raise InputError(record, "no sequence given")
+    cleaned = re.sub(r"[\s\d*\-.]", "", str(sequence)).upper()
+    if not cleaned:
+        raise InputError(record, "empty sequence")
+    bad = sorted(set(cleaned) - _ALLOWED_LETTERS)
+    if bad:
+        shown = "".join(bad[:5])
+        raise InputError(record, f"invalid letters {shown!r} (only the 20 standard amino acids are accepted)")
+    if len(cleaned) > MAX_SEQUENCE_LENGTH:
+        raise InputError(record, f"sequence of {len(cleaned)} residues is longer than {MAX_SEQUENCE_LENGTH}")
+    if len(cleaned) < MIN_DOMAIN_LENGTH:
+        raise InputError(record, f"sequence of {len(cleaned)} residues is too short for a V domain (< {MIN_DOMAIN_LENGTH})")
+    return cleaned
+
+
+def find_domains(sequence: str, record: str) -> list[NumberedChain]:
+    """All V domains in a cleaned sequence, N- to C-terminal (one for a chain, two for an scFv)."""
+    try:
+        result = anarcism.number_sequence(sequence, id=record)
+    except anarcism.AnarcismError as error:
+        raise InputError(record, f"numbering failed ({error})") from None
+    domains = []
+    for domain in result.domains:
+        numbered = [r for r in domain.numbering if 1 <= r.position <= 128]
+        if len(numbered) < MIN_DOMAIN_LENGTH:
+            continue
+        chain_class = ANARCI_TO_CHAIN_CLASS.get(domain.chain_type)
+        if chain_class is None:
+            continue  # gamma chains: not modelled
+        # anarcism may leave a residue inside an unusual insertion unnumbered; keep the numbered ones.
+        index_to_position = {r.sequence_index: (r.position, r.insertion_code.strip()) for r in numbered}
+        kept = tuple(sorted(index_to_position))
+        domains.append(
+            NumberedChain(
+                chain_class=chain_class,
+                sequence="".join(sequence[i] for i in kept),
+                positions=tuple(index_to_position[i] for i in kept),
+                species=domain.species,
+                trimmed_before=kept[0],
+                trimmed_after=len(sequence) - kept[-1] - 1,
+                source_indices=kept,
+            )
+        )
+    domains.sort(key=lambda d: d.trimmed_before)
+    return domains
+
+
+def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = None) -> NumberedChain:
+    """Number one chain; it must hold exactly one V domain (of an `allowed` chain class, if given)."""
+    cleaned = clean_sequence(sequence, record)
+    domains = find_domains(cleaned, record)
+    if not domains:
+        raise InputError(record, "no antibody or TCR variable domain found (not an immune receptor V domain?)")
+    if len(domains) > 1:
+        kinds = "+".join(d.chain_class for d in domains)
+        raise InputError(record, f"holds {len(domains)} V domains ({kinds}); give one domain per chain or split the scFv")
+    domain = domains[0]
+    if allowed is not None and domain.chain_class not in allowed:
+        raise InputError(record, f"is a {domain.chain_class} chain, expected {' or '.join(allowed)}")
+    notes = []
+    if domain.trimmed_before or domain.trimmed_after:
+        notes.append(
+            f"{record}: kept the V domain (IMGT 1-128), removed {domain.trimmed_before} residue(s) before "
+            f"and {domain.trimmed_after} after"
+        )
+    return NumberedChain(**{**domain.__dict__, "notes": tuple(notes)})
+
+
+def number_receptor(kind: str, chains: dict[str, str], record: str = "input") -> list[NumberedChain]:
+    """Number the chains of one receptor of `kind`; `chains` maps slot name -> sequence.
+
+    Slots: antibody heavy + light, nanobody heavy, tcr alpha + beta. Returns chains in the
+    output order of `constants.KIND_CHAIN_IDS[kind]`.
+    """
+    if kind not in KIND_SLOTS:
+        raise InputError(record, f"unknown receptor kind {kind!r} (antibody, nanobody or tcr)")
+    numbered = []
+    for slot, allowed in KIND_SLOTS[kind]:
+        sequence = chains.get(slot)
+        if sequence is None or not str(sequence).strip():
+            raise InputError(record, f"missing {slot} chain for a {kind}")
+        numbered.append(number_chain(sequence, f"{record} {slot} chain", allowed))
+    extra = sorted(set(k for k, v in chains.items() if v) - {slot for slot, _ in KIND_SLOTS[kind]})
+    if extra:
+        raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for a {kind}")
+    assert len(numbered) == len(KIND_CHAIN_IDS[kind])
+    return numbered

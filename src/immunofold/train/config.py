@@ -1,0 +1,54 @@
+"""One config object per training run, read from YAML and saved next to its checkpoints and weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import yaml
+
+from immunofold.model.network import ModelConfig
+
+DEFAULT_LOSS_WEIGHTS = {
+    "fape_backbone": 0.5,
+    "fape_all_atom": 0.5,
+    "torsion": 1.0,
+    "bond": 0.3,
+    "clash": 0.3,
+    "error": 0.1,
+}
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    seed: int = 0
+    data_root: str = "../shared/data"
+    cache_dir: str = "cache"
+    run_dir: str = "runs"
+    train_split: str = "train"
+    val_split: str = "val"
+    epochs: int = 60
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    threads: int = 1
+    max_minutes: float | None = None  # stop this invocation after this long (resume later)
+    init_from: str | None = None  # weights (.safetensors) to start from when no checkpoint exists
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+
+    @staticmethod
+    def from_yaml(path: str) -> "TrainConfig":
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+        model = ModelConfig(**raw.pop("model", {}))
+        weights = {**DEFAULT_LOSS_WEIGHTS, **raw.pop("loss_weights", {})}
+        return TrainConfig(model=model, loss_weights=weights, **raw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -1,0 +1,173 @@
+"""Resumable training of one ensemble member on the CPU (or a GPU when one is lent).
+
+Checkpoints (model, optimizer, step, epoch, best score, RNG) go to `<run_dir>/<name>/last.pt`
+after every epoch, written atomically; `best.safetensors` keeps the weights with the best val
+score. Starting the same command again continues from `last.pt`. Metrics: one JSON line per
+epoch in `<run_dir>/<name>/log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from immunofold.constants import KINDS
+from immunofold.data.features import collate
+from immunofold.data.sabdab import cached_examples
+from immunofold.data.template import build_template
+from immunofold.metrics import region_rmsds
+from immunofold.model.network import ImmunoFoldNet
+from immunofold.train.config import TrainConfig
+from immunofold.train.losses import total_loss
+from immunofold.weights import load_weights, save_weights
+
+CDR3_REGIONS = {"antibody": ("H3",), "nanobody": ("H3",), "tcr": ("A3", "B3")}
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped into batches of similar length (little padding), in random batch order."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i] + rng.random() * 8))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def move(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(model: ImmunoFoldNet, examples: list[dict], device: torch.device, batch_size: int = 8) -> dict:
+    """Mean region RMSDs per kind on `examples`, and a single score (mean CDR3 + framework RMSD over kinds)."""
+    model.eval()
+    per_kind: dict[str, list[dict]] = {k: [] for k in KINDS}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        output = model(move(collate(chunk), device))
+        for i, example in enumerate(chunk):
+            n = len(example["restype"])
+            kind = KINDS[int(example["kind"])]
+            per_kind[kind].append(
+                region_rmsds(
+                    kind, output["atom14"][i, :n].cpu(), example["atom14"], example["atom_mask"],
+                    example["chain_slot"], example["imgt_position"],
+                )
+            )
+    model.train()
+    summary, score_terms = {}, []
+    for kind, rows in per_kind.items():
+        if not rows:
+            continue
+        keys = sorted({k for r in rows for k in r})
+        summary[kind] = {k: round(float(np.mean([r[k] for r in rows if k in r])), 3) for k in keys}
+        score_terms += [summary[kind][k] for k in CDR3_REGIONS[kind]]
+        score_terms += [summary[kind][k] for k in keys if k.endswith("fr")]
+    summary["score"] = round(float(np.mean(score_terms)), 4)
+    return summary
+
+
+def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to 10% over the configured epochs."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_atomic(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, log=print) -> dict:
+    """Train (or continue training) one model; returns the best val summary."""
+    torch.set_num_threads(config.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run_dir = os.path.join(config.run_dir, config.name)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
+        handle.write(config.to_yaml())
+
+    train_examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
+    val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
+    model = ImmunoFoldNet(config.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    checkpoint_path = os.path.join(run_dir, "last.pt")
+    state = {"epoch": 0, "step": 0, "best_score": float("inf"), "best": None, "elapsed_s": 0.0}
+    if os.path.exists(checkpoint_path):
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = checkpoint["state"]
+        random.setstate(checkpoint["python_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        log(f"resumed {config.name} at epoch {state['epoch']} (step {state['step']})")
+    elif config.init_from:
+        model.load_state_dict(load_weights(config.init_from)[0])
+        log(f"started {config.name} from {config.init_from}")
+    else:
+        model.template_atoms.copy_(build_template(train_examples).to(device))
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        log(f"started {config.name} from scratch (seed {config.seed})")
+
+    lengths = [len(e["restype"]) for e in train_examples]
+    steps_per_epoch = math.ceil(len(train_examples) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    started = time.time()
+    model.train()
+    while state["epoch"] < config.epochs:
+        if config.max_minutes is not None and time.time() - started > config.max_minutes * 60:
+            log(f"time budget of {config.max_minutes} min reached; stopping (resumable)")
+            break
+        epoch_start = time.time()
+        rng = random.Random(config.seed * 100003 + state["epoch"])
+        sums: dict[str, float] = {}
+        batches = length_bucketed_batches(lengths, config.batch_size, rng)
+        for batch_indices in batches:
+            batch = move(collate([train_examples[i] for i in batch_indices]), device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(state["step"], config, total_steps)
+            output = model(batch)
+            loss, terms = total_loss(output, batch, config.loss_weights, config.model.error_max)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            for k, v in {"loss": float(loss), **terms}.items():
+                sums[k] = sums.get(k, 0.0) + v
+        state["epoch"] += 1
+        state["elapsed_s"] += time.time() - epoch_start
+        val = validate(model, val_examples, device)
+        record = {
+            "epoch": state["epoch"],
+            "step": state["step"],
+            "epoch_s": round(time.time() - epoch_start, 1),
+            "elapsed_s": round(state["elapsed_s"], 1),
+            "train": {k: round(v / len(batches), 4) for k, v in sums.items()},
+            "val": val,
+        }
+        with open(os.path.join(run_dir, "log.jsonl"), "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        log(json.dumps(record))
+        if val["score"] < state["best_score"]:
+            state["best_score"], state["best"] = val["score"], val
+            save_weights(
+                model, os.path.join(run_dir, "best.safetensors"),
+                {"config": config.to_dict(), "epoch": state["epoch"], "val": val,
+                 "train_seconds": round(state["elapsed_s"]), "device": str(device)},
+            )
+        _save_atomic(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+             "python_rng": random.getstate(), "torch_rng": torch.get_rng_state()},
+            checkpoint_path,
+        )
+    return state["best"] or {}

@@ -1,0 +1,164 @@
+"""AlphaFold-style training losses: FAPE, torsion angles, structural violations, error head.
+
+Shapes: B examples, N residues (padded; `residue_mask` [B, N]), atom14 [B, N, 14, 3] in Å.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
+from immunofold.geometry import Frames, backbone_frames, kabsch, residue_tables, torsion_angles
+from immunofold.data.template import is_framework
+
+FAPE_CLAMP = 10.0  # Å
+FAPE_SCALE = 10.0  # Å
+CLASH_DISTANCE = 3.0  # Å; non-bonded heavy atoms of different residues closer than this (minus tolerance) clash
+CLASH_TOLERANCE = 0.4  # Å
+BOND_TOLERANCE = 0.05  # Å
+CLASH_NEIGHBOURS = 16  # residues per residue considered for clashes
+ALL_ATOM_FAPE_FRAMES = 48  # frames sampled per batch for the all-atom FAPE (its cost is frames x atoms)
+
+
+def fape(pred_frames: Frames, true_frames: Frames, frame_mask, pred_points, true_points, point_mask) -> torch.Tensor:
+    """Frame-aligned point error (Å / FAPE_SCALE), mean over valid (frame, point) pairs, per example [B].
+
+    frames [B, N]; points [B, M, 3]; masks [B, N] and [B, M].
+    """
+    # (p - t) @ R is R^T (p - t) for row vectors; one batched matmul per frame, [B, N, M, 3].
+    pred_local = torch.matmul(pred_points[:, None] - pred_frames.trans[:, :, None], pred_frames.rot)
+    true_local = torch.matmul(true_points[:, None] - true_frames.trans[:, :, None], true_frames.rot)
+    error = torch.sqrt(((pred_local - true_local) ** 2).sum(-1) + 1e-6).clamp(max=FAPE_CLAMP)
+    pair_mask = frame_mask[:, :, None] & point_mask[:, None, :]
+    return (error * pair_mask).sum((1, 2)) / pair_mask.sum((1, 2)).clamp(min=1) / FAPE_SCALE
+
+
+def rename_symmetric_atoms(pred_atom14, true_atom14, true_mask, restype, pred_frames: Frames, true_frames: Frames):
+    """Per residue, the naming of symmetric side-chain atoms (e.g. OD1/OD2) closer to the prediction."""
+    swap = residue_tables().swap_perm[restype]  # [B, N, 14]
+    alt_atom14 = torch.gather(true_atom14, 2, swap.unsqueeze(-1).expand_as(true_atom14))
+    alt_mask = torch.gather(true_mask, 2, swap)
+    pred_local = pred_frames.unsqueeze(-1).invert_apply(pred_atom14)
+    dev = lambda atoms, mask: (((pred_local - true_frames.unsqueeze(-1).invert_apply(atoms)) ** 2).sum(-1) * mask).sum(-1)  # noqa: E731
+    use_alt = (dev(alt_atom14, alt_mask) < dev(true_atom14, true_mask))[..., None]
+    return torch.where(use_alt[..., None], alt_atom14, true_atom14), torch.where(use_alt, alt_mask, true_mask)
+
+
+def torsion_loss(pred_torsions, true_sin_cos, alt_sin_cos, torsion_mask) -> torch.Tensor:
+    """Squared chord distance of normalised (sin, cos) to the truth (or its symmetric alternative), per example [B]."""
+    norm = torch.sqrt((pred_torsions**2).sum(-1, keepdim=True) + 1e-8)
+    unit = pred_torsions / norm
+    error = torch.minimum(((unit - true_sin_cos) ** 2).sum(-1), ((unit - alt_sin_cos) ** 2).sum(-1))
+    norm_penalty = (norm.squeeze(-1) - 1).abs()
+    per_torsion = error + 0.02 * norm_penalty
+    return (per_torsion * torsion_mask).sum((1, 2)) / torsion_mask.sum((1, 2)).clamp(min=1)
+
+
+def peptide_bond_loss(pred_atom14, true_atom14, true_mask, residue_mask, chain_slot) -> torch.Tensor:
+    """Penalty on C(i)-N(i+1) lengths outside PEPTIDE_BOND_LENGTH ± BOND_TOLERANCE where the truth is bonded, per example [B]."""
+    pred_bond = torch.linalg.norm(pred_atom14[:, :-1, 2] - pred_atom14[:, 1:, 0], dim=-1)
+    true_bond = torch.linalg.norm(true_atom14[:, :-1, 2] - true_atom14[:, 1:, 0], dim=-1)
+    bonded = (
+        residue_mask[:, :-1] & residue_mask[:, 1:] & (chain_slot[:, :-1] == chain_slot[:, 1:])
+        & true_mask[:, :-1, 2] & true_mask[:, 1:, 0] & (true_bond < 2.0)
+    )
+    penalty = F.relu((pred_bond - PEPTIDE_BOND_LENGTH).abs() - BOND_TOLERANCE)
+    return (penalty * bonded).sum(-1) / bonded.sum(-1).clamp(min=1)
+
+
+def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> torch.Tensor:
+    """Penalty on heavy atoms of different, non-adjacent-bonded residues closer than CLASH_DISTANCE - tolerance, per example [B].
+
+    Only the CLASH_NEIGHBOURS nearest residues (by CA) of each residue are checked, which keeps the cost O(N).
+    """
+    b, n = residue_mask.shape
+    ca = pred_atom14[:, :, 1].detach()
+    ca_dist = torch.cdist(ca, ca) + (~residue_mask[:, None, :]) * 1e4 + torch.eye(n) * 1e4
+    k = min(CLASH_NEIGHBOURS, n - 1)
+    neighbours = ca_dist.topk(k, dim=-1, largest=False).indices  # [B, N, K]
+    other = torch.gather(pred_atom14.unsqueeze(1).expand(b, n, n, 14, 3), 2,
+                         neighbours[..., None, None].expand(b, n, k, 14, 3))  # [B, N, K, 14, 3]
+    other_exists = torch.gather(atom_exists.unsqueeze(1).expand(b, n, n, 14), 2, neighbours[..., None].expand(b, n, k, 14))
+    dist = torch.sqrt(((pred_atom14[:, :, None, :, None] - other[:, :, :, None]) ** 2).sum(-1) + 1e-8)  # [B, N, K, 14, 14]
+    valid = atom_exists[:, :, None, :, None] & other_exists[:, :, :, None, :] & residue_mask[..., None, None, None]
+    # Exclude the peptide bond C(i)-N(i+1) and its immediate neighbours, and disulfide SG-SG.
+    index = torch.arange(n)[None, :, None]
+    sequential = (neighbours - index).abs() == 1
+    same_chain = torch.gather(chain_slot.unsqueeze(1).expand(b, n, n), 2, neighbours) == chain_slot[..., None]
+    valid = valid & ~(sequential & same_chain)[..., None, None]
+    # Disulfide SG-SG pairs (atom14 slot 5 of CYS) are bonded at ~2.05 Å.
+    is_sg = torch.zeros_like(atom_exists)
+    is_sg[..., 5] = restype == RESTYPE_INDEX["C"]
+    other_sg = torch.gather(is_sg.unsqueeze(1).expand(b, n, n, 14), 2, neighbours[..., None].expand(b, n, k, 14))
+    valid = valid & ~(is_sg[:, :, None, :, None] & other_sg[:, :, :, None, :])
+    penalty = F.relu(CLASH_DISTANCE - CLASH_TOLERANCE - dist) * valid
+    return penalty.sum((1, 2, 3, 4)) / residue_mask.sum(-1).clamp(min=1) / 2
+
+
+def ca_deviation(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position, residue_mask) -> torch.Tensor:
+    """Per-residue CA deviation [B, N] (Å) after superposing each chain on its own framework CAs."""
+    deviation = torch.zeros_like(residue_mask, dtype=pred_atom14.dtype)
+    present = true_mask[..., 1] & residue_mask
+    for slot in (0, 1):
+        in_chain = present & (chain_slot == slot)
+        anchor = in_chain & is_framework(imgt_position)
+        if anchor.sum() == 0:
+            continue
+        frame = kabsch(pred_atom14[..., 1, :], true_atom14[..., 1, :], anchor.float())
+        moved = frame.unsqueeze(-1).apply(pred_atom14[..., 1, :])
+        dev = torch.linalg.norm(moved - true_atom14[..., 1, :], dim=-1)
+        deviation = torch.where(in_chain, dev, deviation)
+    return deviation
+
+
+def error_head_loss(error_logits, target_error, mask, error_max: float) -> torch.Tensor:
+    """Cross-entropy of binned CA deviation, per example [B]."""
+    bins = error_logits.shape[-1]
+    target_bin = (target_error / error_max * bins).long().clamp(0, bins - 1)
+    ce = F.cross_entropy(error_logits.flatten(0, 1), target_bin.flatten(), reduction="none").view_as(target_error)
+    return (ce * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def total_loss(output: dict, batch: dict, weights: dict[str, float], error_max: float) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of all losses (mean over the batch) and each term's value for logging."""
+    restype, residue_mask = batch["restype"], batch["residue_mask"]
+    true_atom14, true_mask = batch["atom14"], batch["atom_mask"] & residue_mask[..., None]
+    atom_exists = residue_tables().atom_exists[restype] & residue_mask[..., None]
+    true_frames, frame_mask = backbone_frames(true_atom14, true_mask)
+
+    terms = {}
+    ca_mask = true_mask[..., 1]
+    backbone_terms = [
+        fape(frames, true_frames, frame_mask, frames.trans, true_atom14[..., 1, :], ca_mask) for frames in output["frames"]
+    ]
+    terms["fape_backbone"] = torch.stack(backbone_terms).mean(0)
+
+    final_frames = output["frames"][-1]
+    pred_atom14 = output["atom14"]
+    renamed, renamed_mask = rename_symmetric_atoms(pred_atom14, true_atom14, true_mask, restype, final_frames, true_frames)
+    renamed_mask = renamed_mask & atom_exists
+    b, n = residue_mask.shape
+    sampled = torch.randperm(n)[:ALL_ATOM_FAPE_FRAMES]
+    terms["fape_all_atom"] = fape(
+        Frames(final_frames.rot[:, sampled], final_frames.trans[:, sampled]),
+        Frames(true_frames.rot[:, sampled], true_frames.trans[:, sampled]),
+        frame_mask[:, sampled],
+        pred_atom14.view(b, -1, 3),
+        renamed.view(b, -1, 3),
+        renamed_mask.view(b, -1),
+    )
+
+    true_sin_cos, torsion_mask, alt_sin_cos = torsion_angles(true_atom14, true_mask, restype)
+    terms["torsion"] = torch.stack(
+        [torsion_loss(t, true_sin_cos, alt_sin_cos, torsion_mask & residue_mask[..., None]) for t in output["torsions"]]
+    ).mean(0)
+    terms["bond"] = peptide_bond_loss(pred_atom14, true_atom14, true_mask, residue_mask, batch["chain_slot"])
+    terms["clash"] = clash_loss(pred_atom14, atom_exists, residue_mask, batch["chain_slot"], restype)
+    target_error = ca_deviation(
+        pred_atom14.detach(), true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"], residue_mask
+    )
+    terms["error"] = error_head_loss(output["error_logits"], target_error, ca_mask, error_max)
+
+    loss = sum(weights.get(name, 0.0) * value.mean() for name, value in terms.items())
+    return loss, {name: float(value.detach().mean()) for name, value in terms.items()}

@@ -1,0 +1,49 @@
+"""Model weights as safetensors files, with their config and provenance in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from immunofold.model.network import ImmunoFoldNet, ModelConfig
+
+PACKAGED_WEIGHTS_DIR = "weights"
+
+
+def save_weights(model: nn.Module, path: str, info: dict) -> None:
+    """Write the model's parameters and buffers to `path` (atomically), with `info` as JSON metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata={"info": json.dumps(info)})
+    os.replace(tmp, path)
+
+
+def load_weights(path: str) -> tuple[dict, dict]:
+    """(state dict, info metadata) of a weights file."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        info = json.loads((handle.metadata() or {}).get("info", "{}"))
+    return load_file(path), info
+
+
+def load_model(path: str) -> tuple[ImmunoFoldNet, dict]:
+    """A ready-to-run model (eval mode) from a weights file."""
+    state, info = load_weights(path)
+    model_config = ModelConfig(**info.get("config", {}).get("model", {}))
+    model = ImmunoFoldNet(model_config)
+    model.load_state_dict(state)
+    model.eval()
+    return model, info
+
+
+def packaged_weight_files() -> list[str]:
+    """Paths of the ensemble members shipped inside the package, in name order."""
+    folder = resources.files("immunofold") / PACKAGED_WEIGHTS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir() if p.name.endswith(".safetensors"))

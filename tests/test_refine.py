@@ -1,0 +1,128 @@
+"""Refinement of the nanobody fixture and detection of broken geometry."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from immunofold.io import ChainAtoms, build_structure, read_chains, to_pdb_string
+from immunofold.refine import find_problems, refine
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nanobody_7f5g.pdb"
+
+
+@pytest.fixture(scope="module")
+def nanobody() -> ChainAtoms:
+    chain = read_chains(FIXTURE)["B"]
+    return replace(chain, bfactor=np.round(np.linspace(0.5, 6.0, len(chain.sequence)), 2))
+
+
+def pdb_of(chain: ChainAtoms) -> str:
+    return to_pdb_string(build_structure([chain], remarks=["immunofold refine test"]))
+
+
+def residue_index(chain: ChainAtoms, residue_id: tuple[int, str]) -> int:
+    return chain.residue_ids.index(residue_id)
+
+
+def test_refine_is_deterministic(nanobody):
+    assert refine(pdb_of(nanobody)).pdb_string == refine(pdb_of(nanobody)).pdb_string
+
+
+def test_refine_fixture_keeps_structure_and_bfactors(nanobody):
+    result = refine(pdb_of(nanobody))
+    assert result.refined, result.message
+    assert result.message == ""
+    assert find_problems(result.pdb_string) == []
+    assert "REMARK 250 immunofold refine test" in result.pdb_string
+    assert any(line.startswith("ATOM") and line[76:78] == " H" for line in result.pdb_string.splitlines())
+    refined = read_chains(result.pdb_string)["B"]
+    assert refined.sequence == nanobody.sequence
+    assert refined.residue_ids == nanobody.residue_ids
+    np.testing.assert_array_equal(refined.atom_mask, nanobody.atom_mask)
+    deviation = refined.atom14[nanobody.atom_mask] - nanobody.atom14[nanobody.atom_mask]
+    assert np.sqrt(np.mean(np.sum(deviation**2, axis=-1))) < 1.0
+    np.testing.assert_allclose(refined.bfactor, nanobody.bfactor, atol=1e-3)
+
+
+def test_refine_completes_missing_side_chain(nanobody):
+    mask = nanobody.atom_mask.copy()
+    mask[0, 5:] = False  # GLN 1 loses CG, CD, OE1, NE2
+    result = refine(pdb_of(replace(nanobody, atom_mask=mask)))
+    assert result.refined, result.message
+    np.testing.assert_array_equal(read_chains(result.pdb_string)["B"].atom_mask, nanobody.atom_mask)
+
+
+def test_fixture_has_no_problems(nanobody):
+    assert find_problems(pdb_of(nanobody)) == []
+
+
+def with_d_serine_7(chain: ChainAtoms) -> str:
+    """PDB text of the chain with the CB of SER 7 mirrored through its N-CA-C plane."""
+    i = residue_index(chain, (7, ""))
+    atom14 = chain.atom14.copy()
+    n, ca, c, cb = atom14[i, 0], atom14[i, 1], atom14[i, 2], atom14[i, 4]
+    normal = np.cross(n - ca, c - ca)
+    normal /= np.linalg.norm(normal)
+    atom14[i, 4] = cb - 2 * np.dot(cb - ca, normal) * normal
+    return pdb_of(replace(chain, atom14=atom14))
+
+
+def with_clash(chain: ChainAtoms) -> str:
+    """PDB text of the chain with the OH of TYR 59 moved from 3.5 Å to 1.6 Å of CG2 of residue 69."""
+    atom14 = chain.atom14.copy()
+    tyr, other = residue_index(chain, (59, "")), residue_index(chain, (69, ""))
+    hydroxyl, cg2 = atom14[tyr, 11], atom14[other, 6]
+    atom14[tyr, 11] = cg2 + 1.6 * (hydroxyl - cg2) / np.linalg.norm(hydroxyl - cg2)
+    return pdb_of(replace(chain, atom14=atom14))
+
+
+def test_detects_d_amino_acid(nanobody):
+    problems = find_problems(with_d_serine_7(nanobody))
+    assert problems == ["D-amino acid B7 SER"]
+
+
+def test_unfixable_d_amino_acid_returns_input(nanobody):
+    broken = with_d_serine_7(nanobody)
+    result = refine(broken)
+    assert not result.refined
+    assert result.pdb_string == broken
+    assert result.message == "problems remain after refinement: D-amino acid B7 SER"
+
+
+def test_detects_clash(nanobody):
+    problems = find_problems(with_clash(nanobody))
+    assert problems == ["clash B59 TYR OH - B69 ILE CG2: 1.60 Å"]
+
+
+def test_refine_resolves_clash(nanobody):
+    result = refine(with_clash(nanobody))
+    assert result.refined, result.message
+    assert find_problems(result.pdb_string) == []
+
+
+def test_detects_broken_peptide_bond_and_cis_peptide(nanobody):
+    atom14 = nanobody.atom14.copy()
+    i = residue_index(nanobody, (5, ""))  # GLN 5 - GLU 6
+    atom14[i + 1:] += np.array([0.0, 0.0, 1.0], np.float32)  # stretches C(5)-N(6)
+    problems = find_problems(pdb_of(replace(nanobody, atom14=atom14)))
+    assert any(p.startswith("broken peptide bond B5 GLN") for p in problems), problems
+
+    atom14 = nanobody.atom14.copy()
+    c, n = atom14[i, 2], atom14[i + 1, 0]
+    axis = (n - c) / np.linalg.norm(n - c)
+    # Rotate the next residue's CA by 180° about the C-N bond: trans -> cis.
+    atom14[i + 1, 1] = n + 2 * np.dot(atom14[i + 1, 1] - n, axis) * axis - (atom14[i + 1, 1] - n)
+    problems = find_problems(pdb_of(replace(nanobody, atom14=atom14)))
+    assert any(p.startswith("cis peptide B5 GLN") for p in problems), problems
+
+
+@pytest.mark.parametrize("garbage", ["", "not a pdb file\n", "ATOM      1  N   GLN B   1     -1.0\n"])
+def test_garbage_input_is_reported_not_raised(garbage):
+    result = refine(garbage)
+    assert not result.refined
+    assert result.pdb_string == garbage
+    assert result.message.startswith("refinement failed") and "\n" not in result.message
