@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -20,9 +21,104 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import warnings
+
+    from immunofold.predict import Predictor
+    from immunofold.sequences import InputError
+
+    chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
+    name = args.name or os.path.splitext(os.path.basename(args.output))[0]
+    fmt = args.format or ("cif" if args.output.lower().endswith((".cif", ".mmcif")) else "pdb")
+    try:
+        predictor = Predictor(device=args.device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            prediction = predictor.predict(args.kind, chains, name=name, refine=not args.no_refine, numbering=args.numbering)
+        for note in prediction.notes:
+            print(f"note: {note}", file=sys.stderr)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        prediction.save(args.output, fmt)
+        if args.save_ensemble:
+            prediction.save_ensemble(args.save_ensemble, fmt)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cdr3 = [f"{cid}3 {err:.2f}" for cid, err in _cdr3_errors(prediction).items()]
+    print(
+        f"wrote {args.output}: {prediction.kind}, {len(prediction.error)} residues, "
+        f"mean error {prediction.mean_error:.2f} Å ({', '.join(cdr3)} Å), "
+        f"{'refined' if prediction.refined else 'unrefined'}, weights {prediction.weights_version}"
+    )
+    return 0
+
+
+def _cdr3_errors(prediction) -> dict[str, float]:
+    """Mean predicted error (Å) of each chain's CDR3."""
+    from immunofold.constants import IMGT_CDRS
+
+    lo, hi = IMGT_CDRS[3]
+    result, start = {}, 0
+    for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
+        errors = prediction.error[start : start + len(chain)]
+        in_cdr3 = [lo <= number <= hi for number, _ in chain.positions]
+        result[chain_id] = float(errors[in_cdr3].mean()) if any(in_cdr3) else float("nan")
+        start += len(chain)
+    return result
+
+
+def _add_predict_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, help="output file (.pdb or .cif)")
+    parser.add_argument("--name", default=None, help="model name used in messages (default: output file stem)")
+    parser.add_argument("--no-refine", action="store_true", help="skip OpenMM refinement")
+    parser.add_argument("--numbering", choices=("imgt", "chothia", "kabat"), default="imgt", help="residue numbering (default imgt)")
+    parser.add_argument("--save-ensemble", metavar="DIR", default=None, help="also write every ensemble member to DIR")
+    parser.add_argument("--format", choices=("pdb", "cif"), default=None, help="output format (default: from the suffix)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from immunofold.ensemble import Ensemble
+    from immunofold.evaluate import evaluate, print_summary, write_results
+    from immunofold.predict import Predictor
+
+    ensemble = Ensemble(args.weights, args.device) if args.weights else Ensemble.packaged(args.device)
+    summary, rows = evaluate(args.data, args.split, Predictor(ensemble), refine=args.refine, limit=args.limit)
+    csv_path = write_results(summary, rows, args.out, args.csv)
+    print_summary(summary)
+    print(f"wrote {args.out} and {csv_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunofold", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="predict one receptor structure from sequence")
+    kinds = predict.add_subparsers(dest="kind", required=True)
+    antibody = kinds.add_parser("antibody", help="antibody Fv: heavy + light chain")
+    antibody.add_argument("--heavy", required=True, help="heavy chain sequence (VH)")
+    antibody.add_argument("--light", required=True, help="light chain sequence (VL, kappa or lambda)")
+    nanobody = kinds.add_parser("nanobody", help="nanobody / VHH: one heavy chain")
+    nanobody.add_argument("--heavy", required=True, help="VHH sequence")
+    tcr = kinds.add_parser("tcr", help="alpha/beta T-cell receptor: alpha + beta chain")
+    tcr.add_argument("--alpha", required=True, help="TCR alpha chain sequence")
+    tcr.add_argument("--beta", required=True, help="TCR beta chain sequence")
+    for sub in (antibody, nanobody, tcr):
+        _add_predict_options(sub)
+        sub.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="predict every entry of a SAbDab/STCRDab-like folder and score it")
+    evaluate.add_argument("--data", required=True, help="folder with sabdab/ and/or stcrdab/ (summary.tsv + structures/)")
+    evaluate.add_argument("--split", default="val", help="split column value to evaluate (default val)")
+    evaluate.add_argument("--out", required=True, help="results JSON path (a per-entry CSV is written beside it)")
+    evaluate.add_argument("--csv", default=None, help="per-entry CSV path (default: the JSON path with .csv)")
+    evaluate.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False, help="score refined models")
+    evaluate.add_argument("--weights", nargs="+", default=None, help="weight files (default: the shipped ensemble)")
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N entries")
+    evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    evaluate.set_defaults(handler=_evaluate)
 
     train = commands.add_parser("train", help="train (or resume training) one model from a YAML config")
     train.add_argument("--config", required=True, help="YAML training config, e.g. configs/member0.yaml")

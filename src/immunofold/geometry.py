@@ -7,16 +7,16 @@ at CA, x axis from N to CA and C in the xy plane (AlphaFold's convention).
 Torsion slots per residue: 0 = N-CA-C-O, 1..4 = chi1..chi4. Each rigid group's atoms are placed
 in a frame built from three already-placed atoms (a, b, c) of its torsion a-b-c-d (origin c,
 x axis b -> c, a in the xy plane) and rotated by the torsion angle about x. Ideal local
-coordinates come from PDBFixer's residue templates, so no geometry table is hand-typed.
+coordinates are the mean over our training structures (ideal_geometry.json), not hand-typed.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from immunofold.constants import (
@@ -127,68 +127,75 @@ class ResidueTables:
     swap_perm: torch.Tensor  # [21, 14] long, atom14 permutation of the symmetric alternative
 
 
-def _template_atoms(resname: str) -> dict[str, np.ndarray]:
-    """Heavy-atom coordinates (Å) of PDBFixer's ideal template for one residue."""
-    import pdbfixer
-
-    path = os.path.join(os.path.dirname(pdbfixer.__file__), "templates", f"{resname}.pdb")
-    atoms = {}
-    with open(path) as handle:
-        for line in handle:
-            if line.startswith(("ATOM", "HETATM")):
-                name = line[12:16].strip()
-                atoms[name] = np.array([float(line[30:38]), float(line[38:46]), float(line[46:54])])
-    return atoms
+IDEAL_GEOMETRY_FILE = os.path.join(os.path.dirname(__file__), "ideal_geometry.json")
 
 
 def _torsion_atom_names(resname: str) -> list[tuple[str, str, str, str]]:
     return [("N", "CA", "C", "O"), *CHI_ATOMS[resname]]
 
 
-@functools.lru_cache(maxsize=None)
-def residue_tables() -> ResidueTables:
-    """Build the lookup tables once from the atom14 layout and PDBFixer's templates."""
+def _index_tables():
+    """Atom existence, rigid group and torsion-atom index tables (no coordinates)."""
     atom_exists = torch.zeros(NUM_RESTYPES, 14, dtype=torch.bool)
     atom_group = torch.zeros(NUM_RESTYPES, 14, dtype=torch.long)
-    local_coords = torch.zeros(NUM_RESTYPES, 14, 3, dtype=torch.float64)
     torsion_atoms = torch.zeros(NUM_RESTYPES, NUM_TORSIONS, 4, dtype=torch.long)
     torsion_exists = torch.zeros(NUM_RESTYPES, NUM_TORSIONS, dtype=torch.bool)
     pi_periodic = torch.zeros(NUM_RESTYPES, NUM_TORSIONS, dtype=torch.bool)
     swap_perm = torch.arange(14).repeat(NUM_RESTYPES, 1)
-
     for restype, aa in enumerate(RESTYPES):
         resname = ONE_TO_THREE[aa]
         names = ATOM14_NAMES[resname]
         index = {n: i for i, n in enumerate(names)}
-        template = {n: torch.tensor(x) for n, x in _template_atoms(resname).items()}
         torsions = _torsion_atom_names(resname)
         for t, quad in enumerate(torsions):
             torsion_atoms[restype, t] = torch.tensor([index[n] for n in quad])
             torsion_exists[restype, t] = True
-        backbone = Frames.from_3_points(template["N"], template["CA"], template["C"])
         for i, name in enumerate(names):
-            group = rigid_group_of_atom(resname, name)
             atom_exists[restype, i] = True
-            atom_group[restype, i] = group
-            if group == 0:
-                local_coords[restype, i] = backbone.invert_apply(template[name])
-                continue
-            a, b, c, _ = (template[n] for n in torsions[group - 1])
-            frame = Frames.from_3_points(b, c, a)
-            angle = dihedral(*(template[n] for n in torsions[group - 1]))
-            undo = rotation_about_x(torch.stack([torch.sin(-angle), torch.cos(-angle)]))
-            local_coords[restype, i] = undo @ frame.invert_apply(template[name])
+            atom_group[restype, i] = rigid_group_of_atom(resname, name)
         for first, second in SYMMETRIC_ATOM_SWAPS.get(resname, ()):
             i, j = index[first], index[second]
             swap_perm[restype, i], swap_perm[restype, j] = j, i
             pi_periodic[restype, len(torsions) - 1] = True
+    return atom_exists, atom_group, torsion_atoms, torsion_exists, pi_periodic, swap_perm
+
+
+def local_coordinates(atom14: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
+    """Each atom's coordinates [*, N, 14, 3] in its rigid group's frame at torsion 0 (inverse of `atom14_from_frames`)."""
+    _, atom_group, torsion_atoms, *_ = _index_tables()
+    group = atom_group[restype]
+    quad = torsion_atoms[restype]
+    backbone = Frames.from_3_points(atom14[..., 0, :], atom14[..., 1, :], atom14[..., 2, :])
+    local = backbone.unsqueeze(-1).invert_apply(atom14)
+    for g in range(1, NUM_RIGID_GROUPS):
+        idx = quad[..., g - 1, :]
+        a, b, c, d = torch.gather(atom14, -2, idx.unsqueeze(-1).expand(*idx.shape, 3)).unbind(-2)
+        angle = dihedral(a, b, c, d)
+        undo = rotation_about_x(torch.stack([torch.sin(-angle), torch.cos(-angle)], dim=-1))
+        in_group = Frames.from_3_points(b, c, a).unsqueeze(-1).invert_apply(atom14)
+        in_group = torch.einsum("...ij,...aj->...ai", undo, in_group)
+        local = torch.where((group == g).unsqueeze(-1), in_group, local)
+    return local
+
+
+@functools.lru_cache(maxsize=None)
+def residue_tables() -> ResidueTables:
+    """Lookup tables, built once: index tables from the atom14 layout, ideal coordinates from
+    `ideal_geometry.json` (mean local coordinates over our training structures, see
+    scripts/derive_ideal_geometry.py)."""
+    atom_exists, atom_group, torsion_atoms, torsion_exists, pi_periodic, swap_perm = _index_tables()
+    with open(IDEAL_GEOMETRY_FILE) as handle:
+        ideal = json.load(handle)
+    local_coords = torch.zeros(NUM_RESTYPES, 14, 3)
+    for restype, aa in enumerate(RESTYPES):
+        resname = ONE_TO_THREE[aa]
+        for i, name in enumerate(ATOM14_NAMES[resname]):
+            local_coords[restype, i] = torch.tensor(ideal[resname][name])
     # Unknown residues (X) are built as alanine.
     ala = RESTYPES.index("A")
     for table in (atom_exists, atom_group, local_coords, torsion_atoms, torsion_exists):
         table[NUM_RESTYPES - 1] = table[ala]
-    return ResidueTables(
-        atom_exists, atom_group, local_coords.float(), torsion_atoms, torsion_exists, pi_periodic, swap_perm
-    )
+    return ResidueTables(atom_exists, atom_group, local_coords, torsion_atoms, torsion_exists, pi_periodic, swap_perm)
 
 
 # --- structure <-> frames and torsions --------------------------------------------------------

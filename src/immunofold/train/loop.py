@@ -142,7 +142,7 @@ def train(config: TrainConfig, log=print) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             state["step"] += 1
-            for k, v in {"loss": float(loss), **terms}.items():
+            for k, v in {"loss": loss.item(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v
         state["epoch"] += 1
         state["elapsed_s"] += time.time() - epoch_start

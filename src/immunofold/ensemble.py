@@ -1,0 +1,89 @@
+"""Run the ensemble members together; their disagreement is the per-residue error estimate.
+
+Members are superposed on their mean by all CA atoms; a residue's spread is the RMS deviation
+(Å) of its backbone atoms (N, CA, C, O) across members from the mean. The member closest to
+the mean is the one returned to the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from immunofold.geometry import kabsch
+from immunofold.weights import load_model, packaged_weight_files
+
+BACKBONE_SLOTS = [0, 1, 2, 3]  # atom14 slots of N, CA, C, O
+
+
+@dataclass
+class EnsembleOutput:
+    members: torch.Tensor  # [M, B, N, 14, 3] Å, superposed on their mean
+    spread: torch.Tensor  # [B, N] Å, RMS backbone deviation of members from the mean
+    head_error: torch.Tensor  # [B, N] Å, mean over members of the error head's expected CA deviation
+    ranking: torch.Tensor  # [B, M] member indices, closest to the mean first
+
+    @property
+    def error(self) -> torch.Tensor:
+        """Per-residue error estimate [B, N] in Å: the ensemble spread."""
+        return self.spread
+
+
+def superpose_members(members: torch.Tensor, residue_mask: torch.Tensor, iterations: int = 2) -> torch.Tensor:
+    """Superpose members [M, B, N, 14, 3] onto their (iteratively refined) mean using CA atoms."""
+    weights = residue_mask.float().expand(members.shape[0], *residue_mask.shape)
+    reference = members[0, :, :, 1]
+    for _ in range(iterations):
+        frames = kabsch(members[..., 1, :], reference.expand_as(members[..., 1, :]), weights)
+        members = frames.unsqueeze(-1).unsqueeze(-1).apply(members)
+        reference = members[..., 1, :].mean(0)
+    return members
+
+
+def member_spread(members: torch.Tensor, residue_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-residue RMS deviation from the mean [B, N] Å, member ranking by closeness to the mean [B, M])."""
+    backbone = members[..., BACKBONE_SLOTS, :]  # [M, B, N, 4, 3]
+    sq = ((backbone - backbone.mean(0)) ** 2).sum(-1).mean(-1)  # [M, B, N]
+    spread = torch.sqrt(sq.mean(0)) * residue_mask
+    per_member = (sq * residue_mask).sum(-1) / residue_mask.sum(-1).clamp(min=1)  # [M, B]
+    return spread, per_member.T.argsort(dim=-1)
+
+
+class Ensemble:
+    """The ensemble members of one weights release, run on the same batch."""
+
+    def __init__(self, weight_files: list[str], device: str = "cpu"):
+        if not weight_files:
+            raise FileNotFoundError("no immunofold weight files found (the package ships them in immunofold/weights)")
+        self.device = torch.device(device)
+        loaded = [load_model(path) for path in weight_files]
+        self.models = [model.to(self.device) for model, _ in loaded]
+        self.infos = [info for _, info in loaded]
+        self.files = list(weight_files)
+        self.version = self._version()
+
+    @classmethod
+    def packaged(cls, device: str = "cpu") -> "Ensemble":
+        return cls(packaged_weight_files(), device)
+
+    def _version(self) -> str:
+        """Release name from the weights' metadata, plus a short content hash of all member files."""
+        digest = hashlib.sha256()
+        for path in self.files:
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+        release = self.infos[0].get("release", os.path.basename(os.path.dirname(self.files[0])))
+        return f"{release}+{digest.hexdigest()[:10]}"
+
+    @torch.no_grad()
+    def run(self, batch: dict[str, torch.Tensor]) -> EnsembleOutput:
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        outputs = [model(batch) for model in self.models]
+        residue_mask = batch["residue_mask"]
+        members = superpose_members(torch.stack([o["atom14"] for o in outputs]), residue_mask)
+        spread, ranking = member_spread(members, residue_mask)
+        head_error = torch.stack([o["predicted_error"] for o in outputs]).mean(0) * residue_mask
+        return EnsembleOutput(members.cpu(), spread.cpu(), head_error.cpu(), ranking.cpu())

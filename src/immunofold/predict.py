@@ -1,0 +1,210 @@
+"""The Python API: sequences in, a refined full-atom structure with per-residue error out.
+
+    >>> import immunofold
+    >>> prediction = immunofold.predict(heavy="EVQLVESGG...", light="DIQMTQSP...")
+    >>> prediction.save("model.pdb"); prediction.error  # Å per residue
+
+Data flow: sequences -> numbered chains -> features -> ensemble -> atoms -> refinement -> files.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import gemmi
+import numpy as np
+import torch
+
+from immunofold import __version__
+from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE
+from immunofold.data.features import collate, featurise
+from immunofold.ensemble import Ensemble
+from immunofold.geometry import residue_tables
+from immunofold.io import ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
+from immunofold.numbering import renumber
+from immunofold.refine import refine as refine_structure
+from immunofold.sequences import InputError, NumberedChain, number_receptor
+
+ERROR_REMARK = (
+    "B-FACTOR COLUMN: PREDICTED ERROR IN ANGSTROM (RMS DEVIATION OF THE ENSEMBLE MEMBERS' "
+    "BACKBONE ATOMS FROM THEIR MEAN, PER RESIDUE)"
+)
+
+
+@dataclass
+class Prediction:
+    """One predicted receptor. Coordinates in Å; per-residue arrays follow the chains in order."""
+
+    name: str
+    kind: str
+    chains: list[NumberedChain]
+    chain_ids: tuple[str, ...]
+    residue_ids: list[list[tuple[int, str]]]  # output numbering per chain (scheme: `numbering_scheme`)
+    numbering_scheme: str
+    atom14: np.ndarray  # [N, 14, 3] the member closest to the ensemble mean, before refinement
+    error: np.ndarray  # [N] Å
+    members: np.ndarray  # [M, N, 14, 3] all ensemble members, superposed
+    weights_version: str
+    refined: bool = False
+    refine_message: str = ""
+    notes: list[str] = field(default_factory=list)
+    _refined_pdb: str | None = None
+
+    @property
+    def sequences(self) -> dict[str, str]:
+        return {cid: chain.sequence for cid, chain in zip(self.chain_ids, self.chains)}
+
+    @property
+    def numbering(self) -> dict[str, list[tuple[int, str]]]:
+        return dict(zip(self.chain_ids, self.residue_ids))
+
+    @property
+    def mean_error(self) -> float:
+        return float(np.mean(self.error))
+
+    def remarks(self) -> list[str]:
+        lines = [
+            f"IMMUNOFOLD {__version__} WEIGHTS {self.weights_version}",
+            f"RECEPTOR {self.kind.upper()} NUMBERING {self.numbering_scheme.upper()}",
+            ERROR_REMARK,
+            f"REFINED {'YES' if self.refined else 'NO'}" + (f" ({self.refine_message})" if self.refine_message else ""),
+        ]
+        return lines + [note.upper() for note in self.notes]
+
+    def _chain_atoms(self, atom14: np.ndarray) -> list[ChainAtoms]:
+        exists = residue_tables().atom_exists.numpy()
+        chains, start = [], 0
+        for chain_id, chain, ids in zip(self.chain_ids, self.chains, self.residue_ids):
+            end = start + len(chain)
+            restype = [RESTYPE_INDEX.get(aa, UNKNOWN_RESTYPE) for aa in chain.sequence]
+            chains.append(ChainAtoms(chain_id, chain.sequence, list(ids), atom14[start:end], exists[restype], self.error[start:end]))
+            start = end
+        return chains
+
+    def unrefined_structure(self, member: int | None = None) -> gemmi.Structure:
+        atoms = self.atom14 if member is None else self.members[member]
+        return build_structure(self._chain_atoms(atoms), self.remarks())
+
+    def structure(self) -> gemmi.Structure:
+        """The final structure: refined (with hydrogens) when refinement succeeded."""
+        if self._refined_pdb is not None:
+            structure = gemmi.read_pdb_string(self._refined_pdb)
+            structure.setup_entities()
+            return structure
+        return self.unrefined_structure()
+
+    def to_pdb_string(self) -> str:
+        return self._refined_pdb if self._refined_pdb is not None else to_pdb_string(self.structure())
+
+    def to_cif_string(self) -> str:
+        return to_cif_string(self.structure())
+
+    def save(self, path: str | os.PathLike, fmt: str | None = None) -> None:
+        """Write the structure to `path` (.pdb or .cif, or `fmt` = "pdb" | "cif"), atomically."""
+        write_structure(self.structure(), path, fmt)
+
+    def save_ensemble(self, folder: str | os.PathLike, fmt: str = "pdb") -> list[str]:
+        """Write every ensemble member (unrefined) as <name>_member<i>.<fmt>; returns the paths."""
+        os.makedirs(folder, exist_ok=True)
+        paths = []
+        for i in range(len(self.members)):
+            path = os.path.join(folder, f"{self.name}_member{i}.{fmt}")
+            write_structure(self.unrefined_structure(i), path, fmt)
+            paths.append(path)
+        return paths
+
+
+def infer_kind(heavy=None, light=None, alpha=None, beta=None) -> str:
+    """Receptor kind from which chains were given."""
+    if alpha or beta:
+        return "tcr"
+    return "antibody" if light else "nanobody"
+
+
+class Predictor:
+    """Holds a loaded ensemble; predicts one receptor or many at once."""
+
+    def __init__(self, ensemble: Ensemble | None = None, device: str = "cpu"):
+        self.ensemble = ensemble or Ensemble.packaged(device)
+
+    def number(self, kind: str, chains: dict[str, str], name: str) -> list[NumberedChain]:
+        return number_receptor(kind, chains, name)
+
+    def predict_numbered(
+        self, items: list[tuple[str, str, list[NumberedChain]]], numbering: str = "imgt"
+    ) -> list[Prediction]:
+        """Predict already-numbered receptors (name, kind, chains) in one ensemble pass, unrefined."""
+        features = [featurise(kind, chains) for _, kind, chains in items]
+        output = self.ensemble.run(collate(features))
+        predictions = []
+        for i, (name, kind, chains) in enumerate(items):
+            n = sum(len(c) for c in chains)
+            best = int(output.ranking[i, 0])
+            predictions.append(
+                Prediction(
+                    name=name,
+                    kind=kind,
+                    chains=chains,
+                    chain_ids=KIND_CHAIN_IDS[kind],
+                    residue_ids=[renumber(c, numbering, f"{name} {cid}") for c, cid in zip(chains, KIND_CHAIN_IDS[kind])],
+                    numbering_scheme=numbering,
+                    atom14=output.members[best, i, :n].numpy(),
+                    error=output.error[i, :n].numpy(),
+                    members=output.members[output.ranking[i], i, :n].numpy(),
+                    weights_version=self.ensemble.version,
+                    notes=[note for c in chains for note in c.notes],
+                )
+            )
+        return predictions
+
+    def refine(self, prediction: Prediction) -> Prediction:
+        """Refine in place: the chosen member, else the next members in order, else keep it unrefined with a warning."""
+        message = ""
+        for member in range(len(prediction.members)):
+            prediction.refined = True  # the remarks written into the refined file say so
+            candidate = to_pdb_string(prediction.unrefined_structure(member))
+            result = refine_structure(candidate)
+            if result.refined:
+                prediction.atom14 = prediction.members[member]
+                prediction._refined_pdb = result.pdb_string
+                return prediction
+            message = result.message
+        prediction.refined = False
+        prediction.refine_message = f"refinement failed, unrefined model returned: {message}"
+        warnings.warn(f"{prediction.name}: {prediction.refine_message}", stacklevel=2)
+        return prediction
+
+    def predict(
+        self, kind: str, chains: dict[str, str], name: str = "input", refine: bool = True, numbering: str = "imgt"
+    ) -> Prediction:
+        numbered = self.number(kind, chains, name)
+        prediction = self.predict_numbered([(name, kind, numbered)], numbering)[0]
+        return self.refine(prediction) if refine else prediction
+
+
+@functools.lru_cache(maxsize=2)
+def default_predictor(device: str = "cpu") -> Predictor:
+    return Predictor(device=device)
+
+
+def predict(
+    heavy: str | None = None,
+    light: str | None = None,
+    alpha: str | None = None,
+    beta: str | None = None,
+    kind: str | None = None,
+    refine: bool = True,
+    numbering: str = "imgt",
+    device: str = "cpu",
+    name: str = "input",
+) -> Prediction:
+    """Predict one antibody (heavy + light), nanobody (heavy) or TCR (alpha + beta) from sequence."""
+    kind = kind or infer_kind(heavy, light, alpha, beta)
+    chains = {"heavy": heavy, "light": light, "alpha": alpha, "beta": beta}
+    chains = {k: v for k, v in chains.items() if v}
+    if torch.cuda.is_available() is False and device == "cuda":
+        raise InputError(name, "device 'cuda' requested but no CUDA GPU is available")
+    return default_predictor(device).predict(kind, chains, name=name, refine=refine, numbering=numbering)
