@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     evaluate.set_defaults(handler=_evaluate)
 
+    from immunofold.batch import add_batch_parser
+    from immunofold.web.app import add_serve_parser
+
+    add_batch_parser(commands)
+    add_serve_parser(commands)
+
     train = commands.add_parser("train", help="train (or resume training) one model from a YAML config")
     train.add_argument("--config", required=True, help="YAML training config, e.g. configs/member0.yaml")
     train.add_argument("--max-minutes", type=float, default=None, help="stop after this long; rerun to resume")

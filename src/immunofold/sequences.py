@@ -69,14 +69,27 @@ def clean_sequence(sequence: str, record: str) -> str:
     return cleaned
 
 
-def find_domains(sequence: str, record: str) -> list[NumberedChain]:
-    """All V domains in a cleaned sequence, N- to C-terminal (one for a chain, two for an scFv)."""
+# anarcism's rhesus kappa/heavy profiles shift IMGT numbering by one (Cys at 24, Trp at 42);
+# such domains are numbered again without them.
+UNRELIABLE_SPECIES = {"rhesus"}
+RELIABLE_SPECIES = [s for s in anarcism.species() if s not in UNRELIABLE_SPECIES]
+
+
+def _number(sequence: str, record: str):
+    """anarcism domains of a sequence, avoiding species profiles known to misnumber."""
     try:
         result = anarcism.number_sequence(sequence, id=record)
+        if any(d.species in UNRELIABLE_SPECIES for d in result.domains):
+            result = anarcism.number_sequence(sequence, id=record, allowed_species=RELIABLE_SPECIES)
     except anarcism.AnarcismError as error:
         raise InputError(record, f"numbering failed ({error})") from None
+    return result.domains
+
+
+def find_domains(sequence: str, record: str) -> list[NumberedChain]:
+    """All V domains in a cleaned sequence, N- to C-terminal (one for a chain, two for an scFv)."""
     domains = []
-    for domain in result.domains:
+    for domain in _number(sequence, record):
         numbered = [r for r in domain.numbering if 1 <= r.position <= 128]
         if len(numbered) < MIN_DOMAIN_LENGTH:
             continue
@@ -112,7 +125,7 @@ def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = N
         raise InputError(record, f"holds {len(domains)} V domains ({kinds}); give one domain per chain or split the scFv")
     domain = domains[0]
     if allowed is not None and domain.chain_class not in allowed:
-        raise InputError(record, f"is a {domain.chain_class} chain, expected {' or '.join(allowed)}")
+        raise InputError(record, f"is {_article(domain.chain_class)} {domain.chain_class} chain, expected {' or '.join(allowed)}")
     notes = []
     if domain.trimmed_before or domain.trimmed_after:
         notes.append(
@@ -120,6 +133,10 @@ def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = N
             f"and {domain.trimmed_after} after"
         )
     return NumberedChain(**{**domain.__dict__, "notes": tuple(notes)})
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def number_receptor(kind: str, chains: dict[str, str], record: str = "input") -> list[NumberedChain]:
@@ -134,7 +151,7 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     for slot, allowed in KIND_SLOTS[kind]:
         sequence = chains.get(slot)
         if sequence is None or not str(sequence).strip():
-            raise InputError(record, f"missing {slot} chain for a {kind}")
+            raise InputError(record, f"missing {slot} chain for {_article(kind)} {kind}")
         numbered.append(number_chain(sequence, f"{record} {slot} chain", allowed))
     extra = sorted(set(k for k, v in chains.items() if v) - {slot for slot, _ in KIND_SLOTS[kind]})
     if extra:

@@ -41,9 +41,12 @@ def load_model(path: str) -> tuple[ImmunoFoldNet, dict]:
     return model, info
 
 
+WEIGHTS_ENV = "IMMUNOFOLD_WEIGHTS"  # a folder of *.safetensors members to use instead of the shipped ones
+
+
 def packaged_weight_files() -> list[str]:
-    """Paths of the ensemble members shipped inside the package, in name order."""
-    folder = resources.files("immunofold") / PACKAGED_WEIGHTS_DIR
-    if not folder.is_dir():
+    """Paths of the ensemble members, in name order: $IMMUNOFOLD_WEIGHTS if set, else those shipped in the package."""
+    folder = os.environ.get(WEIGHTS_ENV) or str(resources.files("immunofold") / PACKAGED_WEIGHTS_DIR)
+    if not os.path.isdir(folder):
         return []
-    return sorted(str(p) for p in folder.iterdir() if p.name.endswith(".safetensors"))
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))

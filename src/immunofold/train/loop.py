@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import time
 
 import numpy as np
@@ -36,6 +37,13 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Ran
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def describe_device(device: torch.device) -> str:
+    """e.g. 'cpu (2 cores, 1 torch threads)' or 'cuda (NVIDIA H100 80GB HBM3)'."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def move(batch: dict, device: torch.device) -> dict:
@@ -86,6 +94,17 @@ def _save_atomic(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+def source_commit() -> str:
+    """The git commit of the code being run ('unknown' outside a git checkout); '+dirty' if it has local changes."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def train(config: TrainConfig, log=print) -> dict:
     """Train (or continue training) one model; returns the best val summary."""
     torch.set_num_threads(config.threads)
@@ -118,6 +137,7 @@ def train(config: TrainConfig, log=print) -> dict:
         torch.manual_seed(config.seed)
         log(f"started {config.name} from scratch (seed {config.seed})")
 
+    commit = source_commit()
     lengths = [len(e["restype"]) for e in train_examples]
     steps_per_epoch = math.ceil(len(train_examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -163,7 +183,8 @@ def train(config: TrainConfig, log=print) -> dict:
             save_weights(
                 model, os.path.join(run_dir, "best.safetensors"),
                 {"config": config.to_dict(), "epoch": state["epoch"], "val": val,
-                 "train_seconds": round(state["elapsed_s"]), "device": str(device)},
+                 "train_seconds": round(state["elapsed_s"]), "device": describe_device(device),
+                 "commit": commit, "train_examples": len(train_examples)},
             )
         _save_atomic(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,

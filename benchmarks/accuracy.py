@@ -1,0 +1,376 @@
+"""Accuracy of immunofold, FlashABB and a nearest-template baseline on a SAbDab/STCRDab-like folder.
+
+    python benchmarks/accuracy.py                      # val split of ../shared/data, all methods
+    python benchmarks/accuracy.py --limit 5 --methods immunofold template
+
+Every method is scored by immunofold's own metric code (`immunofold.metrics.region_rmsds`, as in
+`immunofold evaluate`): per chain, RMSD over N, CA, C, CB after superposing that chain's framework
+backbone; CDRs by IMGT definition (27-38, 56-65, 105-117). Residues are matched to the experimental
+structure by (chain, IMGT position), with the IMGT numbering of the sequences given to the methods.
+
+Writes <out-dir>/accuracy.md, accuracy.json (summaries + per-entry rows) and accuracy_cdr3.png, and
+prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (  # noqa: E402
+    DEFAULT_CACHE_DIR,
+    DEFAULT_DATA_ROOT,
+    RESULTS_DIR,
+    machine_info,
+    nearest_template,
+    package_version,
+    region_names,
+    score_atom14,
+    summarise_rows,
+    templates_by_kind,
+    thread_template,
+)
+
+from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, KINDS  # noqa: E402
+from immunofold.data.sabdab import build_examples, load_example, read_summary  # noqa: E402
+from immunofold.sequences import KIND_SLOTS, InputError, number_receptor  # noqa: E402
+
+METHODS = ("immunofold", "flashabb", "template")
+METHOD_LABELS = {"immunofold": "immunofold", "flashabb": "FlashABB 0.0.5", "template": "nearest template"}
+CDR3_PANELS = [("antibody", "H3"), ("antibody", "L3"), ("nanobody", "H3"), ("tcr", "A3"), ("tcr", "B3")]
+CHUNK = 16
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=DEFAULT_DATA_ROOT, help="SAbDab/STCRDab-like folder (default: %(default)s)")
+    parser.add_argument("--split", default="val", help="split to score (default: val)")
+    parser.add_argument("--template-split", default="train", help="split the template baseline draws from (default: train)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--limit", type=int, default=None, help="at most this many entries per kind (for quick runs)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--refine", action="store_true", help="score immunofold's refined models (default: unrefined)")
+    parser.add_argument("--weights-dir", default=None, help="folder of immunofold *.safetensors members (default: shipped)")
+    parser.add_argument("--cdr3-weight", type=float, default=1.0,
+                        help="weight of CDR3 positions in the template identity (default 1 = unweighted)")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                        help="featurised-split cache shared with training (default: %(default)s)")
+    parser.add_argument("--out-dir", default=RESULTS_DIR, help="where result files go (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def select_entries(root: str, split: str, kinds, limit):
+    entries = read_summary(root)
+    chosen = []
+    for kind in kinds:
+        chosen += [e for e in entries if e.split == split and e.kind == kind][:limit]
+    return chosen
+
+
+def load_inputs(entries):
+    """Per entry: (numbered chains, truth example) or the reason it is skipped."""
+    loaded = []
+    for entry in entries:
+        try:
+            slots = dict(zip([slot for slot, _ in KIND_SLOTS[entry.kind]], entry.sequences))
+            numbered = number_receptor(entry.kind, slots, entry.name)
+            truth = load_example(entry)
+            loaded.append((entry, numbered, truth, None))
+        except InputError as error:
+            loaded.append((entry, None, None, str(error)))
+    return loaded
+
+
+def split_examples(root: str, split: str, cache_dir: str) -> list[dict]:
+    """Featurised examples of a split: from the training cache when it matches `root`, else built here."""
+    entries = [e for e in read_summary(root) if e.split == split]
+    names = {e.name for e in entries}
+    cache = os.path.join(cache_dir, f"examples-{split}.pt")
+    if os.path.exists(cache):
+        examples = torch.load(cache, weights_only=False)
+        cached = {e["name"] for e in examples}
+        if cached <= names and len(cached) >= 0.95 * len(names):
+            log(f"template library: {len(examples)} {split} examples from {cache}")
+            return examples
+        log(f"{cache} does not match {root} {split}; featurising the split here")
+    log(f"featurising {len(entries)} {split} entries for the template library (once; cached in {cache_dir})")
+    examples, skipped = build_examples(entries, workers=min(2, os.cpu_count() or 1))
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        if not os.path.exists(cache):
+            torch.save(examples, cache + ".tmp")
+            os.replace(cache + ".tmp", cache)
+            with open(os.path.join(cache_dir, f"skipped-{split}.txt"), "w") as handle:
+                handle.write(f"# {len(skipped)} of {len(entries)} {split} entries skipped\n")
+                handle.writelines(line + "\n" for line in skipped)
+    except OSError as error:
+        log(f"could not cache the {split} examples: {error}")
+    return examples
+
+
+def chain_keys(numbered) -> list:
+    return [(slot, tuple(pos)) for slot, chain in enumerate(numbered) for pos in chain.positions]
+
+
+def skipped_row(entry, reason: str) -> dict:
+    return {"name": entry.name, "kind": entry.kind, "status": f"skipped: {reason}"}
+
+
+# --- methods ---------------------------------------------------------------------------------
+
+
+def run_immunofold(loaded, refine: bool, weights_dir: str | None):
+    from immunofold.ensemble import Ensemble
+    from immunofold.evaluate import score_entry
+    from immunofold.predict import Predictor
+    from immunofold.weights import packaged_weight_files
+
+    if weights_dir:
+        files = sorted(os.path.join(weights_dir, f) for f in os.listdir(weights_dir) if f.endswith(".safetensors"))
+    else:
+        files = packaged_weight_files()
+    if not files:
+        return None, "no immunofold weights found (none shipped, no --weights-dir / $IMMUNOFOLD_WEIGHTS)", []
+    predictor = Predictor(Ensemble(files))
+    rows = []
+    usable = [item for item in loaded if item[3] is None]
+    rows += [skipped_row(e, r) for e, _, _, r in loaded if r is not None]
+    for start in range(0, len(usable), CHUNK):
+        chunk = usable[start : start + CHUNK]
+        predictions = predictor.predict_numbered([(e.name, e.kind, numbered) for e, numbered, _, _ in chunk])
+        for prediction, (entry, _, truth, _) in zip(predictions, chunk):
+            if refine:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    predictor.refine(prediction)
+            row = {"name": entry.name, "kind": entry.kind, "status": "ok"}
+            scored = score_entry(prediction, truth, refine and prediction.refined)
+            row.update({k: v for k, v in scored.items() if k != "error_spearman"})
+            row["error_spearman"] = scored.get("error_spearman")
+            if refine:
+                row["refined"] = prediction.refined
+            rows.append(row)
+        log(f"  immunofold {min(start + CHUNK, len(usable))}/{len(usable)}")
+    return predictor.ensemble.version, None, rows
+
+
+def run_flashabb(loaded):
+    try:
+        from flash_abb import pretrained
+    except ImportError as error:
+        return None, f"FlashABB not installed ({error}); pip install -e .[bench]", []
+    model = pretrained(device="cpu")
+    rows = []
+    for entry, numbered, truth, reason in loaded:
+        if entry.kind != "antibody":
+            continue  # heavy-only and TCR input run but give broken geometry (see benchmarks/README.md)
+        if reason is not None:
+            rows.append(skipped_row(entry, reason))
+            continue
+        with torch.inference_mode():
+            result = model(["|".join(chain.sequence for chain in numbered)])
+        coords = result.coords[0].float().numpy()  # [L, 14, 3]; FlashABB's atom14 order == ATOM14_NAMES
+        row = {"name": entry.name, "kind": entry.kind, "status": "ok"}
+        row.update(score_atom14(entry.kind, coords, chain_keys(numbered), truth))
+        rows.append(row)
+    return package_version("flash-abb"), None, rows
+
+
+def run_template(loaded, library: dict, cdr3_weight: float):
+    rows = []
+    for entry, numbered, truth, reason in loaded:
+        if reason is not None:
+            rows.append(skipped_row(entry, reason))
+            continue
+        keys = chain_keys(numbered)
+        sequence = "".join(chain.sequence for chain in numbered)
+        template, identity = nearest_template(keys, sequence, library[entry.kind], cdr3_weight)
+        coords, fallbacks = thread_template(keys, template)
+        row = {"name": entry.name, "kind": entry.kind, "status": "ok", "template": template.name,
+               "template_identity": round(identity, 4), "template_fallback_residues": fallbacks}
+        row.update(score_atom14(entry.kind, coords, keys, truth))
+        rows.append(row)
+    return None, None, rows
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def fmt(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Accuracy: immunofold vs FlashABB vs nearest template",
+        "",
+        f"Data: `{report['data_root']}`, split **{report['split']}** "
+        f"(templates from split {report['template_split']}). Generated {report['generated']} by "
+        f"`{report['command']}`.",
+        "",
+        f"immunofold weights: `{report['weights']}`, {'refined' if report['refined'] else 'unrefined'} models.",
+        "",
+        "Metric (same code as `immunofold evaluate`, `immunofold.metrics.region_rmsds`): RMSD in Å over backbone "
+        "atoms N, CA, C, CB (CB where the experimental residue has one), each chain superposed on its own "
+        "framework backbone (IMGT 1-128 outside the CDRs); CDRs by IMGT definition: 1 = 27-38, 2 = 56-65, "
+        "3 = 105-117; fr = framework. Residues matched by chain and IMGT position. Cells: **mean / median** "
+        "over entries; n = entries scored.",
+        "",
+    ]
+    for kind in report["kinds"]:
+        regions = region_names(kind)
+        lines += [f"## {kind}", "", "| method | n | " + " | ".join(regions) + " |",
+                  "|---|--:|" + "--:|" * len(regions)]
+        for method in report["methods"]:
+            block = report["summary"].get(method, {}).get(kind)
+            if block is None or not block["n"]:
+                continue
+            cells = [f"{fmt(block['mean'][r])} / {fmt(block['median'][r])}" for r in regions]
+            lines.append(f"| {METHOD_LABELS[method]} | {block['n']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Methods", ""]
+    for method in report["methods"]:
+        info = report["method_info"][method]
+        lines.append(f"- **{METHOD_LABELS[method]}**: {info['description']}" +
+                     (f" Not run: {info['unavailable']}." if info.get("unavailable") else
+                      f" {info['seconds']:.0f} s for the run."))
+    skipped = sorted({r["name"] + ": " + r["status"] for rows in report["rows"].values() for r in rows
+                      if r["status"] != "ok"})
+    if skipped:
+        lines += ["", "Skipped entries:", ""] + [f"- {s}" for s in skipped]
+    lines += ["", f"Machine: {report['machine']['cpu_model']}, {report['machine']['cpu_count']} cores, "
+              f"torch {report['machine']['torch_version']} with {report['machine']['torch_threads']} threads.",
+              "", "Per-entry CDR3 RMSDs: `accuracy_cdr3.png`; all numbers: `accuracy.json`.", ""]
+    return "\n".join(lines)
+
+
+def plot_cdr3(report: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot (pip install -e .[bench])")
+        return False
+    panels = [(k, r) for k, r in CDR3_PANELS if k in report["kinds"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.2), squeeze=False)
+    rng = np.random.default_rng(0)
+    colours = {"immunofold": "tab:blue", "flashabb": "tab:orange", "template": "tab:grey"}
+    for ax, (kind, region) in zip(axes[0], panels):
+        data, labels, methods = [], [], []
+        for method in report["methods"]:
+            values = [r[region] for r in report["rows"].get(method, [])
+                      if r["kind"] == kind and r["status"] == "ok" and r.get(region) is not None]
+            if values:
+                data.append(values)
+                labels.append(f"{METHOD_LABELS[method]}\n(n={len(values)})")
+                methods.append(method)
+        if data:
+            ax.boxplot(data, showfliers=False, widths=0.55)
+            for i, (values, method) in enumerate(zip(data, methods), start=1):
+                ax.scatter(i + rng.uniform(-0.18, 0.18, len(values)), values, s=9, alpha=0.7,
+                           color=colours[method], zorder=3)
+            ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+        ax.set_title(f"{kind} CDR-{region}")
+        ax.set_ylabel("RMSD (Å)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"CDR3 RMSD per entry, {report['split']} split (N, CA, C, CB; framework-superposed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.time()
+    machine = machine_info()
+    entries = select_entries(args.data, args.split, args.kinds, args.limit)
+    if not entries:
+        log(f"no {args.split} entries of kinds {args.kinds} under {args.data}")
+        return 2
+    log(f"{len(entries)} {args.split} entries; numbering and loading structures")
+    loaded = load_inputs(entries)
+
+    rows, method_info, weights = {}, {}, "not run"
+    for method in args.methods:
+        t0 = time.time()
+        log(f"running {method}")
+        if method == "immunofold":
+            version, unavailable, rows[method] = run_immunofold(loaded, args.refine, args.weights_dir)
+            weights = version or f"not available ({unavailable})"
+            description = (f"ensemble forward pass, {'refined (OpenMM)' if args.refine else 'unrefined'} model "
+                           "(the member closest to the ensemble mean), from the IMGT-numbered V domains.")
+        elif method == "flashabb":
+            version, unavailable, rows[method] = run_flashabb(loaded)
+            description = (f"flash-abb {version}, `pretrained(device='cpu')`, one `HEAVY|LIGHT` string per entry "
+                           "(the same IMGT-trimmed V domains), unrefined atom14 output; antibodies only (its heavy-only "
+                           "and TCR output is not meaningful).")
+        else:
+            library = templates_by_kind(split_examples(args.data, args.template_split, args.cache_dir))
+            version, unavailable, rows[method] = run_template(loaded, library, args.cdr3_weight)
+            weighting = "unweighted" if args.cdr3_weight == 1 else f"CDR3 positions weighted x{args.cdr3_weight:g}"
+            description = (f"the {args.template_split}-split entry of the same kind with the highest sequence identity "
+                           f"over the query's IMGT positions (matches at the same chain + IMGT position / query "
+                           f"length, a position the template lacks counts as a mismatch; {weighting}), threaded by "
+                           "IMGT position: N, CA, C, O, CB copied (virtual CB for template glycines); a position the "
+                           "template lacks takes the coordinates of the nearest threaded residue of the same chain.")
+        method_info[method] = {"description": description, "seconds": round(time.time() - t0, 1),
+                               "version": version, "unavailable": unavailable}
+        if unavailable:
+            log(f"  {method} not run: {unavailable}")
+
+    summary = {m: {k: summarise_rows([r for r in rows[m] if r["kind"] == k], k) for k in args.kinds} for m in rows}
+    report = {
+        "data_root": os.path.abspath(args.data),
+        "split": args.split,
+        "template_split": args.template_split,
+        "kinds": args.kinds,
+        "limit_per_kind": args.limit,
+        "methods": args.methods,
+        "refined": args.refine,
+        "weights": weights,
+        "metric": "RMSD (Å) over N, CA, C, CB; per-chain framework superposition; IMGT CDRs 27-38, 56-65, 105-117",
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine,
+        "seconds": None,
+        "method_info": method_info,
+        "summary": summary,
+        "rows": rows,
+    }
+    report["seconds"] = round(time.time() - started, 1)
+    os.makedirs(args.out_dir, exist_ok=True)
+    text = markdown(report)
+    with open(os.path.join(args.out_dir, "accuracy.md"), "w") as handle:
+        handle.write(text)
+    with open(os.path.join(args.out_dir, "accuracy.json"), "w") as handle:
+        json.dump(report, handle, indent=1, default=float)
+    plot_cdr3(report, os.path.join(args.out_dir, "accuracy_cdr3.png"))
+    print(text)
+    log(f"wrote {args.out_dir}/accuracy.md, accuracy.json, accuracy_cdr3.png ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

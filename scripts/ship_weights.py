@@ -1,0 +1,71 @@
+"""Copy the best weights of training runs into the package (src/immunofold/weights/) and document them.
+
+Usage: python scripts/ship_weights.py --release v0.1 runs/member0 runs/member1 runs/member2 runs/member3
+
+Each member's safetensors file keeps its metadata (config, epoch, val metrics, wall time, hardware,
+commit) and gains the release name; weights/README.md gets one row per member and each config is
+saved beside its weights as <member>.yaml, so `immunofold train --config <member>.yaml` reproduces it.
+"""
+
+import argparse
+import json
+import os
+
+import yaml
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "..", "src", "immunofold", "weights")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--release", required=True, help="release name written into every member, e.g. v0.1")
+    parser.add_argument("--notes", default="", help="free text for the README (how the members were trained)")
+    parser.add_argument("runs", nargs="+", help="run folders holding best.safetensors")
+    args = parser.parse_args()
+    os.makedirs(WEIGHTS_DIR, exist_ok=True)
+    for old in os.listdir(WEIGHTS_DIR):
+        if old.endswith((".safetensors", ".yaml")):
+            os.remove(os.path.join(WEIGHTS_DIR, old))
+    rows = []
+    for run in args.runs:
+        source = os.path.join(run, "best.safetensors")
+        with safe_open(source, framework="pt") as handle:
+            info = json.loads(handle.metadata()["info"])
+        info["release"] = args.release
+        name = info["config"]["name"]
+        save_file(load_file(source), os.path.join(WEIGHTS_DIR, f"{name}.safetensors"), metadata={"info": json.dumps(info)})
+        with open(os.path.join(WEIGHTS_DIR, f"{name}.yaml"), "w") as handle:
+            yaml.safe_dump(info["config"], handle, sort_keys=False)
+        val = info["val"]
+        rows.append(
+            f"| {name} | {info['config']['seed']} | {info['epoch']} | {info['train_seconds'] / 60:.0f} min | "
+            f"{info['device']} | {info.get('train_examples', '?')} | {val['antibody']['H3']:.2f} / {val['antibody']['Hfr']:.2f} | "
+            f"{val['nanobody']['H3']:.2f} | {val['tcr']['A3']:.2f} / {val['tcr']['B3']:.2f} | {info.get('commit', 'unknown')[:12]} |"
+        )
+    size = sum(os.path.getsize(os.path.join(WEIGHTS_DIR, n)) for n in os.listdir(WEIGHTS_DIR) if n.endswith(".safetensors"))
+    readme = f"""# Shipped weights: release {args.release}
+
+{len(rows)} ensemble members, {size / 1e6:.1f} MB in total (safetensors). Each file's metadata holds its full
+config, the epoch kept, its val metrics, training wall time, hardware and the commit of the training code;
+`<member>.yaml` is the config (reproduce a member with `immunofold train --config <member>.yaml`, then
+`python scripts/ship_weights.py --release NAME runs/member*`).
+
+Data: ../shared/data (SAbDab/STCRDab-like), **train split only** (antibody, nanobody and TCR entries released
+before 2021; see its README). Model selection used the val split (recent entries; never trained on).
+Val columns: mean RMSD (Å) on the val split, ImmuneBuilder convention (backbone N, CA, C, CB; each chain
+superposed on its own framework; IMGT CDRs), single member, unrefined, at the kept epoch.
+
+{args.notes}
+
+| member | seed | epoch | train time | hardware | train examples | val Ab H3 / Hfr | val Nb H3 | val TCR A3 / B3 | commit |
+|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n"
+    with open(os.path.join(WEIGHTS_DIR, "README.md"), "w") as handle:
+        handle.write(readme)
+    print(readme)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""Jobs for the web app: persisted in SQLite, run in a worker pool with one model loaded once.
+
+A job is a single prediction ("single") or a batch upload ("batch"). Finished results (PDB, mmCIF,
+per-residue error and numbering; or a zip archive for a batch) are stored in the database, so a
+restart of the server loses nothing; jobs that were queued or running when the server stopped are
+run again at the next start. Job ids are server-generated UUIDs and never become file paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from immunofold.constants import IMGT_CDRS, imgt_region
+
+STATUSES = ("queued", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    request TEXT NOT NULL,
+    upload BLOB,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    pdb TEXT,
+    cif TEXT,
+    archive BLOB
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created);
+"""
+
+_PUBLIC_COLUMNS = "id, type, status, stage, name, created, updated, done, total, error, result"
+
+
+def default_db_path() -> Path:
+    from immunofold.web.assets import user_data_dir
+
+    return user_data_dir() / "jobs.sqlite"
+
+
+class JobStore:
+    """Thread-safe access to the jobs table (one short connection per operation, WAL mode)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _execute(self, sql: str, params=()) -> list[sqlite3.Row]:
+        with self._lock:
+            db = self._connect()
+            try:
+                with db:
+                    return db.execute(sql, params).fetchall()
+            finally:
+                db.close()
+
+    def create(self, job_type: str, name: str, request: dict, upload: bytes | None = None, total: int = 0) -> str:
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        self._execute(
+            "INSERT INTO jobs (id, type, status, stage, name, created, updated, request, upload, total)"
+            " VALUES (?, ?, 'queued', 'queued', ?, ?, ?, ?, ?, ?)",
+            (job_id, job_type, name, now, now, json.dumps(request), upload, total),
+        )
+        return job_id
+
+    def update(self, job_id: str, **fields) -> None:
+        fields["updated"] = time.time()
+        columns = ", ".join(f"{key} = ?" for key in fields)
+        self._execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
+
+    def get(self, job_id: str) -> dict | None:
+        rows = self._execute(f"SELECT {_PUBLIC_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            return None
+        job = dict(rows[0])
+        job["result"] = json.loads(job["result"]) if job["result"] else None
+        if job["status"] == "queued":
+            ahead = self._execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND created < ?", (job["created"],)
+            )
+            job["queue_position"] = int(ahead[0][0])
+        return job
+
+    def get_field(self, job_id: str, column: str):
+        assert column in ("pdb", "cif", "archive", "request", "upload", "name", "status", "type")
+        rows = self._execute(f"SELECT {column} FROM jobs WHERE id = ?", (job_id,))
+        return rows[0][0] if rows else None
+
+    def list(self, limit: int = 50) -> list[dict]:
+        rows = self._execute(
+            "SELECT id, type, status, stage, name, created, updated, done, total, error FROM jobs"
+            " ORDER BY created DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(row) for row in rows]
+
+    def unfinished(self) -> list[str]:
+        rows = self._execute("SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created")
+        return [row[0] for row in rows]
+
+
+def cdr_ranges() -> dict[str, list[int]]:
+    return {f"CDR{k}": [lo, hi] for k, (lo, hi) in IMGT_CDRS.items()}
+
+
+def prediction_result(prediction) -> dict:
+    """The JSON part of a finished single job: per-residue error, numbering, CDR positions."""
+    chains, start = [], 0
+    for chain_id, chain, ids in zip(prediction.chain_ids, prediction.chains, prediction.residue_ids):
+        errors = prediction.error[start : start + len(chain)]
+        residues = []
+        for aa, (imgt, imgt_ins), (number, ins), err in zip(chain.sequence, chain.positions, ids, errors):
+            residues.append(
+                {
+                    "aa": aa,
+                    "imgt": f"{imgt}{imgt_ins}",
+                    "imgt_number": int(imgt),
+                    "resi": int(number),
+                    "icode": ins,
+                    "region": imgt_region(int(imgt)),
+                    "error": round(float(err), 3),
+                }
+            )
+        chains.append({"id": chain_id, "chain_class": chain.chain_class, "sequence": chain.sequence, "residues": residues})
+        start += len(chain)
+    return {
+        "kind": prediction.kind,
+        "name": prediction.name,
+        "chains": chains,
+        "mean_error": round(prediction.mean_error, 3),
+        "max_error": round(float(prediction.error.max()), 3),
+        "refined": bool(prediction.refined),
+        "refine_message": prediction.refine_message,
+        "notes": list(prediction.notes),
+        "weights_version": prediction.weights_version,
+        "cdrs": cdr_ranges(),
+    }
+
+
+def _read_summary(outdir: Path, limit: int = 500) -> tuple[list[str], list[list[str]]]:
+    path = outdir / "summary.csv"
+    if not path.is_file():
+        return [], []
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    return (rows[0], rows[1 : limit + 1]) if rows else ([], [])
+
+
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as handle:
+        return max(0, sum(1 for _ in csv.reader(handle)) - 1)
+
+
+def count_records(data: bytes, suffix: str) -> int:
+    """A rough number of receptors in an upload, for the progress bar (0 when unknown)."""
+    text = data.decode("utf-8", errors="replace")
+    if suffix in (".csv", ".tsv"):
+        return max(0, sum(1 for line in text.splitlines() if line.strip()) - 1)
+    return 0
+
+
+class JobRunner:
+    """Runs jobs in a thread pool; the model is loaded once, on first use, and shared."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        predictor_factory: Callable | None = None,
+        batch_runner: Callable | None = None,
+        workers: int = 1,
+        work_dir: str | os.PathLike | None = None,
+    ):
+        self.store = store
+        self._predictor_factory = predictor_factory
+        self._predictor = None
+        self._predictor_lock = threading.Lock()
+        self._batch_runner = batch_runner
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="immunofold-job")
+        self._work_dir = Path(work_dir) if work_dir else None
+        self._closed = False
+
+    # --- model -----------------------------------------------------------------------------
+    def predictor(self):
+        with self._predictor_lock:
+            if self._predictor is None:
+                if self._predictor_factory is None:
+                    from immunofold.predict import Predictor
+
+                    self._predictor = Predictor()
+                else:
+                    self._predictor = self._predictor_factory()
+            return self._predictor
+
+    def batch_runner(self) -> Callable | None:
+        if self._batch_runner is not None:
+            return self._batch_runner
+        try:
+            from immunofold.batch import run_batch
+        except ImportError:
+            return None
+        return run_batch
+
+    # --- scheduling ------------------------------------------------------------------------
+    def submit(self, job_id: str) -> None:
+        if not self._closed:
+            self._pool.submit(self._run, job_id)
+
+    def resume(self) -> int:
+        """Queue again the jobs a previous server left unfinished; returns how many."""
+        ids = self.store.unfinished()
+        for job_id in ids:
+            self.store.update(job_id, status="queued", stage="queued (restarted)")
+            self.submit(job_id)
+        return len(ids)
+
+    def shutdown(self, wait: bool = False) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    def _run(self, job_id: str) -> None:
+        job_type = self.store.get_field(job_id, "type")
+        if job_type is None:
+            return
+        self.store.update(job_id, status="running", stage="starting")
+        try:
+            if job_type == "single":
+                self._run_single(job_id)
+            else:
+                self._run_batch(job_id)
+        except Exception as error:  # noqa: BLE001 - a job failure is reported to the user, not raised
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.store.update(job_id, status="failed", stage="failed", error=message[:2000])
+
+    def _run_single(self, job_id: str) -> None:
+        request = json.loads(self.store.get_field(job_id, "request"))
+        self.store.update(job_id, stage="loading model")
+        predictor = self.predictor()
+        self.store.update(job_id, stage="predicting")
+        kind, chains, name = request["kind"], request["chains"], request["name"]
+        numbered = predictor.number(kind, chains, name)
+        prediction = predictor.predict_numbered([(name, kind, numbered)])[0]
+        if request.get("refine"):
+            self.store.update(job_id, stage="refining")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prediction = predictor.refine(prediction)
+        self.store.update(job_id, stage="writing files")
+        result = prediction_result(prediction)
+        self.store.update(
+            job_id,
+            status="done",
+            stage="done",
+            done=1,
+            total=1,
+            result=json.dumps(result),
+            pdb=prediction.to_pdb_string(),
+            cif=prediction.to_cif_string(),
+        )
+
+    def _run_batch(self, job_id: str) -> None:
+        run_batch = self.batch_runner()
+        if run_batch is None:
+            raise RuntimeError("batch prediction is not available in this installation (immunofold.batch.run_batch)")
+        request = json.loads(self.store.get_field(job_id, "request"))
+        upload = self.store.get_field(job_id, "upload")
+        suffix = request["suffix"]  # chosen by the server from a fixed list, never the user's file name
+        with tempfile.TemporaryDirectory(prefix="immunofold-web-", dir=self._work_dir) as tmp:
+            tmp_path = Path(tmp)
+            input_path = tmp_path / f"input{suffix}"
+            input_path.write_bytes(upload)
+            outdir = tmp_path / "results"
+            outdir.mkdir()
+            self.store.update(job_id, stage="loading model")
+            done_event = threading.Event()
+            watcher = threading.Thread(target=self._watch_batch, args=(job_id, outdir, done_event), daemon=True)
+            watcher.start()
+            try:
+                self.store.update(job_id, stage="predicting")
+                report = run_batch(
+                    str(input_path),
+                    str(outdir),
+                    kind=request.get("kind", "auto"),
+                    batch_size=request.get("batch_size", 8),
+                    workers=1,
+                    refine=bool(request.get("refine")),
+                    plots=False,
+                )
+            finally:
+                done_event.set()
+                watcher.join(timeout=5)
+            self.store.update(job_id, stage="packing results")
+            header, rows = _read_summary(outdir)
+            n_ok, n_failed = _count_lines(outdir / "summary.csv"), _count_lines(outdir / "failures.csv")
+            n_ok = getattr(report, "n_ok", None) or getattr(report, "succeeded", None) or n_ok
+            if isinstance(n_ok, (list, tuple)):
+                n_ok = len(n_ok)
+            archive = io.BytesIO()
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(outdir.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, f"immunofold_results/{path.relative_to(outdir).as_posix()}")
+            failures_header, failures = [], []
+            if (outdir / "failures.csv").is_file():
+                with open(outdir / "failures.csv", newline="") as handle:
+                    failure_rows = list(csv.reader(handle))
+                if failure_rows:
+                    failures_header, failures = failure_rows[0], failure_rows[1:501]
+            result = {
+                "summary_header": header,
+                "summary": rows,
+                "failures_header": failures_header,
+                "failures": failures,
+                "n_ok": int(n_ok),
+                "n_failed": n_failed,
+            }
+            self.store.update(
+                job_id,
+                status="done",
+                stage="done",
+                done=int(n_ok) + n_failed,
+                total=max(int(n_ok) + n_failed, 0),
+                result=json.dumps(result),
+                archive=archive.getvalue(),
+            )
+
+    def _watch_batch(self, job_id: str, outdir: Path, done_event: threading.Event) -> None:
+        """Progress of a batch: the number of structure files written so far."""
+        last = -1
+        while not done_event.wait(0.5):
+            written = sum(1 for p in outdir.rglob("*") if p.suffix in (".pdb", ".cif"))
+            if written != last:
+                self.store.update(job_id, done=written)
+                last = written

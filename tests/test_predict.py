@@ -1,0 +1,101 @@
+"""End to end on the shipped weights: sequences -> numbered, refined, full-atom structure with errors."""
+
+import gemmi
+import numpy as np
+import pytest
+
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
+from immunofold.cli import main
+from immunofold.io import read_chains
+from immunofold.predict import Predictor
+from immunofold.refine import find_problems
+from immunofold.sequences import InputError
+
+# A val-split nanobody (7S2R) with a 21-residue CDR3: IMGT insertions 111A.., 112A..
+LONG_CDR3_NANOBODY = (
+    "QVQLQESGGGSVQAGGSLRLSCAASGYTYRDYYMGWFRQAPGREREGVASIYTRGSREGSTRYSSSVEGRFTITLDTAKNTLYLQMNSLKPEDTAMYYCAADDRTWLPRVQLGGPRENEYNYWGQGTQVTVSS"
+)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor()
+
+
+@pytest.fixture(scope="module")
+def trastuzumab(predictor):
+    return predictor.predict("antibody", {"heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}, name="trastuzumab")
+
+
+def peptide_bonds(structure: gemmi.Structure) -> list[float]:
+    lengths = []
+    for chain in structure[0]:
+        residues = list(chain)
+        for previous, current in zip(residues, residues[1:]):
+            lengths.append(previous["C"][0].pos.dist(current["N"][0].pos))
+    return lengths
+
+
+def test_trastuzumab_is_refined_with_sane_geometry_and_errors(trastuzumab):
+    assert trastuzumab.refined, trastuzumab.refine_message
+    pdb = trastuzumab.to_pdb_string()
+    structure = gemmi.read_pdb_string(pdb)
+    assert [chain.name for chain in structure[0]] == ["H", "L"]
+    assert find_problems(pdb) == []  # no clashes < 2 Å, cis non-Pro, D-amino acids, broken bonds
+    assert all(abs(length - 1.33) < 0.1 for length in peptide_bonds(structure))
+    bfactors = [atom.b_iso for residue in structure[0]["H"] for atom in residue]
+    assert min(bfactors) > 0 and max(bfactors) < 30
+    assert "PREDICTED ERROR IN ANGSTROM" in pdb
+    assert trastuzumab.error.shape == (len(TRASTUZUMAB_HEAVY) + len(TRASTUZUMAB_LIGHT),)
+
+
+def test_errors_are_higher_in_cdr3_than_in_the_framework(trastuzumab):
+    positions = np.array([p for p, _ in trastuzumab.numbering["H"]])
+    heavy_error = trastuzumab.error[: len(positions)]
+    cdr3 = (positions >= 105) & (positions <= 117)
+    framework = ~cdr3 & ~((positions >= 27) & (positions <= 38)) & ~((positions >= 56) & (positions <= 65))
+    assert heavy_error[cdr3].mean() > heavy_error[framework].mean()
+
+
+def test_long_cdr3_gets_imgt_insertion_codes_in_the_file(predictor, tmp_path):
+    prediction = predictor.predict("nanobody", {"heavy": LONG_CDR3_NANOBODY}, name="7s2r", refine=False)
+    path = tmp_path / "nb.pdb"
+    prediction.save(path)
+    chain = read_chains(str(path))["H"]
+    assert (111, "A") in chain.residue_ids and (112, "A") in chain.residue_ids
+    assert chain.sequence == LONG_CDR3_NANOBODY
+
+
+def test_cif_output_and_ensemble_members_are_written(predictor, tmp_path):
+    prediction = predictor.predict("nanobody", {"heavy": LONG_CDR3_NANOBODY}, refine=False)
+    prediction.save(tmp_path / "nb.cif")
+    assert set(read_chains(str(tmp_path / "nb.cif"))) == {"H"}
+    paths = prediction.save_ensemble(tmp_path / "members")
+    assert len(paths) >= 4
+
+
+@pytest.mark.parametrize(
+    "kind, chains, reason",
+    [
+        ("antibody", {"heavy": TRASTUZUMAB_HEAVY}, "missing light chain"),
+        ("antibody", {"heavy": TRASTUZUMAB_LIGHT, "light": TRASTUZUMAB_LIGHT}, "expected heavy"),
+        ("nanobody", {"heavy": TRASTUZUMAB_HEAVY[:40]}, "too short"),
+        ("tcr", {"alpha": TRASTUZUMAB_HEAVY, "beta": TRASTUZUMAB_LIGHT}, "expected alpha"),
+        ("nanobody", {"heavy": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQ"}, "no antibody or TCR"),
+        ("nanobody", {"heavy": TRASTUZUMAB_HEAVY.replace("W", "B", 1)}, "invalid letters"),
+    ],
+)
+def test_bad_input_is_one_line_error_naming_the_chain(predictor, kind, chains, reason):
+    with pytest.raises(InputError) as error:
+        predictor.predict(kind, chains, name="rec1", refine=False)
+    message = str(error.value)
+    assert reason in message and message.startswith("rec1") and "\n" not in message
+
+
+def test_cli_predict_writes_a_file_and_reports_bad_input(tmp_path, capsys):
+    out = tmp_path / "nb.pdb"
+    assert main(["predict", "nanobody", "--heavy", LONG_CDR3_NANOBODY, "-o", str(out), "--no-refine"]) == 0
+    assert out.exists() and "mean error" in capsys.readouterr().out
+    assert main(["predict", "nanobody", "--heavy", "ACDEFGHIKL", "-o", str(tmp_path / "x.pdb")]) == 2
+    assert "too short" in capsys.readouterr().err
+    assert not (tmp_path / "x.pdb").exists()
