@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -40,8 +41,8 @@ from common import (  # noqa: E402
     thread_template,
 )
 
-from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, KINDS  # noqa: E402
-from immunofold.data.sabdab import build_examples, load_example, read_summary  # noqa: E402
+from immunofold.constants import KINDS  # noqa: E402
+from immunofold.data.sabdab import _load_or_reason, load_example, read_summary  # noqa: E402
 from immunofold.sequences import KIND_SLOTS, InputError, number_receptor  # noqa: E402
 
 METHODS = ("immunofold", "flashabb", "template")
@@ -111,7 +112,7 @@ def split_examples(root: str, split: str, cache_dir: str) -> list[dict]:
             return examples
         log(f"{cache} does not match {root} {split}; featurising the split here")
     log(f"featurising {len(entries)} {split} entries for the template library (once; cached in {cache_dir})")
-    examples, skipped = build_examples(entries, workers=min(2, os.cpu_count() or 1))
+    examples, skipped = featurise_entries(entries)
     try:
         os.makedirs(cache_dir, exist_ok=True)
         if not os.path.exists(cache):
@@ -123,6 +124,20 @@ def split_examples(root: str, split: str, cache_dir: str) -> list[dict]:
     except OSError as error:
         log(f"could not cache the {split} examples: {error}")
     return examples
+
+
+def featurise_entries(entries) -> tuple[list[dict], list[str]]:
+    """(examples, skip reasons). Worker processes are spawned, not forked: forking after torch has run
+    threads can deadlock the workers."""
+    workers = min(2, os.cpu_count() or 1)
+    if workers < 2 or len(entries) < 64:
+        results = [_load_or_reason(entry) for entry in entries]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_load_or_reason, entries, chunksize=16)
+    examples = [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in e.items()}
+                for e, _ in results if e is not None]
+    return examples, [r for _, r in results if r is not None]
 
 
 def chain_keys(numbered) -> list:
@@ -323,7 +338,8 @@ def main(argv=None) -> int:
                            "(the member closest to the ensemble mean), from the IMGT-numbered V domains.")
         elif method == "flashabb":
             version, unavailable, rows[method] = run_flashabb(loaded)
-            description = (f"flash-abb {version}, `pretrained(device='cpu')`, one `HEAVY|LIGHT` string per entry "
+            description = (f"flash-abb {version}, `pretrained(device='cpu')` (its defaults, including its dropout-LayerNorm "
+                           "correction hooks, `dlc_correction=True`), one `HEAVY|LIGHT` string per entry "
                            "(the same IMGT-trimmed V domains), unrefined atom14 output; antibodies only (its heavy-only "
                            "and TCR output is not meaningful).")
         else:

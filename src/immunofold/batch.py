@@ -1,5 +1,567 @@
-"""Batch prediction (placeholder until implemented)."""
+"""Batch prediction: `immunofold batch INPUT -o OUTDIR` and `run_batch(...)`.
+
+INPUT is FASTA or CSV/TSV (see `immunofold.inputs`). OUTDIR receives one structure file per
+record (`<safe name>.pdb`), `summary.csv` (every record, in input order), `failures.csv` (one
+line per record that could not be modelled, with its one-line reason) and, with `plots=True`,
+`plots/<safe name>.png` plus `plots/overview.png`.
+
+Resumable and atomic
+    Every record's outcome is a JSON sidecar `OUTDIR/.immunofold/records/<fingerprint>.json`,
+    written (temp file + os.replace) after its structure file. A record is finished when its
+    sidecar exists (and, for a success, its structure file). Re-running the same command skips
+    finished records; summary.csv and failures.csv are rebuilt from the sidecars, in input
+    order, at the end of every run. Only the `seconds` column of summary.csv (wall time spent
+    on the record in the run that made it) differs between an interrupted-and-resumed run and
+    an uninterrupted one; everything else, and every structure file, is byte-identical.
+    No file is ever left half-written under its final name.
+
+Independent of batch composition
+    Records are batched only with records of the same total length, so a model pass never pads
+    a record: its output is bit-identical whether it runs alone or with any others (padding
+    changes float rounding at the 1e-5 Å level, enough to flip the third decimal of a PDB
+    coordinate). See tests/test_batch.py.
+
+Work split
+    Numbering (anarcism) and refinement (OpenMM) run in `workers` worker processes; the
+    ensemble pass runs batched in the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+
+from immunofold.constants import IMGT_CDRS
+from immunofold.inputs import (
+    KIND_CHOICES,
+    Record,
+    Resolved,
+    assign_file_stems,
+    input_error_reason,
+    one_line,
+    parse_input,
+    resolve_or_reason,
+)
+from immunofold.sequences import InputError
+
+STATE_DIR = ".immunofold"
+RECORDS_DIR = "records"
+PLOTS_DIR = "plots"
+SUMMARY_FILE = "summary.csv"
+FAILURES_FILE = "failures.csv"
+DEFAULT_BATCH_SIZE = 16
+NUMBERING_CHUNK = 8  # records per task sent to a worker process
+MAX_HELD = 512  # numbered records waiting for a same-length batch before the fullest bucket runs anyway
+CHAIN_COLUMNS = ("H", "L", "A", "B")
+SUMMARY_COLUMNS = (
+    ["name", "kind", "status", "file", "mean_error"]
+    + [f"cdr3_error_{c}" for c in CHAIN_COLUMNS]
+    + [f"length_{c}" for c in CHAIN_COLUMNS]
+    + ["refined", "seconds"]
+)
+FAILURE_COLUMNS = ["name", "source", "reason"]
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class BatchReport:
+    """Outcome of one `run_batch` call. done/failed count records finished in this run;
+    skipped counts records already finished by an earlier run (successes and failures)."""
+
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    ok_total: int  # successful records in summary.csv
+    failed_total: int  # lines in failures.csv
+    outdir: str
+    summary_path: str
+    failures_path: str
+    seconds: float
+    plots: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.total} records: {self.done} predicted, {self.failed} failed, {self.skipped} already finished "
+            f"({self.ok_total} ok, {self.failed_total} failed in total) in {self.seconds:.1f} s"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    folder = os.path.dirname(path) or "."
+    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.chmod(temp_path, 0o666 & ~_UMASK)
+        with os.fdopen(handle, "w", newline="") as temp_file:
+            temp_file.write(text)
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+        raise
+
+
+def _remove_stale_temp_files(*folders: str) -> None:
+    """Temp files ('.<name>.<random>.tmp') left by a killed run; never a final output."""
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.listdir(folder):
+            if entry.startswith(".") and entry.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(folder, entry))
+                except OSError:
+                    pass
+
+
+def _position_label(position: tuple[int, str]) -> str:
+    return f"{position[0]}{position[1]}"
+
+
+def cdr3_errors(prediction) -> dict[str, float]:
+    """Mean predicted error (Å) of each chain's CDR3 (IMGT 105-117), as in `immunofold predict`."""
+    lo, hi = IMGT_CDRS[3]
+    result, start = {}, 0
+    for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
+        errors = prediction.error[start : start + len(chain)]
+        in_cdr3 = [lo <= number <= hi for number, _ in chain.positions]
+        result[chain_id] = float(errors[in_cdr3].mean()) if any(in_cdr3) else float("nan")
+        start += len(chain)
+    return result
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# worker-process tasks (top level: picklable)
+# --------------------------------------------------------------------------------------------
+def _number_chunk(records: list[Record], kind: str) -> list[tuple[Resolved | str, float]]:
+    results = []
+    for record in records:
+        start = time.perf_counter()
+        result = resolve_or_reason(record, kind)
+        results.append((result, time.perf_counter() - start))
+    return results
+
+
+def _refine_task(prediction):
+    from immunofold.predict import Predictor
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refined = Predictor.__new__(Predictor).refine(prediction)  # refine() needs no loaded ensemble
+    return refined, time.perf_counter() - start
+
+
+def _worker_init() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:  # noqa: BLE001, S110
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# the batch run
+# --------------------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, records, outdir, kind, batch_size, workers, refine, fmt, numbering, device, predictor,
+                 progress, on_event, threads=None):
+        self.records = records
+        self.outdir = outdir
+        self.state = os.path.join(outdir, STATE_DIR, RECORDS_DIR)
+        self.kind, self.batch_size, self.workers = kind, batch_size, workers
+        self.refine, self.fmt, self.numbering, self.device = refine, fmt, numbering, device
+        self._predictor = predictor
+        self.on_event = on_event or (lambda event, record: None)
+        self.done = self.failed = self.skipped = 0
+        good = [r for r in records if r.error is None]
+        self.stems = dict(zip((r.index for r in good), assign_file_stems([r.name for r in good])))
+        self.fingerprints = {
+            r.index: r.fingerprint(kind=kind, numbering=numbering, refine=refine, fmt=fmt, stem=self.stems.get(r.index),
+                                   version=SIDECAR_VERSION)
+            for r in records
+        }
+        self.bar = None
+        self.progress = progress
+        # The model pass gets the cores the workers leave free: on a busy machine, torch threads
+        # fighting the numbering workers (or each other) cost more than they give.
+        self.threads = threads or max(1, (os.cpu_count() or 1) - workers)
+
+    # --- sidecars --------------------------------------------------------------------------
+    def sidecar_path(self, record: Record) -> str:
+        return os.path.join(self.state, f"{self.fingerprints[record.index]}.json")
+
+    def load_sidecar(self, record: Record) -> dict | None:
+        try:
+            with open(self.sidecar_path(record)) as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        if data.get("status") == "ok" and not os.path.isfile(os.path.join(self.outdir, data.get("file", ""))):
+            return None
+        return data
+
+    def write_sidecar(self, record: Record, data: dict) -> None:
+        _atomic_write_text(self.sidecar_path(record), json.dumps(data, sort_keys=True))
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from immunofold.predict import Predictor
+
+            self._predictor = Predictor(device=self.device)
+        return self._predictor
+
+    # --- outcomes --------------------------------------------------------------------------
+    def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0) -> None:
+        data = {"status": "failed", "name": record.name, "source": record.source, "kind": kind or "",
+                "reason": one_line(reason), "seconds": round(seconds, 4)}
+        self.write_sidecar(record, data)
+        self.failed += 1
+        self.on_event("record_done", record)
+        self._tick()
+
+    def succeed(self, record: Record, prediction, seconds: float) -> None:
+        try:
+            stem = self.stems[record.index]
+            file_name = f"{stem}.{self.fmt}"
+            start = time.perf_counter()
+            text = prediction.to_pdb_string() if self.fmt == "pdb" else prediction.to_cif_string()
+            _atomic_write_text(os.path.join(self.outdir, file_name), text)
+            self.on_event("structure_written", record)
+            seconds += time.perf_counter() - start
+            chains, offset = [], 0
+            for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
+                n = len(chain)
+                chains.append({
+                    "id": chain_id, "class": chain.chain_class, "length": n,
+                    "imgt": [_position_label(p) for p in chain.positions],
+                    "error": [round(float(e), 3) for e in prediction.error[offset : offset + n]],
+                })
+                offset += n
+            data = {
+                "status": "ok", "name": record.name, "source": record.source, "kind": prediction.kind,
+                "file": file_name, "mean_error": round(prediction.mean_error, 6),
+                "cdr3_error": {k: (None if math.isnan(v) else round(v, 6)) for k, v in cdr3_errors(prediction).items()},
+                "chains": chains, "refined": bool(prediction.refined), "refine_message": prediction.refine_message,
+                "notes": list(prediction.notes), "weights": prediction.weights_version, "seconds": round(seconds, 4),
+            }
+        except Exception as error:  # e.g. disk full, unwritable name: the record fails, the run goes on  # noqa: BLE001
+            self.fail(record, f"could not write the output ({type(error).__name__}: {one_line(error)})", prediction.kind)
+            return
+        self.write_sidecar(record, data)
+        self.done += 1
+        self.on_event("record_done", record)
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"ok={self.done} failed={self.failed}", refresh=False)
+
+    # --- the pipeline ----------------------------------------------------------------------
+    def _numbered(self, records: list[Record], executor):
+        """(record, Resolved | reason, seconds) in input order; numbering runs ahead in the workers."""
+        if executor is None:
+            for record in records:
+                (result, seconds), = _number_chunk([record], self.kind)
+                yield record, result, seconds
+            return
+        chunks = [records[i : i + NUMBERING_CHUNK] for i in range(0, len(records), NUMBERING_CHUNK)]
+        pending: deque = deque()
+        ahead = max(4, 4 * self.workers)
+        next_chunk = 0
+        while next_chunk < len(chunks) or pending:
+            while next_chunk < len(chunks) and len(pending) < ahead:
+                pending.append((chunks[next_chunk], executor.submit(_number_chunk, chunks[next_chunk], self.kind)))
+                next_chunk += 1
+            chunk, future = pending.popleft()
+            try:
+                results = future.result()
+            except Exception:  # a crashed worker: number this chunk here instead  # noqa: BLE001
+                results = _number_chunk(chunk, self.kind)
+            for record, (result, seconds) in zip(chunk, results):
+                yield record, result, seconds
+
+    def _check_numbering(self, record: Record, resolved: Resolved) -> str | None:
+        from immunofold.constants import KIND_CHAIN_IDS
+        from immunofold.numbering import renumber
+
+        try:
+            for chain, chain_id in zip(resolved.chains, KIND_CHAIN_IDS[resolved.kind]):
+                renumber(chain, self.numbering, f"{record.name} chain {chain_id}")
+        except InputError as error:
+            return input_error_reason(error, record.name)
+        return None
+
+    def _predict_group(self, group, executor, refining: list) -> None:
+        start = time.perf_counter()
+        items = [(record.name, resolved.kind, resolved.chains) for record, resolved, _ in group]
+        try:
+            predictions = self.predictor.predict_numbered(items, self.numbering)
+        except Exception:  # noqa: BLE001
+            predictions = []
+            for item in items:  # find the record that breaks the pass; the others still run
+                try:
+                    predictions.append(self.predictor.predict_numbered([item], self.numbering)[0])
+                except Exception as error:  # noqa: BLE001
+                    predictions.append(error)
+        share = (time.perf_counter() - start) / len(group)
+        for (record, resolved, seconds), prediction in zip(group, predictions):
+            if isinstance(prediction, Exception):
+                self.fail(record, f"prediction failed ({type(prediction).__name__}: {one_line(prediction)})",
+                          resolved.kind, seconds + share)
+            elif not self.refine:
+                self.succeed(record, prediction, seconds + share)
+            elif executor is not None:
+                refining.append((record, seconds + share, executor.submit(_refine_task, prediction)))
+            else:
+                refined, refine_seconds = _refine_task(prediction)
+                self.succeed(record, refined, seconds + share + refine_seconds)
+
+    def _collect_refined(self, refining: list, wait: bool) -> None:
+        still = []
+        for record, seconds, future in refining:
+            if not wait and not future.done():
+                still.append((record, seconds, future))
+                continue
+            try:
+                refined, refine_seconds = future.result()
+            except Exception as error:  # noqa: BLE001
+                self.fail(record, f"refinement crashed ({type(error).__name__}: {one_line(error)})", seconds=seconds)
+                continue
+            self.succeed(record, refined, seconds + refine_seconds)
+        refining[:] = still
+
+    def run(self) -> None:
+        os.makedirs(self.state, exist_ok=True)
+        _remove_stale_temp_files(self.outdir, self.state, os.path.join(self.outdir, PLOTS_DIR))
+        pending = []
+        for record in self.records:
+            if self.load_sidecar(record) is not None:
+                self.skipped += 1
+            else:
+                pending.append(record)
+        if self.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(self.records), initial=self.skipped, unit="rec", desc="immunofold batch",
+                            file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
+        try:
+            for record in [r for r in pending if r.error is not None]:
+                self.fail(record, record.error)
+            pending = [r for r in pending if r.error is None]
+            executor = None
+            if self.workers > 0 and pending:
+                executor = futures.ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+                )
+            previous_threads = None
+            if pending:
+                import torch
+
+                previous_threads = torch.get_num_threads()
+                torch.set_num_threads(self.threads)
+            try:
+                self._pipeline(pending, executor)
+            finally:
+                if executor is not None:
+                    executor.shutdown(wait=True, cancel_futures=True)
+                if previous_threads is not None:
+                    torch.set_num_threads(previous_threads)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+    def _pipeline(self, pending: list[Record], executor) -> None:
+        buckets: dict[int, list] = {}  # total length -> [(record, resolved, numbering seconds)]
+        held = 0
+        refining: list = []
+        for record, result, seconds in self._numbered(pending, executor):
+            if isinstance(result, str):
+                self.fail(record, result, seconds=seconds)
+                continue
+            problem = self._check_numbering(record, result)
+            if problem:
+                self.fail(record, problem, result.kind, seconds)
+                continue
+            length = sum(len(chain) for chain in result.chains)
+            bucket = buckets.setdefault(length, [])
+            bucket.append((record, result, seconds))
+            held += 1
+            if len(bucket) >= self.batch_size or held >= MAX_HELD:
+                fullest = length if len(bucket) >= self.batch_size else max(buckets, key=lambda k: len(buckets[k]))
+                group = buckets.pop(fullest)
+                held -= len(group)
+                self._predict_group(group, executor, refining)
+            if refining:
+                self._collect_refined(refining, wait=False)
+        for length in sorted(buckets, key=lambda k: buckets[k][0][0].index):
+            self._predict_group(buckets[length], executor, refining)
+        self._collect_refined(refining, wait=True)
+
+    # --- reports ---------------------------------------------------------------------------
+    def write_reports(self) -> tuple[int, int, list[dict]]:
+        summary, failures, ok_rows = io.StringIO(), io.StringIO(), []
+        summary_writer = csv.DictWriter(summary, SUMMARY_COLUMNS, lineterminator="\n")
+        failure_writer = csv.DictWriter(failures, FAILURE_COLUMNS, lineterminator="\n")
+        summary_writer.writeheader()
+        failure_writer.writeheader()
+        n_ok = n_failed = 0
+        for record in self.records:
+            data = self.load_sidecar(record) or {
+                "status": "failed", "kind": "", "reason": "not finished (run interrupted)", "seconds": None,
+            }
+            row = {"name": record.name, "kind": data.get("kind", ""), "status": data["status"],
+                   "seconds": _fmt(data.get("seconds"))}
+            if data["status"] == "ok":
+                n_ok += 1
+                ok_rows.append(data)
+                row.update(file=data["file"], mean_error=_fmt(data["mean_error"]), refined="yes" if data["refined"] else "no")
+                for chain in data["chains"]:
+                    row[f"length_{chain['id']}"] = chain["length"]
+                    row[f"cdr3_error_{chain['id']}"] = _fmt(data["cdr3_error"].get(chain["id"]))
+            else:
+                n_failed += 1
+                failure_writer.writerow({"name": record.name, "source": record.source, "reason": data["reason"]})
+            summary_writer.writerow(row)
+        _atomic_write_text(os.path.join(self.outdir, SUMMARY_FILE), summary.getvalue())
+        _atomic_write_text(os.path.join(self.outdir, FAILURES_FILE), failures.getvalue())
+        return n_ok, n_failed, ok_rows
+
+
+def run_batch(
+    input_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    kind: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 1,
+    refine: bool = True,
+    plots: bool = False,
+    fmt: str = "pdb",
+    numbering: str = "imgt",
+    device: str = "cpu",
+    progress: bool = False,
+    predictor=None,
+    on_event: Callable[[str, Record], None] | None = None,
+    threads: int | None = None,
+) -> BatchReport:
+    """Predict every record of a FASTA/CSV/TSV file into `outdir`; resumable (see module docs).
+
+    kind: auto | antibody | nanobody | tcr. batch_size: records per model pass (same-length
+    records only). workers: processes for numbering and refinement (0: all in this process).
+    threads: torch threads for the model pass during the run (default: CPU cores minus workers,
+    at least 1). predictor: a loaded `immunofold.predict.Predictor` to reuse. on_event(event, record) is
+    called with "structure_written" and "record_done" (for progress hooks and tests).
+    Raises InputError for an unreadable input file and plots.PlotsUnavailable when `plots`
+    is asked for without matplotlib; a bad record never raises, it goes to failures.csv.
+    """
+    start = time.perf_counter()
+    if kind not in KIND_CHOICES:
+        raise InputError("--kind", f"unknown receptor kind {kind!r} ({', '.join(KIND_CHOICES)})")
+    if fmt not in ("pdb", "cif"):
+        raise InputError("--format", f"unknown format {fmt!r} (pdb or cif)")
+    if numbering not in ("imgt", "chothia", "kabat"):
+        raise InputError("--numbering", f"unknown numbering scheme {numbering!r} (imgt, chothia or kabat)")
+    if int(batch_size) < 1 or int(workers) < 0:
+        raise InputError("options", "batch size must be >= 1 and workers >= 0")
+    if plots:
+        from immunofold.plots import require_matplotlib
+
+        require_matplotlib()
+    outdir = os.fspath(outdir)
+    records = parse_input(input_path)
+    os.makedirs(outdir, exist_ok=True)
+    run = _Run(records, outdir, kind, int(batch_size), int(workers), bool(refine), fmt, numbering, device, predictor,
+               progress, on_event, threads)
+    run.run()
+    n_ok, n_failed, ok_rows = run.write_reports()
+    plot_paths = []
+    if plots:
+        from immunofold.plots import write_plots
+
+        plot_paths = write_plots(ok_rows, run.stems, records, run, os.path.join(outdir, PLOTS_DIR))
+    return BatchReport(
+        total=len(records), done=run.done, failed=run.failed, skipped=run.skipped, ok_total=n_ok, failed_total=n_failed,
+        outdir=outdir, summary_path=os.path.join(outdir, SUMMARY_FILE), failures_path=os.path.join(outdir, FAILURES_FILE),
+        seconds=time.perf_counter() - start, plots=plot_paths,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+def _batch_command(args: argparse.Namespace) -> int:
+    from immunofold.plots import PlotsUnavailable
+
+    try:
+        report = run_batch(
+            args.input, args.outdir, kind=args.kind, batch_size=args.batch_size, workers=args.workers,
+            refine=not args.no_refine, plots=args.plots, fmt=args.format, numbering=args.numbering,
+            device=args.device, progress=not args.quiet, threads=args.threads,
+        )
+    except (InputError, PlotsUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. the output folder cannot be created
+        print(f"error: {args.outdir}: {one_line(error)}", file=sys.stderr)
+        return 2
+    print(f"{report}\nwrote {report.summary_path} and {report.failures_path}")
+    return 0
 
 
 def add_batch_parser(commands) -> None:
-    """Register `immunofold batch` (to be implemented)."""
+    """Register `immunofold batch` on the CLI's subcommands."""
+    parser = commands.add_parser(
+        "batch", help="predict many receptors from a FASTA/CSV/TSV file (resumable)",
+        description="Predict every record of INPUT into OUTDIR: <name>.pdb per record, summary.csv, failures.csv. "
+        "FASTA: NAME|H + NAME|L (NAME|A + NAME|B for TCRs), or one record HEAVY:LIGHT, or a lone heavy chain "
+        "(nanobody), or an scFv. CSV/TSV: columns name + heavy, light or alpha, beta. "
+        "Re-running the same command resumes: finished records are skipped.",
+    )
+    parser.add_argument("input", help="FASTA, CSV or TSV file")
+    parser.add_argument("-o", "--outdir", required=True, help="output folder")
+    parser.add_argument("--kind", choices=KIND_CHOICES, default="auto",
+                        help="receptor kind (default auto: TCR chains -> tcr, heavy+light -> antibody, lone heavy -> nanobody)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes for numbering and refinement (0: none; default 1)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"records per model pass (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--no-refine", action="store_true", help="skip OpenMM refinement")
+    parser.add_argument("--plots", action="store_true", help="write error plots (needs matplotlib: pip install 'immunofold[plots]')")
+    parser.add_argument("--format", choices=("pdb", "cif"), default="pdb", help="structure file format (default pdb)")
+    parser.add_argument("--numbering", choices=("imgt", "chothia", "kabat"), default="imgt", help="residue numbering (default imgt)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the model pass (default: CPU cores minus workers, at least 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_batch_command)

@@ -51,6 +51,8 @@ def score_entry(prediction: Prediction, truth: dict, refined: bool) -> dict:
     row = region_rmsds(prediction.kind, predicted[pred_idx], *args)
     deviation = ca_deviation(predicted[pred_idx], *args).numpy()
     row["error_spearman"] = error_spearman(prediction.error[pred_idx.numpy()], deviation)
+    row["error_spearman_spread"] = error_spearman(prediction.spread[pred_idx.numpy()], deviation)
+    row["error_spearman_head"] = error_spearman(prediction.head_error[pred_idx.numpy()], deviation)
     row["matched_residues"] = len(common)
     return row
 
@@ -115,6 +117,8 @@ def summarise(rows: list[dict], weights_version: str, refined: bool) -> dict:
         ok = [r for r in rows if r["kind"] == kind and r["status"] == "ok"]
         rmsd = {name: _mean([r.get(name) for r in ok]) for name in region_names(kind)}
         summary[kind] = {"n": len(ok), "rmsd": rmsd, "error_spearman": _mean([r.get("error_spearman") for r in ok])}
+        for source in ("spread", "head"):
+            summary[kind][f"error_spearman_{source}"] = _mean([r.get(f"error_spearman_{source}") for r in ok])
     summary["skipped"] = [r["status"] for r in rows if r["status"] != "ok"]
     return summary
 

@@ -47,6 +47,8 @@ class Prediction:
     atom14: np.ndarray  # [N, 14, 3] the member closest to the ensemble mean, before refinement
     error: np.ndarray  # [N] Å
     members: np.ndarray  # [M, N, 14, 3] all ensemble members, superposed
+    spread: np.ndarray  # [N] Å, RMS backbone deviation of the members from their mean
+    head_error: np.ndarray  # [N] Å, the members' error heads (expected CA deviation), averaged
     weights_version: str
     refined: bool = False
     refine_message: str = ""
@@ -154,6 +156,8 @@ class Predictor:
                     atom14=output.members[best, i, :n].numpy(),
                     error=output.error[i, :n].numpy(),
                     members=output.members[output.ranking[i], i, :n].numpy(),
+                    spread=output.spread[i, :n].numpy(),
+                    head_error=output.head_error[i, :n].numpy(),
                     weights_version=self.ensemble.version,
                     notes=[note for c in chains for note in c.notes],
                 )

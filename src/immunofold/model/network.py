@@ -124,7 +124,7 @@ class ImmunoFoldNet(nn.Module):
             if i < len(self.blocks) - 1:
                 frames = frames.detach_rot()  # AlphaFold: stop rotation gradients between blocks
         atom14 = atom14_from_frames(frames, all_torsions[-1], batch["restype"])
-        error_logits = self.error_head(s)
+        error_logits = self.error_head(s.detach())  # the error head learns from the structure, not the reverse
         expected_error = (torch.softmax(error_logits, -1) * self.error_bin_centers()).sum(-1)
         return {
             "frames": all_frames,

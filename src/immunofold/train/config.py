@@ -9,13 +9,14 @@ import yaml
 from immunofold.model.network import ModelConfig
 
 DEFAULT_LOSS_WEIGHTS = {
-    "fape_backbone": 0.5,
+    "fape_backbone": 1.0,
     "fape_all_atom": 0.5,
-    "torsion": 1.0,
-    "bond": 0.3,
+    "torsion": 0.5,
+    "bond": 0.3,  # structural violations: only from `violation_from_epoch` on (they swamp early training)
     "clash": 0.3,
     "error": 0.1,
 }
+VIOLATION_TERMS = ("bond", "clash")
 
 
 @dataclass
@@ -32,7 +33,8 @@ class TrainConfig:
     learning_rate: float = 5e-4
     warmup_steps: int = 100
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    grad_clip: float = 10.0
+    violation_from_epoch: int = 0  # epochs before this one train without the violation terms
     threads: int = 1
     max_minutes: float | None = None  # stop this invocation after this long (resume later)
     init_from: str | None = None  # weights (.safetensors) to start from when no checkpoint exists

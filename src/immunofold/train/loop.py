@@ -24,7 +24,7 @@ from immunofold.data.sabdab import cached_examples
 from immunofold.data.template import build_template
 from immunofold.metrics import region_rmsds
 from immunofold.model.network import ImmunoFoldNet
-from immunofold.train.config import TrainConfig
+from immunofold.train.config import VIOLATION_TERMS, TrainConfig
 from immunofold.train.losses import total_loss
 from immunofold.weights import load_weights, save_weights
 
@@ -151,12 +151,15 @@ def train(config: TrainConfig, log=print) -> dict:
         rng = random.Random(config.seed * 100003 + state["epoch"])
         sums: dict[str, float] = {}
         batches = length_bucketed_batches(lengths, config.batch_size, rng)
+        weights = dict(config.loss_weights)
+        if state["epoch"] < config.violation_from_epoch:
+            weights.update({term: 0.0 for term in VIOLATION_TERMS})
         for batch_indices in batches:
             batch = move(collate([train_examples[i] for i in batch_indices]), device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(state["step"], config, total_steps)
             output = model(batch)
-            loss, terms = total_loss(output, batch, config.loss_weights, config.model.error_max)
+            loss, terms = total_loss(output, batch, weights, config.model.error_max)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -9,6 +9,7 @@ run again at the next start. Job ids are server-generated UUIDs and never become
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
@@ -168,8 +169,15 @@ def prediction_result(prediction) -> dict:
     }
 
 
-def _read_summary(outdir: Path, limit: int = 500) -> tuple[list[str], list[list[str]]]:
-    path = outdir / "summary.csv"
+def _all_rows(path: Path) -> list[list[str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))[1:]
+
+
+def _read_table(path: Path, limit: int = 500) -> tuple[list[str], list[list[str]]]:
+    """(header, first `limit` rows) of a CSV file; empty when it does not exist."""
     if not path.is_file():
         return [], []
     with open(path, newline="") as handle:
@@ -177,19 +185,14 @@ def _read_summary(outdir: Path, limit: int = 500) -> tuple[list[str], list[list[
     return (rows[0], rows[1 : limit + 1]) if rows else ([], [])
 
 
-def _count_lines(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    with open(path, newline="") as handle:
-        return max(0, sum(1 for _ in csv.reader(handle)) - 1)
-
-
 def count_records(data: bytes, suffix: str) -> int:
-    """A rough number of receptors in an upload, for the progress bar (0 when unknown)."""
-    text = data.decode("utf-8", errors="replace")
-    if suffix in (".csv", ".tsv"):
-        return max(0, sum(1 for line in text.splitlines() if line.strip()) - 1)
-    return 0
+    """Number of receptors in an upload (parsed as `immunofold batch` would); raises InputError if unreadable."""
+    from immunofold.inputs import parse_input
+
+    with tempfile.TemporaryDirectory(prefix="immunofold-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        return len(parse_input(path))
 
 
 class JobRunner:
@@ -304,63 +307,55 @@ class JobRunner:
             outdir = tmp_path / "results"
             outdir.mkdir()
             self.store.update(job_id, stage="loading model")
-            done_event = threading.Event()
-            watcher = threading.Thread(target=self._watch_batch, args=(job_id, outdir, done_event), daemon=True)
-            watcher.start()
-            try:
-                self.store.update(job_id, stage="predicting")
-                report = run_batch(
-                    str(input_path),
-                    str(outdir),
-                    kind=request.get("kind", "auto"),
-                    batch_size=request.get("batch_size", 8),
-                    workers=1,
-                    refine=bool(request.get("refine")),
-                    plots=False,
-                )
-            finally:
-                done_event.set()
-                watcher.join(timeout=5)
+            predictor = self.predictor()
+            self.store.update(job_id, stage="predicting")
+            counter = {"done": 0}
+            lock = threading.Lock()
+
+            def on_event(event: str, record) -> None:
+                if event == "record_done":
+                    with lock:
+                        counter["done"] += 1
+                        self.store.update(job_id, done=counter["done"])
+
+            options = {
+                "kind": request.get("kind", "auto"),
+                "batch_size": request.get("batch_size", 8),
+                "workers": 0,  # numbering and refinement in this process: the server stays light
+                "refine": bool(request.get("refine")),
+                "plots": False,
+                "predictor": predictor,
+                "on_event": on_event,
+            }
+            accepted = inspect.signature(run_batch).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+                options = {k: v for k, v in options.items() if k in accepted}
+            report = run_batch(str(input_path), str(outdir), **options)
             self.store.update(job_id, stage="packing results")
-            header, rows = _read_summary(outdir)
-            n_ok, n_failed = _count_lines(outdir / "summary.csv"), _count_lines(outdir / "failures.csv")
-            n_ok = getattr(report, "n_ok", None) or getattr(report, "succeeded", None) or n_ok
-            if isinstance(n_ok, (list, tuple)):
-                n_ok = len(n_ok)
+            header, rows = _read_table(outdir / "summary.csv")
+            failures_header, failures = _read_table(outdir / "failures.csv")
+            n_ok = int(getattr(report, "ok_total", len(_all_rows(outdir / "summary.csv"))))
+            n_failed = int(getattr(report, "failed_total", len(_all_rows(outdir / "failures.csv"))))
             archive = io.BytesIO()
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(outdir.rglob("*")):
-                    if path.is_file():
-                        zf.write(path, f"immunofold_results/{path.relative_to(outdir).as_posix()}")
-            failures_header, failures = [], []
-            if (outdir / "failures.csv").is_file():
-                with open(outdir / "failures.csv", newline="") as handle:
-                    failure_rows = list(csv.reader(handle))
-                if failure_rows:
-                    failures_header, failures = failure_rows[0], failure_rows[1:501]
+                    relative = path.relative_to(outdir)
+                    if path.is_file() and not relative.parts[0].startswith("."):  # not the resume state
+                        zf.write(path, f"immunofold_results/{relative.as_posix()}")
             result = {
                 "summary_header": header,
                 "summary": rows,
                 "failures_header": failures_header,
                 "failures": failures,
-                "n_ok": int(n_ok),
+                "n_ok": n_ok,
                 "n_failed": n_failed,
             }
             self.store.update(
                 job_id,
                 status="done",
                 stage="done",
-                done=int(n_ok) + n_failed,
-                total=max(int(n_ok) + n_failed, 0),
+                done=int(getattr(report, "total", n_ok + n_failed)),
+                total=int(getattr(report, "total", n_ok + n_failed)),
                 result=json.dumps(result),
                 archive=archive.getvalue(),
             )
-
-    def _watch_batch(self, job_id: str, outdir: Path, done_event: threading.Event) -> None:
-        """Progress of a batch: the number of structure files written so far."""
-        last = -1
-        while not done_event.wait(0.5):
-            written = sum(1 for p in outdir.rglob("*") if p.suffix in (".pdb", ".cif"))
-            if written != last:
-                self.store.update(job_id, done=written)
-                last = written

@@ -1,0 +1,136 @@
+"""Light tests of the benchmark helpers: the nearest-template baseline and scoring (no FlashABB needed)."""
+
+import gzip
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import NANOBODY_PDB
+
+from immunofold.data.sabdab import Entry, load_example
+from immunofold.io import read_chains
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import common  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nanobody_example():
+    chain_id, chain = next(iter(read_chains(NANOBODY_PDB).items()))
+    entry = Entry("7f5g", "nanobody", "val", NANOBODY_PDB, (chain_id,), (chain.sequence,))
+    return load_example(entry)
+
+
+def test_self_template_scores_zero(nanobody_example):
+    keys = common.example_keys(nanobody_example)
+    template = common.make_template(nanobody_example)
+    coords, fallbacks = common.thread_template(keys, template)
+    row = common.score_atom14("nanobody", coords, keys, nanobody_example)
+    assert fallbacks == sum(not m[:3].all() for m in nanobody_example["atom_mask"].numpy())
+    for region in ("H1", "H2", "H3", "Hfr"):
+        assert row[region] < 1e-3, (region, row[region])
+    assert row["matched_residues"] == len(keys)
+
+
+def test_score_is_invariant_to_rigid_motion(nanobody_example):
+    keys = common.example_keys(nanobody_example)
+    coords, _ = common.thread_template(keys, common.make_template(nanobody_example))
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    moved = coords @ rotation.T + np.array([5.0, -3.0, 12.0])
+    row = common.score_atom14("nanobody", moved.astype(np.float32), keys, nanobody_example)
+    assert row["Hfr"] < 1e-3 and row["H3"] < 1e-3
+
+
+def test_missing_template_positions_fall_back_to_nearest(nanobody_example):
+    keys = common.example_keys(nanobody_example)
+    template = common.make_template(nanobody_example)
+    cdr3 = [k for k in keys if 105 <= k[1][0] <= 117 and k in template.residues]
+    dropped = cdr3[2:5]
+    for key in dropped:
+        del template.residues[key]
+    coords, fallbacks = common.thread_template(keys, template)
+    assert fallbacks >= len(dropped)
+    # The first dropped residue takes the coordinates of its threaded neighbour before it.
+    i = keys.index(dropped[0])
+    np.testing.assert_allclose(coords[i, :3], coords[i - 1, :3])
+    row = common.score_atom14("nanobody", coords, keys, nanobody_example)
+    assert row["H3"] > 0.1 and row["Hfr"] < 1e-3
+
+
+def test_virtual_cb_close_to_real_cb(nanobody_example):
+    atoms = nanobody_example["atom14"].numpy()
+    mask = nanobody_example["atom_mask"].numpy()
+    has = mask[:, [0, 1, 2, 4]].all(-1)
+    cb = common.virtual_cb(atoms[has, 0], atoms[has, 1], atoms[has, 2])
+    deviation = np.linalg.norm(cb - atoms[has, 4], axis=-1)
+    assert np.median(deviation) < 0.2
+
+
+def test_identity_and_nearest_template(nanobody_example):
+    keys = common.example_keys(nanobody_example)
+    sequence = common.example_sequence(nanobody_example)
+    template = common.make_template(nanobody_example)
+    complete = sum(1 for k in keys if k in template.residues) / len(keys)
+    assert common.sequence_identity(keys, sequence, template) == pytest.approx(complete)
+    # A decoy with a mutated CDR3 is less identical, more so when CDR3 is weighted.
+    decoy = common.make_template(nanobody_example)
+    decoy.name = "decoy"
+    cdr3 = [k for k in keys if 105 <= k[1][0] <= 117 and k in decoy.residues]
+    for key in cdr3[:4]:
+        aa, xyz, m = decoy.residues[key]
+        decoy.residues[key] = ("W" if aa != "W" else "A", xyz, m)
+    plain = common.sequence_identity(keys, sequence, decoy)
+    weighted = common.sequence_identity(keys, sequence, decoy, cdr3_weight=3.0)
+    assert weighted < plain < complete
+    best, identity = common.nearest_template(keys, sequence, [decoy, template])
+    assert best is template and identity == pytest.approx(complete)
+
+
+def test_summarise_rows_mean_and_median():
+    rows = [{"status": "ok", "H3": 1.0, "Hfr": 0.5}, {"status": "ok", "H3": 3.0, "Hfr": None},
+            {"status": "ok", "H3": 5.0}, {"status": "skipped: x"}]
+    block = common.summarise_rows(rows, "nanobody")
+    assert block["n"] == 3
+    assert block["mean"]["H3"] == 3.0 and block["median"]["H3"] == 3.0
+    assert block["mean"]["Hfr"] == 0.5 and block["mean"]["H1"] is None
+
+
+def test_machine_info_fields():
+    info = common.machine_info()
+    assert info["cpu_count"] == os.cpu_count() and info["torch_threads"] >= 1
+    assert isinstance(info["cpu_model"], str)
+
+
+def test_accuracy_script_template_only(tmp_path, nanobody_example):
+    """End to end on a two-entry folder (the same nanobody as train and val): the template is exact."""
+    import accuracy
+
+    chain_id, chain = next(iter(read_chains(NANOBODY_PDB).items()))
+    folder = tmp_path / "data" / "sabdab"
+    (folder / "structures").mkdir(parents=True)
+    with open(NANOBODY_PDB, "rb") as src, gzip.open(folder / "structures" / "7f5g.pdb.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    header = "pdb Hchain Lchain model antigen_chain date resolution method heavy_species light_species kind split source heavy_seq light_seq".split()
+    lines = ["\t".join(header)]
+    for split in ("train", "val"):
+        row = dict.fromkeys(header, "NA")
+        row.update(pdb="7f5g", Hchain=chain_id, kind="nanobody", split=split, heavy_seq=chain.sequence)
+        lines.append("\t".join(row[c] for c in header))
+    (folder / "summary.tsv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code = accuracy.main(["--data", str(tmp_path / "data"), "--methods", "template", "--kinds", "nanobody",
+                          "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(out)])
+    assert code == 0
+    report = json.loads((out / "accuracy.json").read_text())
+    block = report["summary"]["template"]["nanobody"]
+    assert block["n"] == 1 and block["mean"]["H3"] < 1e-3
+    assert report["rows"]["template"][0]["template"] == "7f5g_" + chain_id
+    text = (out / "accuracy.md").read_text()
+    assert "| nearest template | 1 |" in text and "N, CA, C, CB" in text

@@ -1,0 +1,407 @@
+"""`immunofold serve`: every API endpoint, valid, invalid, oversized and concurrent input (FastAPI TestClient)."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import gemmi
+import pytest
+
+pytest.importorskip("fastapi", reason="the web extra is not installed: pip install -e '.[web,test]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT  # noqa: E402
+from immunofold.cli import build_parser  # noqa: E402
+from immunofold.sequences import InputError, number_receptor  # noqa: E402
+from immunofold.web import assets as web_assets  # noqa: E402
+from immunofold.web.app import MAX_SINGLE_BYTES, MAX_UPLOAD_BYTES, chains_from_fasta, clean_name, download_stem  # noqa: E402
+from immunofold.web.jobs import JobStore  # noqa: E402
+from immunofold.web.server import create_app  # noqa: E402
+
+NANOBODY = (
+    "QVQLQESGGGSVQAGGSLRLSCAASGYTYRDYYMGWFRQAPGREREGVASIYTRGSREGSTRYSSSVEGRFTITLDTAKNTLYLQMNSLKPEDTAMYYCAADDRTWLPRVQLGGPRENEYNYWGQGTQVTVSS"
+)
+DEV_WEIGHTS = "/tmp/devweights"
+TRASTUZUMAB = {"kind": "antibody", "name": "trastuzumab", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """One real predictor for the module: the shipped weights, else the dev weights if present."""
+    from immunofold.predict import Predictor
+    from immunofold.weights import WEIGHTS_ENV, packaged_weight_files
+
+    saved = os.environ.get(WEIGHTS_ENV)
+    if not packaged_weight_files() and os.path.isdir(DEV_WEIGHTS):
+        os.environ[WEIGHTS_ENV] = DEV_WEIGHTS
+    try:
+        yield Predictor()
+    finally:
+        if saved is None:
+            os.environ.pop(WEIGHTS_ENV, None)
+        else:
+            os.environ[WEIGHTS_ENV] = saved
+
+
+@pytest.fixture
+def make_client(tmp_path, predictor):
+    """make_client(**create_app options) -> a started TestClient on a fresh job database."""
+    clients = []
+
+    def make(**options):
+        options.setdefault("db_path", str(tmp_path / "jobs.sqlite"))
+        options.setdefault("predictor_factory", lambda: predictor)
+        client = TestClient(create_app(**options))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+def wait_done(client, job_id, timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not finished after {timeout} s: {job}")
+
+
+class BlockingPredictor:
+    """Wraps the real predictor; predictions wait until `release` is set."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def number(self, *args, **kwargs):
+        return self.inner.number(*args, **kwargs)
+
+    def predict_numbered(self, *args, **kwargs):
+        self.started.set()
+        assert self.release.wait(30)
+        return self.inner.predict_numbered(*args, **kwargs)
+
+    def refine(self, prediction):
+        return prediction
+
+
+# --- pages and assets --------------------------------------------------------------------------
+def test_page_and_viewer_are_served_from_the_installed_assets(client, tmp_path, monkeypatch):
+    viewer = tmp_path / "assets" / web_assets.VIEWER_FILE
+    viewer.parent.mkdir(parents=True)
+    viewer.write_text("/* 3Dmol stand-in */")
+    monkeypatch.setenv(web_assets.ASSETS_ENV, str(tmp_path / "assets"))
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert '<script src="/vendor/3Dmol-min.js"' in page.text and "cdn" not in page.text.lower()
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    js = client.get("/vendor/3Dmol-min.js")
+    assert js.status_code == 200 and js.text == "/* 3Dmol stand-in */"
+    assert "javascript" in js.headers["content-type"]
+    for path in ("/static/app.js", "/static/style.css"):
+        assert client.get(path).status_code == 200
+    assert client.get("/static/../app.py").status_code == 404
+    assert client.get("/api/health").json()["viewer_installed"] is True
+
+
+def test_missing_viewer_gives_an_error_page_that_says_how_to_install(client, tmp_path, monkeypatch):
+    monkeypatch.setenv(web_assets.ASSETS_ENV, str(tmp_path / "nothing-here"))
+    page = client.get("/")
+    assert page.status_code == 503
+    assert "immunofold serve --install-assets" in page.text
+    assert client.get("/vendor/3Dmol-min.js").status_code == 404
+    health = client.get("/api/health").json()
+    assert health["viewer_installed"] is False and health["viewer_install_command"] == "immunofold serve --install-assets"
+
+
+def test_page_script_never_puts_text_into_html():
+    from immunofold.web.app import STATIC_DIR
+
+    script = (STATIC_DIR / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script
+
+
+# --- single predictions --------------------------------------------------------------------------
+def test_predict_antibody_result_downloads_and_numbering(client):
+    response = client.post("/api/predict", json={**TRASTUZUMAB, "name": "trastuzumab <Fv>/../x"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert len(job_id) == 32
+    job = wait_done(client, job_id)
+    assert job["status"] == "done", job
+    result = job["result"]
+    assert result["name"] == "trastuzumab <Fv>/../x"  # returned as data; the page inserts it as text
+    assert [c["id"] for c in result["chains"]] == ["H", "L"]
+    heavy = result["chains"][0]["residues"]
+    assert "".join(r["aa"] for r in heavy) == TRASTUZUMAB_HEAVY
+    assert {r["region"] for r in heavy} == {"FR", "CDR1", "CDR2", "CDR3"}
+    assert all(27 <= r["imgt_number"] <= 38 for r in heavy if r["region"] == "CDR1")
+    assert result["refined"] is False and result["cdrs"]["CDR3"] == [105, 117]
+
+    pdb = client.get(f"/api/jobs/{job_id}/model.pdb")
+    assert pdb.status_code == 200
+    disposition = pdb.headers["content-disposition"]
+    assert disposition.startswith("attachment;") and "/" not in disposition and ".." not in disposition.split("=")[1][:3]
+    structure = gemmi.read_pdb_string(pdb.text)
+    first = structure[0]["H"][0]
+    assert first[0].b_iso == pytest.approx(heavy[0]["error"], abs=0.01)  # B-factor = error, Å
+    cif = client.get(f"/api/jobs/{job_id}/model.cif")
+    assert cif.status_code == 200 and cif.text.startswith("data_")
+    block = gemmi.cif.read_string(cif.text).sole_block()
+    assert len(block.find_values("_atom_site.id")) == sum(1 for _ in structure[0].all())
+    assert client.get(f"/api/jobs/{job_id}/results.zip").status_code == 404  # single jobs have no archive
+
+    listed = client.get("/api/jobs").json()["jobs"]
+    assert listed[0]["id"] == job_id and listed[0]["status"] == "done"
+
+
+def test_predict_from_fasta_assigns_chains_by_type(client):
+    fasta = f">light of trastuzumab\n{TRASTUZUMAB_LIGHT}\n>heavy\n{TRASTUZUMAB_HEAVY[:60]}\n{TRASTUZUMAB_HEAVY[60:]}\n"
+    job = wait_done(client, client.post("/api/predict", json={"kind": "antibody", "fasta": fasta}).json()["id"])
+    assert job["status"] == "done" and job["name"] == "light"
+    assert job["result"]["chains"][0]["sequence"] == TRASTUZUMAB_HEAVY
+    nanobody = client.post("/api/predict", json={"kind": "nanobody", "name": "vhh", "fasta": f">vhh\n{NANOBODY}"})
+    job = wait_done(client, nanobody.json()["id"])
+    assert job["status"] == "done" and [c["id"] for c in job["result"]["chains"]] == ["H"]
+
+
+def cli_message(kind, chains, name="model"):
+    with pytest.raises(InputError) as caught:
+        number_receptor(kind, chains, name)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY[:40] + "XB" + TRASTUZUMAB_HEAVY[42:], "light": TRASTUZUMAB_LIGHT}, "heavy"),
+        ({"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY, "light": ""}, "light"),
+        ({"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_HEAVY}, "light"),
+        ({"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY, "light": "DIQMTQSPSSLSASVGDRVT"}, "light"),
+        ({"kind": "tcr", "alpha": TRASTUZUMAB_HEAVY, "beta": TRASTUZUMAB_LIGHT}, "alpha"),
+        ({"kind": "nanobody", "heavy": "ACDEFGHIKLMNPQRSTVWY" * 5}, "heavy"),
+    ],
+)
+def test_bad_sequences_are_refused_next_to_their_field_with_the_cli_message(client, body, field):
+    response = client.post("/api/predict", json=body)
+    assert response.status_code == 422
+    error = response.json()
+    assert error["field"] == field
+    chains = {k: v for k, v in body.items() if k in ("heavy", "light", "alpha", "beta") and v}
+    assert error["detail"] == cli_message(body["kind"], chains)
+    assert "\n" not in error["detail"]
+    assert client.get("/api/jobs").json()["jobs"] == []  # nothing was queued
+
+
+@pytest.mark.parametrize(
+    "body, field, needle",
+    [
+        ({"kind": "antibody", "fasta": f">a\n{TRASTUZUMAB_HEAVY}\n"}, "fasta", "needs 2 FASTA record(s)"),
+        ({"kind": "antibody", "fasta": f">h\n{TRASTUZUMAB_HEAVY}\n>l\nDIQMTQ1234!!\n"}, "fasta", "invalid letters"),
+        ({"kind": "fish", "heavy": TRASTUZUMAB_HEAVY}, "kind", "kind"),
+        ({"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT, "refine": "maybe"}, "refine", "refine"),
+        ({"kind": "antibody", "heavy": "A" * 10_001, "light": TRASTUZUMAB_LIGHT}, "heavy", "heavy"),
+        ({"kind": "antibody", "name": "n" * 1001, "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}, "name", "name"),
+    ],
+)
+def test_malformed_requests_name_their_field(client, body, field, needle):
+    response = client.post("/api/predict", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field and needle in response.json()["detail"]
+
+
+def test_not_json_is_refused(client):
+    response = client.post("/api/predict", content=b"heavy=EVQL", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "detail" in response.json()
+
+
+def test_oversized_requests_are_refused_before_parsing(client):
+    big = {"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT, "notes": "x" * MAX_SINGLE_BYTES}
+    response = client.post("/api/predict", json=big)
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced on the bytes received
+        for _ in range(MAX_SINGLE_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    response = client.post("/api/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    upload = io.BytesIO(b">x\n" + b"A" * (MAX_UPLOAD_BYTES + 1024))
+    response = client.post("/api/batch", files={"file": ("big.fasta", upload, "text/plain")})
+    assert response.status_code == 413
+    assert client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_unknown_jobs_and_unfinished_downloads(client, predictor, make_client, tmp_path):
+    assert client.get("/api/jobs/not-a-job").status_code == 404
+    assert client.get("/api/jobs/" + "0" * 32).status_code == 404
+    assert client.get("/api/jobs/" + "0" * 32 + "/model.pdb").status_code == 404
+    assert client.get("/api/jobs/..%2F..%2Fetc%2Fpasswd/model.pdb").status_code == 404
+
+    blocking = BlockingPredictor(predictor)
+    slow = make_client(db_path=str(tmp_path / "slow.sqlite"), predictor_factory=lambda: blocking)
+    job_id = slow.post("/api/predict", json=TRASTUZUMAB).json()["id"]
+    assert blocking.started.wait(30)
+    running = slow.get(f"/api/jobs/{job_id}").json()
+    assert running["status"] == "running" and running["stage"] == "predicting"
+    assert slow.get(f"/api/jobs/{job_id}/model.pdb").status_code == 409
+    queued = slow.get(f"/api/jobs/{slow.post('/api/predict', json=TRASTUZUMAB).json()['id']}").json()
+    assert queued["status"] == "queued" and queued["queue_position"] == 1
+    t0 = time.monotonic()
+    assert slow.get("/api/health").status_code == 200  # responsive while a job runs
+    assert time.monotonic() - t0 < 2
+    blocking.release.set()
+    assert wait_done(slow, job_id)["status"] == "done"
+    assert wait_done(slow, queued["id"])["status"] == "done"
+
+
+def test_concurrent_submissions_from_several_tabs(client):
+    bodies = [
+        TRASTUZUMAB,
+        {"kind": "nanobody", "name": "vhh", "heavy": NANOBODY},
+        {**TRASTUZUMAB, "name": "tab3"},
+        {"kind": "nanobody", "name": "bad", "heavy": "EVQLVES"},
+        {"kind": "nanobody", "name": "tab5", "heavy": NANOBODY},
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: client.post("/api/predict", json=body), bodies))
+    assert [r.status_code for r in responses] == [202, 202, 202, 422, 202]
+    ids = [r.json()["id"] for r in responses if r.status_code == 202]
+    assert len(set(ids)) == 4
+    jobs = [wait_done(client, job_id) for job_id in ids]
+    assert [job["status"] for job in jobs] == ["done"] * 4
+    assert [job["name"] for job in jobs] == ["trastuzumab", "vhh", "tab3", "tab5"]
+    assert len(jobs[1]["result"]["chains"]) == 1 and len(jobs[2]["result"]["chains"]) == 2
+
+
+def test_finished_and_unfinished_jobs_survive_a_restart(make_client, tmp_path, predictor):
+    db = str(tmp_path / "restart.sqlite")
+    first = make_client(db_path=db)
+    job_id = first.post("/api/predict", json=TRASTUZUMAB).json()["id"]
+    assert wait_done(first, job_id)["status"] == "done"
+    pdb = first.get(f"/api/jobs/{job_id}/model.pdb").text
+    first.__exit__(None, None, None)
+    # a job the previous server accepted but never finished
+    store = JobStore(db)
+    request = {"kind": "nanobody", "name": "left over", "chains": {"heavy": NANOBODY}, "refine": False}
+    pending = store.create("single", "left over", request, total=1)
+    store.update(pending, status="running", stage="predicting")
+
+    second = make_client(db_path=db)
+    assert second.get(f"/api/jobs/{job_id}/model.pdb").text == pdb
+    assert wait_done(second, pending)["status"] == "done"
+
+
+def test_refined_prediction(client):
+    job_id = client.post("/api/predict", json={**TRASTUZUMAB, "refine": True}).json()["id"]
+    job = wait_done(client, job_id, timeout=120)
+    assert job["status"] == "done" and job["result"]["refined"] is True, job["result"]["refine_message"]
+    assert "REFINED YES" in client.get(f"/api/jobs/{job_id}/model.pdb").text
+
+
+# --- batch uploads --------------------------------------------------------------------------------
+def test_batch_upload_gives_one_zip_with_summary(client):
+    fasta = (
+        f">trastuzumab|H\n{TRASTUZUMAB_HEAVY}\n>trastuzumab|L\n{TRASTUZUMAB_LIGHT}\n"
+        f">vhh\n{NANOBODY}\n>not_a_receptor\n{'ACDEFGHIKLMNPQRSTVWY' * 5}\n"
+    )
+    response = client.post(
+        "/api/batch",
+        files={"file": ("../../my batch.fasta", fasta.encode(), "text/plain")},
+        data={"kind": "auto", "refine": "false"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.json()["name"] == "my batch"
+    job = wait_done(client, job_id, timeout=120)
+    assert job["status"] == "done", job
+    assert job["total"] == 3 and job["done"] == 3
+    result = job["result"]
+    assert result["n_ok"] == 2 and result["n_failed"] == 1
+    assert result["summary_header"][0] == "name" and len(result["summary"]) >= 2
+    assert result["failures"][0][0] == "not_a_receptor"
+    archive = client.get(f"/api/jobs/{job_id}/results.zip")
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
+    assert archive.headers["content-disposition"] == 'attachment; filename="my_batch_results.zip"'
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+        names = set(zf.namelist())
+        assert {"immunofold_results/summary.csv", "immunofold_results/failures.csv"} <= names
+        assert {"immunofold_results/trastuzumab.pdb", "immunofold_results/vhh.pdb"} <= names
+        assert not any("/." in name for name in names)
+        assert "REMARK 250" in zf.read("immunofold_results/vhh.pdb").decode()
+
+
+def test_batch_csv_upload(client):
+    csv_text = f"name,heavy,light\ntz,{TRASTUZUMAB_HEAVY},{TRASTUZUMAB_LIGHT}\n"
+    response = client.post("/api/batch", files={"file": ("set.csv", csv_text.encode(), "text/csv")})
+    assert response.status_code == 202, response.text
+    job = wait_done(client, response.json()["id"], timeout=120)
+    assert job["status"] == "done" and job["result"]["n_ok"] == 1
+
+
+@pytest.mark.parametrize(
+    "filename, content, needle",
+    [
+        ("run.exe", b">a\nEVQL\n", "expected a FASTA or CSV"),
+        ("empty.fasta", b"   \n", "empty"),
+        ("binary.fasta", b"\xff\xfe\x00\x01" * 10, "not a text file"),
+        ("nocols.csv", b"foo,bar\n1,2\n", "file:"),
+    ],
+)
+def test_bad_batch_uploads_are_refused_next_to_the_file_field(client, filename, content, needle):
+    response = client.post("/api/batch", files={"file": (filename, content, "application/octet-stream")})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "file" and needle in response.json()["detail"]
+
+
+def test_batch_requires_a_file_and_a_known_kind(client):
+    assert client.post("/api/batch").json()["field"] == "file"
+    response = client.post("/api/batch", files={"file": ("a.fasta", b">a\nEVQL\n")}, data={"kind": "fish"})
+    assert response.status_code == 422 and response.json()["field"] == "kind"
+
+
+def test_batch_unavailable_is_reported(make_client, tmp_path, monkeypatch):
+    from immunofold.web import jobs
+
+    monkeypatch.setattr(jobs.JobRunner, "batch_runner", lambda self: None)
+    client = make_client(db_path=str(tmp_path / "nobatch.sqlite"))
+    response = client.post("/api/batch", files={"file": ("a.fasta", b">a\nEVQL\n")})
+    assert response.status_code == 503 and response.json()["field"] == "file"
+
+
+# --- helpers and the command line -------------------------------------------------------------------
+def test_names_and_file_stems_are_cleaned():
+    assert clean_name("  a\nb\t<c>\x00 ") == "a b <c>"
+    assert clean_name("") == "model" and len(clean_name("x" * 500)) == 80
+    assert download_stem("../../etc/passwd") == "etc_passwd"
+    assert download_stem("<script>") == "script" and download_stem("...") == "model"
+    with pytest.raises(InputError, match="needs 2 FASTA"):
+        chains_from_fasta("tcr", ">a\nAAA\n", "model")
+
+
+def test_serve_command_defaults_to_loopback(tmp_path, monkeypatch):
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.install_assets) == ("127.0.0.1", 8000, False)
+    args = build_parser().parse_args(["serve", "--port", "9001", "--db", str(tmp_path / "j.sqlite")])
+    assert args.port == 9001
+    # the loopback-only server refuses other Host headers (DNS rebinding)
+    client = TestClient(create_app(db_path=str(tmp_path / "h.sqlite"), allowed_hosts=["127.0.0.1", "localhost"]))
+    assert client.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+    assert client.get("/api/health", headers={"host": "127.0.0.1:8000"}).status_code == 200
