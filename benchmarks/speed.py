@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import (  # noqa: E402
+from common import (
     DEFAULT_DATA_ROOT,
     RESULTS_DIR,
     TRASTUZUMAB_HEAVY,
@@ -38,7 +38,7 @@ from common import (  # noqa: E402
     package_version,
 )
 
-from immunofold.data.sabdab import read_summary  # noqa: E402
+from immunofold.data.sabdab import read_summary
 
 IB_EMBED_DIMS = {"antibody_model_1": 128, "antibody_model_2": 256, "antibody_model_3": 256, "antibody_model_4": 256}
 
@@ -242,11 +242,11 @@ def hmmer_on_path() -> str | None:
 def bench_immunebuilder(args, tmp: str, refine_input: str | None, result: dict) -> None:
     hmmer_bin = hmmer_on_path()
     try:
+        import anarci  # noqa: F401
         from ImmuneBuilder.ABodyBuilder2 import ABodyBuilder2
         from ImmuneBuilder.models import StructureModule
         from ImmuneBuilder.refine import refine as ib_refine
         from ImmuneBuilder.sequence_checks import number_sequences
-        import anarci  # noqa: F401
     except ImportError as error:
         result["unavailable"] = f"ImmuneBuilder (or ANARCI) not installed ({error}); pip install -e .[bench]"
         return
@@ -382,6 +382,11 @@ def markdown(report: dict) -> str:
         r = imf["refine_same_input"]
         lines += [f"Refinement on the same input (`{r['input']}`): immunofold {fmt_s(r['best'])}, "
                   f"ImmuneBuilder {fmt_s(ib['stages']['refinement (OpenMM, ImmuneBuilder.refine)']['best'])}.", ""]
+    load = m.get("load_average_at_start")
+    if load and m["cpu_count"] and load[0] > 0.5 * m["cpu_count"]:
+        lines += [f"**Warning: the machine was busy (1-min load {load[0]} on {m['cpu_count']} cores).** torch with more "
+                  "threads than free cores can be many times slower (threads wait for descheduled siblings); rerun on "
+                  "an idle machine, or with `--threads 1`, before quoting these numbers.", ""]
     lines += ["Notes: ImmuneBuilder's timings use randomly initialised parameters of the published architecture "
               "(`StructureModule(rel_pos_dim=64, embed_dim=128/256)` x4); its speed does not depend on weight values. "
               "immunofold refines with 1 OpenMM CPU thread; ImmuneBuilder's refine uses OpenMM's default. The machine "
@@ -459,7 +464,7 @@ def main(argv=None) -> int:
     text = markdown(report)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "speed.md"), "w") as handle:
-        handle.write(text)
+        handle.write(text + "\n")
     with open(os.path.join(args.out_dir, "speed.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     print(text)

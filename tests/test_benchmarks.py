@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import NANOBODY_PDB
 
 from immunofold.data.sabdab import Entry, load_example
@@ -17,7 +16,7 @@ from immunofold.io import read_chains
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
-import common  # noqa: E402
+import common
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +116,7 @@ def test_accuracy_script_template_only(tmp_path, nanobody_example):
     (folder / "structures").mkdir(parents=True)
     with open(NANOBODY_PDB, "rb") as src, gzip.open(folder / "structures" / "7f5g.pdb.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
-    header = "pdb Hchain Lchain model antigen_chain date resolution method heavy_species light_species kind split source heavy_seq light_seq".split()
+    header = ["pdb", "Hchain", "Lchain", "model", "antigen_chain", "date", "resolution", "method", "heavy_species", "light_species", "kind", "split", "source", "heavy_seq", "light_seq"]
     lines = ["\t".join(header)]
     for split in ("train", "val"):
         row = dict.fromkeys(header, "NA")

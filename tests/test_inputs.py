@@ -68,6 +68,16 @@ def test_fasta_pairs_colon_and_single(tmp_path):
     assert [c.chain_class for c in ab3.chains] == ["heavy", "lambda"]
 
 
+def test_fasta_header_forms():
+    from immunofold.inputs import _split_header
+
+    assert _split_header("trastuzumab|H heavy chain") == ("trastuzumab", "heavy")
+    assert _split_header("my antibody|light") == ("my antibody", "light")
+    assert _split_header("sp|P01857|IGHG1_HUMAN Immunoglobulin heavy") == ("sp|P01857|IGHG1_HUMAN", None)
+    assert _split_header(" nb1  camelid VHH ") == ("nb1", None)
+    assert _split_header("tcr|A") == ("tcr", "alpha") and _split_header("tcr|b") == ("tcr", "beta")
+
+
 def test_format_detected_from_content(tmp_path):
     assert [r.name for r in parse_input(write(tmp_path, f">x\n{VHH}\n", ".txt"))] == ["x"]
     assert [r.name for r in parse_input(write(tmp_path, f"name\theavy\nx\t{VHH}\n", ".dat"))] == ["x"]

@@ -44,7 +44,6 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 
-from immunofold.constants import IMGT_CDRS
 from immunofold.inputs import (
     KIND_CHOICES,
     Record,
@@ -138,18 +137,6 @@ def _position_label(position: tuple[int, str]) -> str:
     return f"{position[0]}{position[1]}"
 
 
-def cdr3_errors(prediction) -> dict[str, float]:
-    """Mean predicted error (Å) of each chain's CDR3 (IMGT 105-117), as in `immunofold predict`."""
-    lo, hi = IMGT_CDRS[3]
-    result, start = {}, 0
-    for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
-        errors = prediction.error[start : start + len(chain)]
-        in_cdr3 = [lo <= number <= hi for number, _ in chain.positions]
-        result[chain_id] = float(errors[in_cdr3].mean()) if any(in_cdr3) else float("nan")
-        start += len(chain)
-    return result
-
-
 def _fmt(value) -> str:
     if value is None:
         return ""
@@ -170,6 +157,13 @@ def _number_chunk(records: list[Record], kind: str) -> list[tuple[Resolved | str
     return results
 
 
+def _refine_in_worker(prediction):
+    import torch
+
+    torch.set_num_threads(1)  # OpenMM does the work; the worker shares the machine with the model pass
+    return _refine_task(prediction)
+
+
 def _refine_task(prediction):
     from immunofold.predict import Predictor
 
@@ -180,13 +174,17 @@ def _refine_task(prediction):
     return refined, time.perf_counter() - start
 
 
-def _worker_init() -> None:
-    try:
-        import torch
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:  # the batch process died (e.g. SIGKILL): do not linger as an orphan
+            os._exit(0)
 
-        torch.set_num_threads(1)
-    except Exception:  # noqa: BLE001, S110
-        pass
+
+def _worker_init(parent: int) -> None:
+    import threading
+
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +269,7 @@ class _Run:
             data = {
                 "status": "ok", "name": record.name, "source": record.source, "kind": prediction.kind,
                 "file": file_name, "mean_error": round(prediction.mean_error, 6),
-                "cdr3_error": {k: (None if math.isnan(v) else round(v, 6)) for k, v in cdr3_errors(prediction).items()},
+                "cdr3_error": {k: (None if math.isnan(v) else round(v, 6)) for k, v in prediction.cdr3_errors().items()},
                 "chains": chains, "refined": bool(prediction.refined), "refine_message": prediction.refine_message,
                 "notes": list(prediction.notes), "weights": prediction.weights_version, "seconds": round(seconds, 4),
             }
@@ -343,7 +341,7 @@ class _Run:
             elif not self.refine:
                 self.succeed(record, prediction, seconds + share)
             elif executor is not None:
-                refining.append((record, seconds + share, executor.submit(_refine_task, prediction)))
+                refining.append((record, seconds + share, executor.submit(_refine_in_worker, prediction)))
             else:
                 refined, refine_seconds = _refine_task(prediction)
                 self.succeed(record, refined, seconds + share + refine_seconds)
@@ -383,7 +381,8 @@ class _Run:
             executor = None
             if self.workers > 0 and pending:
                 executor = futures.ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                    initargs=(os.getpid(),),
                 )
             previous_threads = None
             if pending:

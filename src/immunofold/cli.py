@@ -45,27 +45,13 @@ def _predict(args: argparse.Namespace) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    cdr3 = [f"{cid}3 {err:.2f}" for cid, err in _cdr3_errors(prediction).items()]
+    cdr3 = [f"{cid}3 {err:.2f}" for cid, err in prediction.cdr3_errors().items()]
     print(
         f"wrote {args.output}: {prediction.kind}, {len(prediction.error)} residues, "
         f"mean error {prediction.mean_error:.2f} Å ({', '.join(cdr3)} Å), "
         f"{'refined' if prediction.refined else 'unrefined'}, weights {prediction.weights_version}"
     )
     return 0
-
-
-def _cdr3_errors(prediction) -> dict[str, float]:
-    """Mean predicted error (Å) of each chain's CDR3."""
-    from immunofold.constants import IMGT_CDRS
-
-    lo, hi = IMGT_CDRS[3]
-    result, start = {}, 0
-    for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
-        errors = prediction.error[start : start + len(chain)]
-        in_cdr3 = [lo <= number <= hi for number, _ in chain.positions]
-        result[chain_id] = float(errors[in_cdr3].mean()) if any(in_cdr3) else float("nan")
-        start += len(chain)
-    return result
 
 
 def _add_predict_options(parser: argparse.ArgumentParser) -> None:

@@ -140,13 +140,19 @@ def parse_input(path: str | os.PathLike, fmt: str | None = None) -> list[Record]
 # FASTA
 # --------------------------------------------------------------------------------------------
 def _split_header(header: str) -> tuple[str, str | None]:
-    """(name, slot or None) from a FASTA header such as 'trastuzumab|H description'."""
+    """(name, slot or None) from a FASTA header: 'trastuzumab|H description', 'my antibody|L', 'nb1 text'."""
     header = header.strip()
     token = header.split()[0] if header.split() else ""
     if "|" in token:
         name, suffix = token.rsplit("|", 1)
         slot = SLOT_ALIASES.get(suffix.strip().lower())
         if slot is not None:
+            return _clean_name(name), slot
+    if "|" in header:  # a name with spaces: 'my antibody|H'
+        name, suffix = header.rsplit("|", 1)
+        words = suffix.split()
+        slot = SLOT_ALIASES.get(words[0].lower()) if words else None
+        if slot is not None and name.strip():
             return _clean_name(name), slot
     return _clean_name(token), None
 

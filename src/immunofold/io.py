@@ -63,13 +63,14 @@ def _make_residue(resname: str, residue_id: tuple[int, str], coords: np.ndarray,
     residue.seqid = gemmi.SeqId(int(residue_id[0]), residue_id[1] or " ")
     residue.het_flag = "A"
     residue.entity_type = gemmi.EntityType.Polymer
+    rounded = np.round(coords.astype(float), 3).tolist()  # one call per residue: this is on the batch hot path
     for slot, name in enumerate(atom14_names(resname)):
         if not mask[slot]:
             continue
         atom = gemmi.Atom()
         atom.name = name
         atom.element = gemmi.Element(name[0])  # atom14 names start with their element (C, N, O, S)
-        atom.pos = gemmi.Position(*np.round(coords[slot].astype(float), 3))
+        atom.pos = gemmi.Position(*rounded[slot])
         atom.occ = 1.0
         atom.b_iso = float(bfactor)
         residue.add_atom(atom)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from immunofold import __version__
-from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE
+from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE
 from immunofold.data.features import collate, featurise
 from immunofold.ensemble import Ensemble
 from immunofold.geometry import residue_tables
@@ -66,6 +66,17 @@ class Prediction:
     @property
     def mean_error(self) -> float:
         return float(np.mean(self.error))
+
+    def cdr3_errors(self) -> dict[str, float]:
+        """Mean predicted error (Å) of each chain's CDR3 (IMGT 105-117), by chain id."""
+        lo, hi = IMGT_CDRS[3]
+        result, start = {}, 0
+        for chain_id, chain in zip(self.chain_ids, self.chains):
+            errors = self.error[start : start + len(chain)]
+            in_cdr3 = [lo <= number <= hi for number, _ in chain.positions]
+            result[chain_id] = float(errors[in_cdr3].mean()) if any(in_cdr3) else float("nan")
+            start += len(chain)
+        return result
 
     def remarks(self) -> list[str]:
         lines = [

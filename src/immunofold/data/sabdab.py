@@ -54,7 +54,7 @@ def read_summary(root: str) -> list[Entry]:
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle, delimiter="\t"):
                 id_columns, seq_columns = next(v for v in SUMMARY_FILES.values() if v[0][0] in row)
-                kind = row.get("kind") or ("tcr" if "Achain" in row else "antibody")
+                kind = row.get("kind") or _infer_kind(row)
                 n_chains = len(KIND_CHAIN_IDS[kind])
                 entries.append(
                     Entry(
@@ -69,11 +69,24 @@ def read_summary(root: str) -> list[Entry]:
     return entries
 
 
+MISSING_VALUES = {"", "NA", "None", "nan"}
+# Where structure files live: our layout, then SAbDab/STCRDab download layouts.
+STRUCTURE_FOLDERS = ("structures", "imgt", "chothia", os.path.join("all_structures", "imgt"), os.path.join("all_structures", "raw"))
+
+
+def _infer_kind(row: dict) -> str:
+    """Kind of a summary row without a `kind` column (as downloaded from SAbDab/STCRDab)."""
+    if "Achain" in row:
+        return "tcr"
+    return "nanobody" if row.get("Lchain", "") in MISSING_VALUES else "antibody"
+
+
 def _structure_path(folder: str, pdb: str) -> str:
-    for suffix in (".pdb.gz", ".pdb", ".cif.gz", ".cif"):
-        path = os.path.join(folder, "structures", pdb + suffix)
-        if os.path.exists(path):
-            return path
+    for subfolder in STRUCTURE_FOLDERS:
+        for suffix in (".pdb.gz", ".pdb", ".cif.gz", ".cif"):
+            path = os.path.join(folder, subfolder, pdb + suffix)
+            if os.path.exists(path):
+                return path
     return os.path.join(folder, "structures", pdb + ".pdb.gz")
 
 

@@ -8,6 +8,7 @@ epoch in `<run_dir>/<name>/log.jsonl`.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -94,6 +95,22 @@ def _save_atomic(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory instead of returning large blocks to the kernel after every step.
+
+    Training allocates and frees the same multi-MB tensors every step; with glibc's defaults each
+    is a fresh mmap whose pages the kernel must zero, which cost about 20% of a step here (system time).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_top_pad, 256 << 20)
+
+
 def source_commit() -> str:
     """The git commit of the code being run ('unknown' outside a git checkout); '+dirty' if it has local changes."""
     root = os.path.dirname(os.path.abspath(__file__))
@@ -108,6 +125,7 @@ def source_commit() -> str:
 def train(config: TrainConfig, log=print) -> dict:
     """Train (or continue training) one model; returns the best val summary."""
     torch.set_num_threads(config.threads)
+    keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = os.path.join(config.run_dir, config.name)
     os.makedirs(run_dir, exist_ok=True)

@@ -1,0 +1,15 @@
+# Benchmarks (needs: pip install -e ".[bench]"). Override e.g. `make bench DATA=/path/to/data BENCH_ARGS="--limit 5"`.
+PYTHON ?= python
+DATA ?= ../shared/data
+BENCH_ARGS ?=
+SPEED_ARGS ?=
+
+.PHONY: bench bench-accuracy bench-speed
+
+bench: bench-accuracy bench-speed
+
+bench-accuracy:
+	$(PYTHON) benchmarks/accuracy.py --data $(DATA) $(BENCH_ARGS)
+
+bench-speed:
+	$(PYTHON) benchmarks/speed.py --data $(DATA) $(SPEED_ARGS)
