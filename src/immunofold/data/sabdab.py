@@ -8,9 +8,9 @@ Entries that cannot be used are reported with the reason, never silently dropped
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 from dataclasses import dataclass
-from multiprocessing import Pool
 
 import numpy as np
 import torch
@@ -140,8 +140,11 @@ def _load_or_reason(entry: Entry):
 
 def build_examples(entries: list[Entry], workers: int = 2) -> tuple[list[dict], list[str]]:
     """Featurise entries in parallel; returns (examples, one-line reasons for skipped entries)."""
-    with Pool(workers) as pool:
-        results = pool.map(_load_or_reason, entries, chunksize=8)
+    if workers <= 1:
+        results = [_load_or_reason(entry) for entry in entries]
+    else:  # spawn, not fork: forking after torch has started its thread pool can deadlock
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_load_or_reason, entries, chunksize=8)
     examples = [
         {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in e.items()}
         for e, _ in results

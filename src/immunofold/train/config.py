@@ -35,6 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 10.0
     violation_from_epoch: int = 0  # epochs before this one train without the violation terms
+    oversample: dict[str, int] = field(default_factory=dict)  # kind -> times each example is seen per epoch
     threads: int = 1
     max_minutes: float | None = None  # stop this invocation after this long (resume later)
     init_from: str | None = None  # weights (.safetensors) to start from when no checkpoint exists

@@ -132,7 +132,10 @@ def train(config: TrainConfig, log=print) -> dict:
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(config.to_yaml())
 
-    train_examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
+    unique_examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
+    train_examples = [  # each example repeated as often as its kind is oversampled
+        example for example in unique_examples for _ in range(config.oversample.get(KINDS[int(example["kind"])], 1))
+    ]
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     model = ImmunoFoldNet(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -150,7 +153,7 @@ def train(config: TrainConfig, log=print) -> dict:
         model.load_state_dict(load_weights(config.init_from)[0])
         log(f"started {config.name} from {config.init_from}")
     else:
-        model.template_atoms.copy_(build_template(train_examples).to(device))
+        model.template_atoms.copy_(build_template(unique_examples).to(device))
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         log(f"started {config.name} from scratch (seed {config.seed})")
@@ -205,7 +208,7 @@ def train(config: TrainConfig, log=print) -> dict:
                 model, os.path.join(run_dir, "best.safetensors"),
                 {"config": config.to_dict(), "epoch": state["epoch"], "val": val,
                  "train_seconds": round(state["elapsed_s"]), "device": describe_device(device),
-                 "commit": commit, "train_examples": len(train_examples)},
+                 "commit": commit, "train_examples": len(unique_examples)},
             )
         _save_atomic(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
