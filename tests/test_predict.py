@@ -45,7 +45,7 @@ def test_trastuzumab_is_refined_with_sane_geometry_and_errors(trastuzumab):
     assert all(abs(length - 1.33) < 0.1 for length in peptide_bonds(structure))
     bfactors = [atom.b_iso for residue in structure[0]["H"] for atom in residue]
     assert min(bfactors) > 0 and max(bfactors) < 30
-    assert "PREDICTED ERROR IN ANGSTROM" in pdb
+    assert "PREDICTED ERROR PER RESIDUE IN ANGSTROM" in pdb
     assert trastuzumab.error.shape == (len(TRASTUZUMAB_HEAVY) + len(TRASTUZUMAB_LIGHT),)
 
 

@@ -1,8 +1,10 @@
-"""Run the ensemble members together; their disagreement is the per-residue error estimate.
+"""Run the ensemble members together and estimate each residue's error from them.
 
 Members are superposed on their mean by all CA atoms; a residue's spread is the RMS deviation
-(Å) of its backbone atoms (N, CA, C, O) across members from the mean. The member closest to
-the mean is the one returned to the user.
+(Å) of its backbone atoms (N, CA, C, O) across members from the mean. Each member also predicts
+its own expected CA deviation (error head). The reported error combines both,
+sqrt(spread² + head²) in Å: on the val split it ranks residues better than either alone and its
+mean is close to the real mean CA deviation. The member closest to the mean is returned.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class EnsembleOutput:
 
     @property
     def error(self) -> torch.Tensor:
-        """Per-residue error estimate [B, N] in Å: the ensemble spread."""
-        return self.spread
+        """Per-residue error estimate [B, N] in Å: ensemble spread and error head combined in quadrature."""
+        return torch.sqrt(self.spread**2 + self.head_error**2)
 
 
 def superpose_members(members: torch.Tensor, residue_mask: torch.Tensor, iterations: int = 2) -> torch.Tensor:
