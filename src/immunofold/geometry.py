@@ -62,14 +62,6 @@ class Frames:
     def detach_rot(self) -> "Frames":
         return Frames(self.rot.detach(), self.trans)
 
-    def to_tensor(self) -> torch.Tensor:
-        """[*, 12]: flattened rotation then translation."""
-        return torch.cat([self.rot.flatten(-2), self.trans], dim=-1)
-
-    @staticmethod
-    def from_tensor(tensor: torch.Tensor) -> "Frames":
-        return Frames(tensor[..., :9].unflatten(-1, (3, 3)), tensor[..., 9:])
-
     @staticmethod
     def from_3_points(p_neg_x: torch.Tensor, origin: torch.Tensor, p_xy: torch.Tensor) -> "Frames":
         """Gram-Schmidt frame: origin, x axis from p_neg_x to origin, p_xy in the xy plane. [*, 3] each."""

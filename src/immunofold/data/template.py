@@ -33,7 +33,7 @@ def is_framework(position: torch.Tensor) -> torch.Tensor:
 
 def _mean_backbone(examples: list[dict], iterations: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean N, CA, C per key [NUM_KEYS, 3, 3] and observation counts [NUM_KEYS]."""
-    reference = None
+    reference, ref_counts = None, None  # the running mean and its observation counts
     for _ in range(iterations):
         sums = torch.zeros(NUM_KEYS, 3, 3, dtype=torch.float64)
         counts = torch.zeros(NUM_KEYS, dtype=torch.float64)
@@ -49,8 +49,7 @@ def _mean_backbone(examples: list[dict], iterations: int = 3) -> tuple[torch.Ten
                 backbone = frame.apply(backbone)
             sums.index_add_(0, keys[present], backbone[present])
             counts.index_add_(0, keys[present], torch.ones(int(present.sum()), dtype=torch.float64))
-        reference = sums / counts.clamp(min=1)[:, None, None]
-        ref_counts = counts
+        reference, ref_counts = sums / counts.clamp(min=1)[:, None, None], counts
     return reference, ref_counts
 
 
