@@ -1,0 +1,43 @@
+"""`immunofold evaluate`: predicts from sequence alone and scores in ImmuneBuilder's convention."""
+
+import json
+
+import torch
+
+from conftest import NANOBODY_PDB
+from test_data import NANOBODY_ROW, make_folder
+from immunofold.cli import main
+from immunofold.io import read_chains
+from immunofold.metrics import region_rmsds
+from immunofold.sequences import number_chain
+
+
+def test_evaluate_writes_the_documented_json_and_a_csv(tmp_path, capsys):
+    sequence = read_chains(NANOBODY_PDB)["B"].sequence
+    row = NANOBODY_ROW.replace("\ttrain\t", "\tval\t").replace("\tQV\t", f"\t{sequence}\t")
+    folder = make_folder(tmp_path / "data", [row])
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--data", folder, "--split", "val", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["refined"] is False and summary["weights"]
+    assert summary["nanobody"]["n"] == 1 and summary["antibody"]["n"] == 0
+    assert set(summary["nanobody"]["rmsd"]) == {"H1", "H2", "H3", "Hfr"}
+    assert 0 < summary["nanobody"]["rmsd"]["Hfr"] < 1.5  # a recognisably right framework
+    assert -1 <= summary["nanobody"]["error_spearman"] <= 1
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("name,kind,status") and rows[1].startswith("7f5g_B,nanobody,ok")
+
+
+def test_region_rmsd_is_zero_for_the_truth_and_sees_a_moved_loop():
+    chain = read_chains(NANOBODY_PDB)["B"]
+    atom14, mask = torch.tensor(chain.atom14), torch.tensor(chain.atom_mask)
+    numbered = number_chain(chain.sequence, "7f5g")  # the file is in Chothia numbering; renumber in IMGT
+    assert numbered.sequence == chain.sequence
+    position = torch.tensor([number for number, _ in numbered.positions])
+    slot = torch.zeros(len(position), dtype=torch.long)
+    assert max(region_rmsds("nanobody", atom14, atom14, mask, slot, position).values()) < 1e-4
+    moved = atom14.clone()
+    cdr3 = (position >= 105) & (position <= 117)
+    moved[cdr3] += torch.tensor([2.0, 0.0, 0.0])
+    rmsd = region_rmsds("nanobody", moved, atom14, mask, slot, position)
+    assert abs(rmsd["H3"] - 2.0) < 1e-3 and rmsd["Hfr"] < 1e-4
