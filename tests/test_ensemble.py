@@ -32,3 +32,15 @@ def test_a_displaced_loop_gets_the_error_and_the_other_members_are_preferred(nan
     assert spread[loop].min() > 1.0  # about 4 Å * sqrt(3)/4 for one of four members
     assert spread[outside].max() < 0.5
     assert ranking[0, -1] == 2  # the disagreeing member is furthest from the mean
+
+
+def test_reported_error_combines_spread_and_error_head_in_quadrature():
+    from immunofold.ensemble import EnsembleOutput
+
+    output = EnsembleOutput(
+        members=torch.zeros(2, 1, 3, 14, 3),
+        spread=torch.tensor([[3.0, 0.0, 1.0]]),
+        head_error=torch.tensor([[4.0, 2.0, 0.0]]),
+        ranking=torch.tensor([[0, 1]]),
+    )
+    assert torch.allclose(output.error, torch.tensor([[5.0, 2.0, 1.0]]))
