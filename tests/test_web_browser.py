@@ -191,7 +191,7 @@ def test_trastuzumab_end_to_end_renders_the_structure(server, browser, tmp_path)
     cif_link = browser.find_element(By.ID, "download-cif").get_attribute("href")
     assert pdb_link.endswith("/model.pdb") and cif_link.endswith("/model.cif")
     with urllib.request.urlopen(pdb_link) as response:
-        assert b"PREDICTED ERROR IN ANGSTROM" in response.read()
+        assert b"PREDICTED ERROR PER RESIDUE IN ANGSTROM" in response.read()
 
     # The WebGL canvas has drawn a coloured model: many non-white pixels, several error colours.
     canvas = browser.find_element(By.CSS_SELECTOR, "#viewer canvas")
