@@ -87,12 +87,12 @@ def _evaluate_chunk(entries: list[Entry], predictor: Predictor, refine: bool) ->
     for entry in entries:
         try:
             slots = dict(zip(_slot_names(entry.kind), entry.sequences))
-            items.append((entry.name, entry.kind, number_receptor(entry.kind, slots, entry.name)))
-            truths.append(load_example(entry))
+            numbered, truth = number_receptor(entry.kind, slots, entry.name), load_example(entry)
         except InputError as error:
             rows.append({"name": entry.name, "kind": entry.kind, "status": f"skipped: {error}"})
-            if len(items) > len(truths):
-                items.pop()
+            continue
+        items.append((entry.name, entry.kind, numbered))
+        truths.append(truth)
     if not items:
         return rows
     for prediction, truth in zip(predictor.predict_numbered(items), truths):
