@@ -1,20 +1,56 @@
 #!/usr/bin/env bash
-# Train ensemble members on a lent GPU for at most 9 minutes, checkpoints to $OUT.
-# Run through the device tool from the repo root, carrying the venv-free tree plus `cache` and `runs`:
-#   run(command="bash scripts/gpu_train.sh", carry=["cache", "runs"], timeout_s=600)
-# then copy $OUT/runs/* back over runs/ and continue on the CPU with `immunofold train --config ...`.
+# Train several runs at once on one lent GPU for a fixed wall time; each run's weights, log and
+# config come back as $OUT/<name>.tar (the device tool returns at most 8 files).
+#
+# Here (the GPU machine cannot read ../shared/data, so the featurised cache travels, packed):
+#   python scripts/pack_cache.py pack cache gpu/cache.npz
+#   (wheels of anarcism and gemmi for Python 3.12 in .whl/, see /work/.library/device/README.md)
+#   run(command="bash scripts/gpu_train.sh configs/v0.2/gpu-*.yaml", carry=["gpu", ".whl"], timeout_s=570)
+# Back here: tar -xf <files_at>/<name>.tar -C runs/, evaluate, ship with scripts/ship_weights.py.
+#
+# Each config should set fit_epochs_to_minutes (the run sizes its cosine schedule after epoch 1);
+# MAX_MINUTES stops any run that overruns (no epoch starts after it); HARD_LIMIT_S kills it.
 set -euo pipefail
 : "${OUT:?set by the device tool}"
-MINUTES=${MINUTES:-8}
-python3 -m pip install -q torch==2.13.0 2>/dev/null || true
-python3 -m pip install -q -e . 2>/dev/null
-mkdir -p "$OUT/runs"
-cp -r runs/. "$OUT/runs/" 2>/dev/null || true
+FIT_MINUTES=${FIT_MINUTES:-6.5}
+MAX_MINUTES=${MAX_MINUTES:-7}
+HARD_LIMIT_S=${HARD_LIMIT_S:-500}  # a run still going after this is stopped, so that the results are packed in time
+THREADS=${THREADS:-2}
+PACKED=${PACKED:-gpu/cache.npz}
+if [ "${WHEELS:-1}" = 1 ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi: training on $(nproc) CPUs"
+python3 scripts/pack_cache.py unpack "$PACKED" gpu/cache
+
+names=()
 pids=()
-for member in ${MEMBERS:-member0 member1 member2 member3}; do
-    sed "s|^run_dir: .*|run_dir: $OUT/runs|; s|^threads: .*|threads: 4|" "configs/$member.yaml" > "/tmp/$member.yaml"
-    immunofold train --config "/tmp/$member.yaml" --max-minutes "$MINUTES" > "$OUT/$member.log" 2>&1 &
+for config in "$@"; do
+    name=$(basename "$config" .yaml)
+    sed -e "s|^cache_dir: .*|cache_dir: gpu/cache|" -e "s|^run_dir: .*|run_dir: gpu/runs|" \
+        -e "s|^threads: .*|threads: $THREADS|" -e "s|^fit_epochs_to_minutes: .*|fit_epochs_to_minutes: $FIT_MINUTES|" \
+        "$config" > "gpu/$name.yaml"
+    timeout "$HARD_LIMIT_S" python3 -c "
+import sys
+from immunofold.train.config import TrainConfig
+from immunofold.train.loop import train
+config = TrainConfig.from_yaml(sys.argv[1])
+config.max_minutes = float(sys.argv[2])
+train(config)
+" "gpu/$name.yaml" "$MAX_MINUTES" > "gpu/$name.out" 2>&1 &
+    names+=("$name")
     pids+=($!)
 done
-for pid in "${pids[@]}"; do wait "$pid"; done
-rm -f "$OUT"/runs/*/last.pt.tmp
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+
+for name in "${names[@]}"; do
+    mkdir -p "gpu/runs/$name"
+    cp "gpu/$name.out" "gpu/runs/$name/stdout.log"
+    tar -cf "$OUT/$name.tar" -C gpu/runs --exclude=last.pt --exclude='*.tmp' "$name"
+    echo "== $name: $(grep -c '"epoch"' "gpu/runs/$name/log.jsonl" 2>/dev/null || echo 0) epochs"
+    tail -n 2 "gpu/$name.out" | cut -c1-400
+done
+echo "$failed of ${#names[@]} runs failed"

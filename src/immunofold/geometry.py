@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -170,11 +170,18 @@ def local_coordinates(atom14: torch.Tensor, restype: torch.Tensor) -> torch.Tens
     return local
 
 
-@functools.lru_cache(maxsize=None)
-def residue_tables() -> ResidueTables:
-    """Lookup tables, built once: index tables from the atom14 layout, ideal coordinates from
-    `ideal_geometry.json` (mean local coordinates over our training structures, see
+def residue_tables(device: torch.device | str = "cpu") -> ResidueTables:
+    """Lookup tables on `device`, built once per device: index tables from the atom14 layout, ideal
+    coordinates from `ideal_geometry.json` (mean local coordinates over our training structures, see
     scripts/derive_ideal_geometry.py)."""
+    return _residue_tables_on(str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _residue_tables_on(device: str) -> ResidueTables:
+    if device != "cpu":
+        cpu = _residue_tables_on("cpu")
+        return ResidueTables(*(getattr(cpu, f.name).to(device) for f in fields(cpu)))
     atom_exists, atom_group, torsion_atoms, torsion_exists, pi_periodic, swap_perm = _index_tables()
     with open(IDEAL_GEOMETRY_FILE) as handle:
         ideal = json.load(handle)
@@ -201,7 +208,7 @@ def backbone_frames(atom14: torch.Tensor, atom_mask: torch.Tensor) -> tuple[Fram
 
 def torsion_angles(atom14: torch.Tensor, atom_mask: torch.Tensor, restype: torch.Tensor):
     """Torsions of a structure: (sin, cos) [*, N, 5, 2], mask [*, N, 5], alternative (sin, cos) for symmetric chis."""
-    tables = residue_tables()
+    tables = residue_tables(restype.device)
     quad = tables.torsion_atoms[restype]  # [*, N, 5, 4]
     gathered = torch.gather(
         atom14.unsqueeze(-3).expand(*quad.shape[:-1], 14, 3),
@@ -222,7 +229,7 @@ def atom14_from_frames(frames: Frames, torsion_sin_cos: torch.Tensor, restype: t
     Rigid groups are placed in order (backbone, O, chi1..chi4); each group's frame comes from
     three atoms already placed, so the construction is exact for any torsion values.
     """
-    tables = residue_tables()
+    tables = residue_tables(restype.device)
     local = tables.local_coords[restype]  # [*, N, 14, 3]
     group = tables.atom_group[restype]  # [*, N, 14]
     quad = tables.torsion_atoms[restype]  # [*, N, 5, 4]

@@ -36,6 +36,9 @@ class TrainConfig:
     grad_clip: float = 10.0
     violation_from_epoch: int = 0  # epochs before this one train without the violation terms
     oversample: dict[str, int] = field(default_factory=dict)  # kind -> times each example is seen per epoch
+    aux_kinds: list[str] = field(default_factory=list)  # kinds of the extra heavy-chain backbones (data/aux.py) to train on
+    decay_after_epochs: int = 0  # learning rate stays at its peak (after warm-up) for this many epochs, then cosine
+    fit_epochs_to_minutes: float | None = None  # fresh runs only: after epoch 1, set `epochs` to fit this wall time
     threads: int = 1
     max_minutes: float | None = None  # stop this invocation after this long (resume later)
     init_from: str | None = None  # weights (.safetensors) to start from when no checkpoint exists
@@ -48,7 +51,10 @@ class TrainConfig:
             raw = yaml.safe_load(handle) or {}
         model = ModelConfig(**raw.pop("model", {}))
         weights = {**DEFAULT_LOSS_WEIGHTS, **raw.pop("loss_weights", {})}
-        return TrainConfig(model=model, loss_weights=weights, **raw)
+        config = TrainConfig(model=model, loss_weights=weights, **raw)
+        if config.fit_epochs_to_minutes is not None and config.decay_after_epochs < 1:
+            raise ValueError(f"{path}: fit_epochs_to_minutes needs decay_after_epochs >= 1 (the schedule must not depend on the epoch count chosen after epoch 1)")
+        return config
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,6 +21,7 @@ import torch
 
 from immunofold.constants import KINDS
 from immunofold.data.features import collate
+from immunofold.data.aux import cached_aux_examples
 from immunofold.data.sabdab import cached_examples
 from immunofold.data.template import build_template
 from immunofold.metrics import region_rmsds
@@ -81,12 +82,29 @@ def validate(model: ImmunoFoldNet, examples: list[dict], device: torch.device, b
     return summary
 
 
-def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Linear warm-up, then cosine decay to 10% over the configured epochs."""
+def learning_rate(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Linear warm-up, a plateau until `decay_after_epochs`, then cosine decay to 10% by the last epoch."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    decay_start = max(config.warmup_steps, config.decay_after_epochs * steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    progress = min(1.0, max(0, step - decay_start) / max(1, total_steps - decay_start))
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def fitted_epochs(config: TrainConfig, first_epoch_s: float) -> int:
+    """Epochs that fit `fit_epochs_to_minutes` of wall time, given the first epoch's time (s)."""
+    return max(config.decay_after_epochs + 1, int(config.fit_epochs_to_minutes * 60 // first_epoch_s))
+
+
+def training_examples(config: TrainConfig) -> tuple[list[dict], int]:
+    """(examples of one epoch, each repeated as often as its kind is oversampled; number of unique examples)."""
+    unique_examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
+    if config.aux_kinds:
+        aux = cached_aux_examples(config.data_root, config.cache_dir)
+        unique_examples = unique_examples + [e for e in aux if KINDS[int(e["kind"])] in config.aux_kinds]
+    repeated = [example for example in unique_examples for _ in range(config.oversample.get(KINDS[int(example["kind"])], 1))]
+    return repeated, len(unique_examples)
 
 
 def _save_atomic(obj, path: str) -> None:
@@ -132,10 +150,7 @@ def train(config: TrainConfig, log=print) -> dict:
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(config.to_yaml())
 
-    unique_examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
-    train_examples = [  # each example repeated as often as its kind is oversampled
-        example for example in unique_examples for _ in range(config.oversample.get(KINDS[int(example["kind"])], 1))
-    ]
+    train_examples, num_unique = training_examples(config)
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     model = ImmunoFoldNet(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -153,7 +168,8 @@ def train(config: TrainConfig, log=print) -> dict:
         model.load_state_dict(load_weights(config.init_from)[0])
         log(f"started {config.name} from {config.init_from}")
     else:
-        model.template_atoms.copy_(build_template(unique_examples).to(device))
+        structures = cached_examples(config.data_root, config.train_split, config.cache_dir)
+        model.template_atoms.copy_(build_template(structures).to(device))
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         log(f"started {config.name} from scratch (seed {config.seed})")
@@ -161,7 +177,6 @@ def train(config: TrainConfig, log=print) -> dict:
     commit = source_commit()
     lengths = [len(e["restype"]) for e in train_examples]
     steps_per_epoch = math.ceil(len(train_examples) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
     started = time.time()
     model.train()
     while state["epoch"] < config.epochs:
@@ -178,7 +193,7 @@ def train(config: TrainConfig, log=print) -> dict:
         for batch_indices in batches:
             batch = move(collate([train_examples[i] for i in batch_indices]), device)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(state["step"], config, total_steps)
+                group["lr"] = learning_rate(state["step"], config, steps_per_epoch)
             output = model(batch)
             loss, terms = total_loss(output, batch, weights, config.model.error_max)
             optimizer.zero_grad(set_to_none=True)
@@ -186,7 +201,7 @@ def train(config: TrainConfig, log=print) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             state["step"] += 1
-            for k, v in {"loss": loss.item(), **terms}.items():
+            for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v
         state["epoch"] += 1
         state["elapsed_s"] += time.time() - epoch_start
@@ -196,19 +211,25 @@ def train(config: TrainConfig, log=print) -> dict:
             "step": state["step"],
             "epoch_s": round(time.time() - epoch_start, 1),
             "elapsed_s": round(state["elapsed_s"], 1),
-            "train": {k: round(v / len(batches), 4) for k, v in sums.items()},
+            "train": {k: round(float(v) / len(batches), 4) for k, v in sums.items()},
             "val": val,
         }
         with open(os.path.join(run_dir, "log.jsonl"), "a") as handle:
             handle.write(json.dumps(record) + "\n")
         log(json.dumps(record))
+        if config.fit_epochs_to_minutes is not None and state["epoch"] == 1:
+            config.epochs = fitted_epochs(config, time.time() - epoch_start)
+            config.fit_epochs_to_minutes = None  # the saved config now names the epochs: it reproduces this run anywhere
+            with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
+                handle.write(config.to_yaml())
+            log(f"{config.name}: first epoch took {time.time() - epoch_start:.0f} s; training {config.epochs} epochs")
         if val["score"] < state["best_score"]:
             state["best_score"], state["best"] = val["score"], val
             save_weights(
                 model, os.path.join(run_dir, "best.safetensors"),
                 {"config": config.to_dict(), "epoch": state["epoch"], "val": val,
                  "train_seconds": round(state["elapsed_s"]), "device": describe_device(device),
-                 "commit": commit, "train_examples": len(unique_examples)},
+                 "commit": commit, "train_examples": num_unique},
             )
         _save_atomic(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,

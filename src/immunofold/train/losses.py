@@ -36,7 +36,7 @@ def fape(pred_frames: Frames, true_frames: Frames, frame_mask, pred_points, true
 
 def rename_symmetric_atoms(pred_atom14, true_atom14, true_mask, restype, pred_frames: Frames, true_frames: Frames):
     """Per residue, the naming of symmetric side-chain atoms (e.g. OD1/OD2) closer to the prediction."""
-    swap = residue_tables().swap_perm[restype]  # [B, N, 14]
+    swap = residue_tables(restype.device).swap_perm[restype]  # [B, N, 14]
     alt_atom14 = torch.gather(true_atom14, 2, swap.unsqueeze(-1).expand_as(true_atom14))
     alt_mask = torch.gather(true_mask, 2, swap)
     pred_local = pred_frames.unsqueeze(-1).invert_apply(pred_atom14)
@@ -74,7 +74,7 @@ def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> t
     """
     b, n = residue_mask.shape
     ca = pred_atom14[:, :, 1].detach()
-    ca_dist = torch.cdist(ca, ca) + (~residue_mask[:, None, :]) * 1e4 + torch.eye(n) * 1e4
+    ca_dist = torch.cdist(ca, ca) + (~residue_mask[:, None, :]) * 1e4 + torch.eye(n, device=ca.device) * 1e4
     k = min(CLASH_NEIGHBOURS, n - 1)
     neighbours = ca_dist.topk(k, dim=-1, largest=False).indices  # [B, N, K]
     other = torch.gather(pred_atom14.unsqueeze(1).expand(b, n, n, 14, 3), 2,
@@ -83,7 +83,7 @@ def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> t
     dist = torch.sqrt(((pred_atom14[:, :, None, :, None] - other[:, :, :, None]) ** 2).sum(-1) + 1e-8)  # [B, N, K, 14, 14]
     valid = atom_exists[:, :, None, :, None] & other_exists[:, :, :, None, :] & residue_mask[..., None, None, None]
     # Exclude the peptide bond C(i)-N(i+1) and its immediate neighbours, and disulfide SG-SG.
-    index = torch.arange(n)[None, :, None]
+    index = torch.arange(n, device=neighbours.device)[None, :, None]
     sequential = (neighbours - index).abs() == 1
     same_chain = torch.gather(chain_slot.unsqueeze(1).expand(b, n, n), 2, neighbours) == chain_slot[..., None]
     valid = valid & ~(sequential & same_chain)[..., None, None]
@@ -102,9 +102,7 @@ def ca_deviation(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position,
     present = true_mask[..., 1] & residue_mask
     for slot in (0, 1):
         in_chain = present & (chain_slot == slot)
-        anchor = in_chain & is_framework(imgt_position)
-        if anchor.sum() == 0:
-            continue
+        anchor = in_chain & is_framework(imgt_position)  # may be empty (no second chain): then unused below
         frame = kabsch(pred_atom14[..., 1, :], true_atom14[..., 1, :], anchor.float())
         moved = frame.unsqueeze(-1).apply(pred_atom14[..., 1, :])
         dev = torch.linalg.norm(moved - true_atom14[..., 1, :], dim=-1)
@@ -121,10 +119,10 @@ def error_head_loss(error_logits, target_error, mask, error_max: float) -> torch
 
 
 def total_loss(output: dict, batch: dict, weights: dict[str, float], error_max: float) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of all losses (mean over the batch) and each term's value for logging."""
+    """Weighted sum of all losses (mean over the batch) and each term's value for logging (0-dim tensors)."""
     restype, residue_mask = batch["restype"], batch["residue_mask"]
     true_atom14, true_mask = batch["atom14"], batch["atom_mask"] & residue_mask[..., None]
-    atom_exists = residue_tables().atom_exists[restype] & residue_mask[..., None]
+    atom_exists = residue_tables(restype.device).atom_exists[restype] & residue_mask[..., None]
     true_frames, frame_mask = backbone_frames(true_atom14, true_mask)
 
     terms = {}
@@ -139,7 +137,7 @@ def total_loss(output: dict, batch: dict, weights: dict[str, float], error_max: 
     renamed, renamed_mask = rename_symmetric_atoms(pred_atom14, true_atom14, true_mask, restype, final_frames, true_frames)
     renamed_mask = renamed_mask & atom_exists
     b, n = residue_mask.shape
-    sampled = torch.randperm(n)[:ALL_ATOM_FAPE_FRAMES]
+    sampled = torch.randperm(n, device=restype.device)[:ALL_ATOM_FAPE_FRAMES]
     terms["fape_all_atom"] = fape(
         Frames(final_frames.rot[:, sampled], final_frames.trans[:, sampled]),
         Frames(true_frames.rot[:, sampled], true_frames.trans[:, sampled]),
@@ -161,4 +159,4 @@ def total_loss(output: dict, batch: dict, weights: dict[str, float], error_max: 
     terms["error"] = error_head_loss(output["error_logits"], target_error, ca_mask, error_max)
 
     loss = sum(weights.get(name, 0.0) * value.mean() for name, value in terms.items())
-    return loss, {name: float(value.detach().mean()) for name, value in terms.items()}
+    return loss, {name: value.detach().mean() for name, value in terms.items()}  # tensors: no device sync per step
