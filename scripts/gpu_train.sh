@@ -17,6 +17,7 @@ MAX_MINUTES=${MAX_MINUTES:-7}
 HARD_LIMIT_S=${HARD_LIMIT_S:-500}  # a run still going after this is stopped, so that the results are packed in time
 THREADS=${THREADS:-2}
 PACKED=${PACKED:-gpu/cache.npz}
+INIT_DIR=${INIT_DIR:-}  # if set, run NAME starts from $INIT_DIR/NAME.safetensors (weights that travel in the tree)
 if [ "${WHEELS:-1}" = 1 ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
@@ -32,6 +33,7 @@ for config in "$@"; do
     sed -e "s|^cache_dir: .*|cache_dir: gpu/cache|" -e "s|^run_dir: .*|run_dir: gpu/runs|" \
         -e "s|^threads: .*|threads: $THREADS|" -e "s|^fit_epochs_to_minutes: .*|fit_epochs_to_minutes: $FIT_MINUTES|" \
         "$config" > "gpu/$name.yaml"
+    if [ -n "$INIT_DIR" ]; then sed -i "s|^init_from: .*|init_from: $INIT_DIR/$name.safetensors|" "gpu/$name.yaml"; fi
     timeout "$HARD_LIMIT_S" python3 -c "
 import sys
 from immunofold.train.config import TrainConfig

@@ -50,6 +50,11 @@ def pack(cache_dir: str, out: str) -> None:
     print(f"{out}: {os.path.getsize(out) / 2**20:.1f} MiB")
 
 
+def _as_tuples(value):
+    """JSON lists back to the tuples the cache holds (sequences, IMGT positions)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def unpack(packed: str, cache_dir: str) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     data = dict(np.load(packed))  # decompress every array once (NpzFile decompresses on each access)
@@ -70,7 +75,7 @@ def unpack(packed: str, cache_dir: str) -> None:
                 elif values.dtype != torch.bool:
                     values = values.long()
                 example[key] = values
-            example.update(extra)
+            example.update({k: _as_tuples(v) for k, v in extra.items()})
             examples.append(example)
         torch.save(examples, os.path.join(cache_dir, f"examples-{split}.pt"))
         print(f"{split}: {len(examples)} examples")

@@ -1,5 +1,6 @@
 """Training losses vanish on the truth and grow with errors."""
 
+import pytest
 import torch
 
 from immunofold.geometry import backbone_frames
@@ -36,3 +37,42 @@ def test_violation_losses_small_on_a_crystal_structure_and_large_when_broken(nan
     squashed[:, 50] = squashed[:, 20]  # a residue on top of another
     assert peptide_bond_loss(squashed, atom14, mask, residue_mask, slot).item() > 0.01
     assert clash_loss(squashed, mask, residue_mask, slot, restype).item() > 0.2 + 10 * crystal_clash
+
+
+def test_cdr3_weight_scales_only_the_cdr3_share_of_fape(nanobody_atoms):
+    from immunofold.sequences import number_chain
+    from immunofold.train.losses import cdr3_point_weight
+
+    atom14, mask, _ = batch_of(nanobody_atoms)
+    positions = torch.tensor([number for number, _ in number_chain(nanobody_atoms[3], "7f5g").positions])[None]
+    assert positions.shape[1] == atom14.shape[1]
+    weight = cdr3_point_weight(positions, 3.0)
+    in_cdr3 = (positions >= 105) & (positions <= 117)
+    assert torch.equal(weight[in_cdr3], torch.full((int(in_cdr3.sum()),), 3.0)) and (weight[~in_cdr3] == 1).all()
+
+    frames, frame_mask = backbone_frames(atom14, mask)
+    ca, ca_mask = atom14[..., 1, :], mask[..., 1]
+    moved_loop = ca.clone()
+    moved_loop[in_cdr3] += 3.0  # only CDR3 CAs are wrong
+    plain = fape(frames, frames, frame_mask, moved_loop, ca, ca_mask).item()
+    weighted = fape(frames, frames, frame_mask, moved_loop, ca, ca_mask * weight).item()
+    share = in_cdr3.float().mean().item()
+    assert weighted == pytest.approx(plain * 3 / (1 + 2 * share), rel=2e-3)  # weighted mean: 3x the CDR3 share (others ~1e-3 Å)
+
+
+def test_model_and_losses_create_no_tensor_off_the_input_device(nanobody_atoms):
+    """Forward and loss on the 'meta' device fail at the first tensor made on the CPU (a GPU would, too)."""
+    from immunofold.data.features import collate
+    from immunofold.model.network import ImmunoFoldNet, ModelConfig
+    from immunofold.sequences import number_chain
+    from immunofold.data.features import featurise
+    from immunofold.train.config import DEFAULT_LOSS_WEIGHTS
+    from immunofold.train.losses import total_loss
+
+    atom14, mask, _, sequence = nanobody_atoms
+    example = featurise("nanobody", [number_chain(sequence, "7f5g")])
+    example.update(atom14=atom14, atom_mask=mask)
+    batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in collate([example, example]).items()}
+    model = ImmunoFoldNet(ModelConfig(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)).to("meta")
+    loss, terms = total_loss(model(batch), batch, DEFAULT_LOSS_WEIGHTS, 8.0, cdr3_weight=2.0)
+    assert loss.device.type == "meta" and all(t.device.type == "meta" for t in terms.values())

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from test_data import NANOBODY_ROW, make_folder
 
 from immunofold.train.config import TrainConfig
@@ -47,3 +49,46 @@ def test_training_checkpoints_and_resumes(tmp_path):
 
     model, info = load_model(str(tmp_path / "runs" / "tiny" / "best.safetensors"))
     assert info["config"]["model"]["dim"] == 32 and model.template_atoms.abs().sum() > 0
+
+
+def test_learning_rate_holds_its_peak_until_decay_starts_then_falls_to_a_tenth():
+    from immunofold.train.loop import learning_rate
+
+    config = TrainConfig(name="lr", learning_rate=1e-3, warmup_steps=10, decay_after_epochs=1, epochs=5)
+    steps_per_epoch = 100
+    assert learning_rate(0, config, steps_per_epoch) == pytest.approx(1e-4)
+    assert learning_rate(10, config, steps_per_epoch) == learning_rate(99, config, steps_per_epoch) == 1e-3
+    assert learning_rate(300, config, steps_per_epoch) < 1e-3
+    assert learning_rate(499, config, steps_per_epoch) == pytest.approx(1e-4, rel=1e-3)
+    config.epochs = 50  # the plateau does not depend on the epoch count
+    assert learning_rate(99, config, steps_per_epoch) == 1e-3
+
+
+def test_a_time_boxed_run_records_the_epochs_it_chose(tmp_path):
+    config = tiny_config(tmp_path, epochs=99)
+    config.fit_epochs_to_minutes, config.decay_after_epochs = 1e-4, 1  # far less than one epoch: the minimum, 2
+    messages = []
+    train(config, log=messages.append)
+    saved = TrainConfig.from_yaml(str(tmp_path / "runs" / "tiny" / "config.yaml"))
+    assert saved.epochs == 2 and saved.fit_epochs_to_minutes is None
+    records = (tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()
+    assert len(records) == 2 and any("training 2 epochs" in m for m in messages)
+
+
+def test_time_boxed_configs_must_not_decay_before_the_epochs_are_known(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nfit_epochs_to_minutes: 5\n")
+    with pytest.raises(ValueError, match="needs decay_after_epochs >= 1"):
+        TrainConfig.from_yaml(str(path))
+
+
+def test_training_kinds_filter_the_examples_and_the_validation(tmp_path):
+    from immunofold.train.loop import training_examples
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.train_kinds = ["tcr"]
+    examples, unique = training_examples(config)
+    assert examples == [] and unique == 0
+    config.train_kinds, config.oversample = ["nanobody"], {"nanobody": 3}
+    examples, unique = training_examples(config)
+    assert len(examples) == 3 and unique == 1

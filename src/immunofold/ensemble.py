@@ -4,7 +4,11 @@ Members are superposed on their mean by all CA atoms; a residue's spread is the 
 (Å) of its backbone atoms (N, CA, C, O) across members from the mean. Each member also predicts
 its own expected CA deviation (error head). The reported error combines both,
 sqrt(spread² + head²) in Å: on the val split it ranks residues better than either alone and its
-mean is close to the real mean CA deviation. The member closest to the mean is returned.
+mean is close to the real mean CA deviation.
+
+The structure returned is the members' consensus: backbone frames from their mean N, CA, C and
+side chains from their mean torsion angles, so every residue keeps ideal internal geometry. On the
+val split it is 0.1 Å closer to the truth in CDR3 than the member closest to the mean (weights v0.2).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from immunofold.geometry import kabsch
+from immunofold.geometry import Frames, atom14_from_frames, kabsch, residue_tables, torsion_angles
 from immunofold.weights import load_model, packaged_weight_files
 
 BACKBONE_SLOTS = [0, 1, 2, 3]  # atom14 slots of N, CA, C, O
@@ -27,6 +31,7 @@ class EnsembleOutput:
     spread: torch.Tensor  # [B, N] Å, RMS backbone deviation of members from the mean
     head_error: torch.Tensor  # [B, N] Å, mean over members of the error head's expected CA deviation
     ranking: torch.Tensor  # [B, M] member indices, closest to the mean first
+    consensus: torch.Tensor  # [B, N, 14, 3] Å, the members' consensus structure (see consensus_structure)
 
     @property
     def error(self) -> torch.Tensor:
@@ -52,6 +57,24 @@ def member_spread(members: torch.Tensor, residue_mask: torch.Tensor) -> tuple[to
     spread = torch.sqrt(sq.mean(0)) * residue_mask
     per_member = (sq * residue_mask).sum(-1) / residue_mask.sum(-1).clamp(min=1)  # [M, B]
     return spread, per_member.T.argsort(dim=-1)
+
+
+def consensus_structure(members: torch.Tensor, restype: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+    """Consensus of superposed members [M, B, N, 14, 3] -> [B, N, 14, 3] Å.
+
+    Backbone frames come from the members' mean N, CA, C; torsions are the normalised mean of the
+    members' (sin, cos), each symmetric last chi first flipped to agree with member 0. Atoms are then
+    placed with ideal geometry, so bond lengths and angles inside a residue are exact.
+    """
+    mean = members.mean(0)
+    frames = Frames.from_3_points(mean[..., 0, :], mean[..., 1, :], mean[..., 2, :])  # [B, N]
+    member_restype = restype.expand(members.shape[:3])
+    exists = residue_tables(restype.device).atom_exists[member_restype]  # [M, B, N, 14]
+    sin_cos, _, alternative = torsion_angles(members, exists, member_restype)  # [M, B, N, 5, 2]
+    agrees = (sin_cos * sin_cos[:1]).sum(-1, keepdim=True) >= (alternative * sin_cos[:1]).sum(-1, keepdim=True)
+    torsions = torch.where(agrees, sin_cos, alternative).mean(0)
+    atoms = atom14_from_frames(frames, torsions, restype)
+    return torch.where(residue_mask[..., None, None], atoms, torch.zeros_like(atoms))
 
 
 class Ensemble:
@@ -88,4 +111,5 @@ class Ensemble:
         members = superpose_members(torch.stack([o["atom14"] for o in outputs]), residue_mask)
         spread, ranking = member_spread(members, residue_mask)
         head_error = torch.stack([o["predicted_error"] for o in outputs]).mean(0) * residue_mask
-        return EnsembleOutput(members.cpu(), spread.cpu(), head_error.cpu(), ranking.cpu())
+        consensus = consensus_structure(members, batch["restype"], residue_mask)
+        return EnsembleOutput(members.cpu(), spread.cpu(), head_error.cpu(), ranking.cpu(), consensus.cpu())

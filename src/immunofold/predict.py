@@ -44,7 +44,7 @@ class Prediction:
     chain_ids: tuple[str, ...]
     residue_ids: list[list[tuple[int, str]]]  # output numbering per chain (scheme: `numbering_scheme`)
     numbering_scheme: str
-    atom14: np.ndarray  # [N, 14, 3] the member closest to the ensemble mean, before refinement
+    atom14: np.ndarray  # [N, 14, 3] the ensemble's consensus structure (or the member refined instead), before refinement
     error: np.ndarray  # [N] Å
     members: np.ndarray  # [M, N, 14, 3] all ensemble members, superposed
     spread: np.ndarray  # [N] Å, RMS backbone deviation of the members from their mean
@@ -155,7 +155,6 @@ class Predictor:
         predictions = []
         for i, (name, kind, chains) in enumerate(items):
             n = sum(len(c) for c in chains)
-            best = int(output.ranking[i, 0])
             predictions.append(
                 Prediction(
                     name=name,
@@ -164,7 +163,7 @@ class Predictor:
                     chain_ids=KIND_CHAIN_IDS[kind],
                     residue_ids=[renumber(c, numbering, f"{name} {cid}") for c, cid in zip(chains, KIND_CHAIN_IDS[kind])],
                     numbering_scheme=numbering,
-                    atom14=output.members[best, i, :n].numpy(),
+                    atom14=output.consensus[i, :n].numpy(),
                     error=output.error[i, :n].numpy(),
                     members=output.members[output.ranking[i], i, :n].numpy(),
                     spread=output.spread[i, :n].numpy(),
@@ -176,14 +175,16 @@ class Predictor:
         return predictions
 
     def refine(self, prediction: Prediction) -> Prediction:
-        """Refine in place: the chosen member, else the next members in order, else keep it unrefined with a warning."""
+        """Refine in place: the consensus, else the members from the one closest to the mean on, else keep it
+        unrefined with a warning."""
         message = ""
-        for member in range(len(prediction.members)):
+        for member in [None, *range(len(prediction.members))]:
             prediction.refined = True  # the remarks written into the refined file say so
             candidate = to_pdb_string(prediction.unrefined_structure(member))
             result = refine_structure(candidate)
             if result.refined:
-                prediction.atom14 = prediction.members[member]
+                if member is not None:
+                    prediction.atom14 = prediction.members[member]
                 prediction._refined_pdb = result.pdb_string
                 return prediction
             message = result.message

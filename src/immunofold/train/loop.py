@@ -103,6 +103,8 @@ def training_examples(config: TrainConfig) -> tuple[list[dict], int]:
     if config.aux_kinds:
         aux = cached_aux_examples(config.data_root, config.cache_dir)
         unique_examples = unique_examples + [e for e in aux if KINDS[int(e["kind"])] in config.aux_kinds]
+    if config.train_kinds:
+        unique_examples = [e for e in unique_examples if KINDS[int(e["kind"])] in config.train_kinds]
     repeated = [example for example in unique_examples for _ in range(config.oversample.get(KINDS[int(example["kind"])], 1))]
     return repeated, len(unique_examples)
 
@@ -152,6 +154,8 @@ def train(config: TrainConfig, log=print) -> dict:
 
     train_examples, num_unique = training_examples(config)
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
+    if config.train_kinds:  # a specialist is validated (and its best epoch chosen) on its own kinds
+        val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
     model = ImmunoFoldNet(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     checkpoint_path = os.path.join(run_dir, "last.pt")
@@ -195,7 +199,7 @@ def train(config: TrainConfig, log=print) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(state["step"], config, steps_per_epoch)
             output = model(batch)
-            loss, terms = total_loss(output, batch, weights, config.model.error_max)
+            loss, terms = total_loss(output, batch, weights, config.model.error_max, config.cdr3_fape_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

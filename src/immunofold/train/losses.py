@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
+from immunofold.constants import IMGT_CDRS, PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
 from immunofold.geometry import Frames, backbone_frames, kabsch, residue_tables, torsion_angles
 from immunofold.data.template import is_framework
 
@@ -21,17 +21,17 @@ CLASH_NEIGHBOURS = 16  # residues per residue considered for clashes
 ALL_ATOM_FAPE_FRAMES = 48  # frames sampled per batch for the all-atom FAPE (its cost is frames x atoms)
 
 
-def fape(pred_frames: Frames, true_frames: Frames, frame_mask, pred_points, true_points, point_mask) -> torch.Tensor:
-    """Frame-aligned point error (Å / FAPE_SCALE), mean over valid (frame, point) pairs, per example [B].
+def fape(pred_frames: Frames, true_frames: Frames, frame_mask, pred_points, true_points, point_weight) -> torch.Tensor:
+    """Frame-aligned point error (Å / FAPE_SCALE), weighted mean over (frame, point) pairs, per example [B].
 
-    frames [B, N]; points [B, M, 3]; masks [B, N] and [B, M].
+    frames [B, N]; points [B, M, 3]; frame_mask [B, N] bool; point_weight [B, M] (bool mask or float weights).
     """
     # (p - t) @ R is R^T (p - t) for row vectors; one batched matmul per frame, [B, N, M, 3].
     pred_local = torch.matmul(pred_points[:, None] - pred_frames.trans[:, :, None], pred_frames.rot)
     true_local = torch.matmul(true_points[:, None] - true_frames.trans[:, :, None], true_frames.rot)
     error = torch.sqrt(((pred_local - true_local) ** 2).sum(-1) + 1e-6).clamp(max=FAPE_CLAMP)
-    pair_mask = frame_mask[:, :, None] & point_mask[:, None, :]
-    return (error * pair_mask).sum((1, 2)) / pair_mask.sum((1, 2)).clamp(min=1) / FAPE_SCALE
+    pair_weight = frame_mask[:, :, None] * point_weight[:, None, :].to(error.dtype)
+    return (error * pair_weight).sum((1, 2)) / pair_weight.sum((1, 2)).clamp(min=1) / FAPE_SCALE
 
 
 def rename_symmetric_atoms(pred_atom14, true_atom14, true_mask, restype, pred_frames: Frames, true_frames: Frames):
@@ -118,8 +118,20 @@ def error_head_loss(error_logits, target_error, mask, error_max: float) -> torch
     return (ce * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def total_loss(output: dict, batch: dict, weights: dict[str, float], error_max: float) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of all losses (mean over the batch) and each term's value for logging (0-dim tensors)."""
+def cdr3_point_weight(imgt_position: torch.Tensor, cdr3_weight: float) -> torch.Tensor:
+    """FAPE weight of each residue's points [B, N]: `cdr3_weight` inside CDR3 (IMGT 105-117), 1 elsewhere."""
+    low, high = IMGT_CDRS[3]
+    in_cdr3 = (imgt_position >= low) & (imgt_position <= high)
+    return 1.0 + (cdr3_weight - 1.0) * in_cdr3.float()
+
+
+def total_loss(
+    output: dict, batch: dict, weights: dict[str, float], error_max: float, cdr3_weight: float = 1.0
+) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of all losses (mean over the batch) and each term's value for logging (0-dim tensors).
+
+    cdr3_weight: FAPE weight of CDR3 points relative to the others (1 = plain FAPE).
+    """
     restype, residue_mask = batch["restype"], batch["residue_mask"]
     true_atom14, true_mask = batch["atom14"], batch["atom_mask"] & residue_mask[..., None]
     atom_exists = residue_tables(restype.device).atom_exists[restype] & residue_mask[..., None]
@@ -127,8 +139,10 @@ def total_loss(output: dict, batch: dict, weights: dict[str, float], error_max: 
 
     terms = {}
     ca_mask = true_mask[..., 1]
+    residue_weight = cdr3_point_weight(batch["imgt_position"], cdr3_weight)  # [B, N]
     backbone_terms = [
-        fape(frames, true_frames, frame_mask, frames.trans, true_atom14[..., 1, :], ca_mask) for frames in output["frames"]
+        fape(frames, true_frames, frame_mask, frames.trans, true_atom14[..., 1, :], ca_mask * residue_weight)
+        for frames in output["frames"]
     ]
     terms["fape_backbone"] = torch.stack(backbone_terms).mean(0)
 
@@ -144,7 +158,7 @@ def total_loss(output: dict, batch: dict, weights: dict[str, float], error_max: 
         frame_mask[:, sampled],
         pred_atom14.view(b, -1, 3),
         renamed.view(b, -1, 3),
-        renamed_mask.view(b, -1),
+        (renamed_mask * residue_weight[..., None]).view(b, -1),
     )
 
     true_sin_cos, torsion_mask, alt_sin_cos = torsion_angles(true_atom14, true_mask, restype)
