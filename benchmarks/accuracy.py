@@ -334,7 +334,7 @@ def main(argv=None) -> int:
             version, unavailable, rows[method] = run_immunofold(loaded, args.refine, args.weights_dir)
             weights = version or f"not available ({unavailable})"
             description = (f"ensemble forward pass, {'refined (OpenMM)' if args.refine else 'unrefined'} model "
-                           "(the member closest to the ensemble mean), from the IMGT-numbered V domains.")
+                           "(the ensemble's consensus structure), from the IMGT-numbered V domains.")
         elif method == "flashabb":
             version, unavailable, rows[method] = run_flashabb(loaded)
             description = (f"flash-abb {version}, `pretrained(device='cpu')` (its defaults, including its dropout-LayerNorm "

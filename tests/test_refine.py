@@ -80,12 +80,43 @@ def with_clash(chain: ChainAtoms) -> str:
     return pdb_of(replace(chain, atom14=atom14))
 
 
+def with_cis_peptide_5(chain: ChainAtoms) -> ChainAtoms:
+    """The chain with residue 6 turned 180° about the GLN 5 - GLU 6 peptide bond (trans -> cis)."""
+    i = residue_index(chain, (5, ""))
+    atom14 = chain.atom14.copy()
+    c, n = atom14[i, 2], atom14[i + 1, 0]
+    axis = (n - c) / np.linalg.norm(n - c)
+    present = chain.atom_mask[i + 1]
+    offsets = atom14[i + 1, present] - n
+    atom14[i + 1, present] = n + 2 * np.outer(offsets @ axis, axis) - offsets  # 180° about the C-N axis
+    return replace(chain, atom14=atom14)
+
+
 def test_detects_d_amino_acid(nanobody):
     problems = find_problems(with_d_serine_7(nanobody))
     assert problems == ["D-amino acid B7 SER"]
 
 
-def test_unfixable_d_amino_acid_returns_input(nanobody):
+def test_refine_turns_a_d_amino_acid_into_l(nanobody):
+    result = refine(with_d_serine_7(nanobody))
+    assert result.refined, result.message
+    assert find_problems(result.pdb_string) == []
+    refined = read_chains(result.pdb_string)["B"]
+    i = residue_index(nanobody, (7, ""))
+    deviation = refined.atom14[i, :4] - nanobody.atom14[i, :4]  # its backbone stays where it was
+    assert np.sqrt(np.mean(np.sum(deviation**2, axis=-1))) < 1.5  # N and CA move about 1.4 Å to let CB through
+
+
+def test_refine_turns_a_cis_peptide_trans(nanobody):
+    result = refine(pdb_of(with_cis_peptide_5(nanobody)))
+    assert result.refined, result.message
+    assert find_problems(result.pdb_string) == []
+
+
+def test_problems_left_after_every_round_return_the_input(nanobody, monkeypatch):
+    import immunofold.refine
+
+    monkeypatch.setattr(immunofold.refine, "TORSION_K", (0.0, 0.0, 0.0))  # minimisation alone cannot flip it
     broken = with_d_serine_7(nanobody)
     result = refine(broken)
     assert not result.refined
@@ -111,12 +142,7 @@ def test_detects_broken_peptide_bond_and_cis_peptide(nanobody):
     problems = find_problems(pdb_of(replace(nanobody, atom14=atom14)))
     assert any(p.startswith("broken peptide bond B5 GLN") for p in problems), problems
 
-    atom14 = nanobody.atom14.copy()
-    c, n = atom14[i, 2], atom14[i + 1, 0]
-    axis = (n - c) / np.linalg.norm(n - c)
-    # Rotate the next residue's CA by 180° about the C-N bond: trans -> cis.
-    atom14[i + 1, 1] = n + 2 * np.dot(atom14[i + 1, 1] - n, axis) * axis - (atom14[i + 1, 1] - n)
-    problems = find_problems(pdb_of(replace(nanobody, atom14=atom14)))
+    problems = find_problems(pdb_of(with_cis_peptide_5(nanobody)))
     assert any(p.startswith("cis peptide B5 GLN") for p in problems), problems
 
 

@@ -4,7 +4,9 @@ In the spirit of ImmuneBuilder's refinement: PDBFixer completes missing heavy at
 hydrogens (pH 7); the Amber14 force field in vacuum is minimised with harmonic
 restraints holding heavy atoms near the prediction. If the result still has a cis non-proline
 peptide, a D-amino acid, a steric clash or a broken peptide bond, minimisation continues with
-weaker restraints; if problems survive every round, the input is returned unrefined.
+weaker restraints and, as ImmuneBuilder does for cis peptides, torsion terms that push every
+non-proline peptide bond to trans and every CB to the L side (N-CA-C-CB -122°); if problems survive
+every round, the input is returned unrefined.
 
 Nonbonded forces use a 1 nm cutoff with OpenMM's reaction field (CutoffNonPeriodic): about four
 times faster than no cutoff for an Fv, and the reaction field damps vacuum electrostatics.
@@ -31,6 +33,8 @@ from immunofold.io import ChainAtoms, atom14_names, read_chains, to_pdb_string
 
 DEFAULT_RESTRAINT_K = 1000.0  # kJ/mol/nm^2 (about 2.4 kcal/mol/Å^2, ImmuneBuilder's first stiffness)
 RESTRAINT_SCALES = (1.0, 0.1, 0.01)  # one minimisation round per scale of restraint_k
+TORSION_K = (0.0, 100.0, 1000.0)  # kJ/mol, trans-peptide and L-chirality terms in each round
+L_CHIRALITY_DIHEDRAL = -122.0  # degrees, N-CA-C-CB of L-amino acids (-122 ± 2 in the test nanobody)
 MINIMISATION_TOLERANCE = 10.0  # kJ/mol/nm, largest force component at convergence
 NONBONDED_CUTOFF = 1.0 * unit.nanometer
 CPU_THREADS = 1  # one thread: minimisation is deterministic and, on 2 cores, about as fast as two
@@ -77,8 +81,9 @@ def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int)
     """refine() without the exception guard."""
     fixer = _protonated(pdb_string, seed)
     context = _restrained_context(fixer.topology, fixer.positions)
-    for scale in RESTRAINT_SCALES:
+    for scale, torsion_k in zip(RESTRAINT_SCALES, TORSION_K):
         context.setParameter("k", restraint_k * scale)
+        context.setParameter("k_torsion", torsion_k)
         openmm.LocalEnergyMinimizer.minimize(context, MINIMISATION_TOLERANCE, max_iterations)
         positions = context.getState(getPositions=True).getPositions()
         refined = _with_input_annotations(_openmm_pdb_string(fixer.topology, positions), pdb_string)
@@ -134,6 +139,7 @@ def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
         if atom.element is not None and atom.element.symbol != "H":
             restraint.addParticle(atom.index, list(position))
     system.addForce(restraint)
+    system.addForce(_geometry_torsions(topology))
     integrator = openmm.VerletIntegrator(0.001)
     try:
         platform = openmm.Platform.getPlatformByName("CPU")
@@ -142,6 +148,31 @@ def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
         context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(positions)
     return context
+
+
+def _geometry_torsions(topology: app.Topology) -> openmm.CustomTorsionForce:
+    """Torsion terms (global strength k_torsion, kJ/mol; zero when satisfied) towards trans omega
+    (CA-C-N-CA) for each bonded non-proline peptide, and towards L chirality (N-CA-C-CB) per residue."""
+    force = openmm.CustomTorsionForce("k_torsion*select(kind, 1-cos(theta-target), 0.25*(1+cos(theta))^2)")
+    force.addGlobalParameter("k_torsion", 0.0)
+    force.addPerTorsionParameter("kind")  # 0: omega, 1: chirality
+    force.addPerTorsionParameter("target")  # radians, chirality only
+    atoms = [{atom.name: atom.index for atom in residue.atoms()} for residue in topology.residues()]
+    residues = list(topology.residues())
+    peptide_bonds = {
+        (a.residue.index, b.residue.index)
+        for a, b in topology.bonds()
+        if a.name == "C" and b.name == "N" and b.residue.index == a.residue.index + 1
+    }
+    for first, second in sorted(peptide_bonds):
+        if residues[second].name != "PRO":
+            a, b = atoms[first], atoms[second]
+            force.addTorsion(a["CA"], a["C"], b["N"], b["CA"], [0.0, 0.0])
+    target = np.radians(L_CHIRALITY_DIHEDRAL)
+    for names in atoms:
+        if all(name in names for name in ("N", "CA", "C", "CB")):
+            force.addTorsion(names["N"], names["CA"], names["C"], names["CB"], [1.0, target])
+    return force
 
 
 def _openmm_pdb_string(topology: app.Topology, positions) -> str:
