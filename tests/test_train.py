@@ -82,13 +82,34 @@ def test_time_boxed_configs_must_not_decay_before_the_epochs_are_known(tmp_path)
         TrainConfig.from_yaml(str(path))
 
 
-def test_training_kinds_filter_the_examples_and_the_validation(tmp_path):
-    from immunofold.train.loop import training_examples
+def test_training_kinds_filter_the_examples_and_oversampling_repeats_them(tmp_path):
+    import random
+
+    from immunofold.train.loop import epoch_examples, training_examples
 
     config = tiny_config(tmp_path, epochs=1)
     config.train_kinds = ["tcr"]
-    examples, unique = training_examples(config)
-    assert examples == [] and unique == 0
+    assert training_examples(config) == []
     config.train_kinds, config.oversample = ["nanobody"], {"nanobody": 3}
-    examples, unique = training_examples(config)
-    assert len(examples) == 3 and unique == 1
+    examples = training_examples(config)
+    assert len(examples) == 1 and len(epoch_examples(examples, config, random.Random(0))) == 3
+
+
+def test_cdr3_cluster_sampling_takes_one_example_per_identical_cdr3():
+    import random
+
+    import torch
+
+    from immunofold.train.loop import epoch_examples
+
+    def example(name, cdr3, kind=0):
+        positions = [100, 105, 106, 107, 118]
+        return {"name": name, "kind": torch.tensor(kind), "imgt_position": torch.tensor(positions),
+                "chain_slot": torch.zeros(5, dtype=torch.long), "restype": torch.tensor([1, *cdr3, 2])}
+
+    examples = [example("a1", [5, 6, 7]), example("a2", [5, 6, 7]), example("a3", [5, 6, 7]),
+                example("b", [5, 6, 8]), example("c", [5, 6, 7], kind=1)]
+    config = TrainConfig(name="clusters", cdr3_cluster_sampling=True)
+    names = [[e["name"] for e in epoch_examples(examples, config, random.Random(seed))] for seed in range(20)]
+    assert all(len(epoch) == 3 and "b" in epoch and "c" in epoch for epoch in names)
+    assert {epoch[0] for epoch in names} == {"a1", "a2", "a3"}  # the cluster's example changes between epochs

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from immunofold.constants import KINDS
+from immunofold.constants import IMGT_CDRS, KINDS
 from immunofold.data.features import collate
 from immunofold.data.aux import cached_aux_examples
 from immunofold.data.sabdab import cached_examples
@@ -97,16 +97,35 @@ def fitted_epochs(config: TrainConfig, first_epoch_s: float) -> int:
     return max(config.decay_after_epochs + 1, int(config.fit_epochs_to_minutes * 60 // first_epoch_s))
 
 
-def training_examples(config: TrainConfig) -> tuple[list[dict], int]:
-    """(examples of one epoch, each repeated as often as its kind is oversampled; number of unique examples)."""
-    unique_examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
+def training_examples(config: TrainConfig) -> list[dict]:
+    """The unique training examples of a config: its split, the extra backbones it names, its kinds."""
+    examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
     if config.aux_kinds:
         aux = cached_aux_examples(config.data_root, config.cache_dir)
-        unique_examples = unique_examples + [e for e in aux if KINDS[int(e["kind"])] in config.aux_kinds]
+        examples = examples + [e for e in aux if KINDS[int(e["kind"])] in config.aux_kinds]
     if config.train_kinds:
-        unique_examples = [e for e in unique_examples if KINDS[int(e["kind"])] in config.train_kinds]
-    repeated = [example for example in unique_examples for _ in range(config.oversample.get(KINDS[int(example["kind"])], 1))]
-    return repeated, len(unique_examples)
+        examples = [e for e in examples if KINDS[int(e["kind"])] in config.train_kinds]
+    return examples
+
+
+def cdr3_cluster_key(example: dict) -> tuple:
+    """Receptor kind and the residue types of each chain's CDR3 (IMGT 105-117): identical CDR3s share a key."""
+    low, high = IMGT_CDRS[3]
+    in_cdr3 = (example["imgt_position"] >= low) & (example["imgt_position"] <= high)
+    return (int(example["kind"]),) + tuple(
+        tuple(example["restype"][in_cdr3 & (example["chain_slot"] == slot)].tolist()) for slot in (0, 1)
+    )
+
+
+def epoch_examples(examples: list[dict], config: TrainConfig, rng: random.Random) -> list[dict]:
+    """One epoch's examples: all of them, or with `cdr3_cluster_sampling` one random example per
+    CDR3 cluster (so a CDR3 solved in 40 PDB entries counts once); each repeated as its kind is oversampled."""
+    if config.cdr3_cluster_sampling:
+        clusters: dict[tuple, list[dict]] = {}
+        for example in examples:
+            clusters.setdefault(cdr3_cluster_key(example), []).append(example)
+        examples = [rng.choice(members) for members in clusters.values()]
+    return [e for e in examples for _ in range(config.oversample.get(KINDS[int(e["kind"])], 1))]
 
 
 def _save_atomic(obj, path: str) -> None:
@@ -152,7 +171,7 @@ def train(config: TrainConfig, log=print) -> dict:
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(config.to_yaml())
 
-    train_examples, num_unique = training_examples(config)
+    unique_examples = training_examples(config)
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     if config.train_kinds:  # a specialist is validated (and its best epoch chosen) on its own kinds
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
@@ -179,8 +198,7 @@ def train(config: TrainConfig, log=print) -> dict:
         log(f"started {config.name} from scratch (seed {config.seed})")
 
     commit = source_commit()
-    lengths = [len(e["restype"]) for e in train_examples]
-    steps_per_epoch = math.ceil(len(train_examples) / config.batch_size)
+    steps_per_epoch = math.ceil(len(epoch_examples(unique_examples, config, random.Random(0))) / config.batch_size)
     started = time.time()
     model.train()
     while state["epoch"] < config.epochs:
@@ -190,7 +208,8 @@ def train(config: TrainConfig, log=print) -> dict:
         epoch_start = time.time()
         rng = random.Random(config.seed * 100003 + state["epoch"])
         sums: dict[str, float] = {}
-        batches = length_bucketed_batches(lengths, config.batch_size, rng)
+        train_examples = epoch_examples(unique_examples, config, rng)
+        batches = length_bucketed_batches([len(e["restype"]) for e in train_examples], config.batch_size, rng)
         weights = dict(config.loss_weights)
         if state["epoch"] < config.violation_from_epoch:
             weights.update({term: 0.0 for term in VIOLATION_TERMS})
@@ -233,7 +252,7 @@ def train(config: TrainConfig, log=print) -> dict:
                 model, os.path.join(run_dir, "best.safetensors"),
                 {"config": config.to_dict(), "epoch": state["epoch"], "val": val,
                  "train_seconds": round(state["elapsed_s"]), "device": describe_device(device),
-                 "commit": commit, "train_examples": num_unique},
+                 "commit": commit, "train_examples": len(unique_examples)},
             )
         _save_atomic(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
