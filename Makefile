@@ -4,12 +4,15 @@ DATA ?= ../shared/data
 BENCH_ARGS ?=
 SPEED_ARGS ?=
 
-.PHONY: bench bench-accuracy bench-speed
+.PHONY: bench bench-accuracy bench-speed bench-ensemble
 
-bench: bench-accuracy bench-speed
+bench: bench-accuracy bench-speed bench-ensemble
 
 bench-accuracy:
 	$(PYTHON) benchmarks/accuracy.py --data $(DATA) $(BENCH_ARGS)
 
 bench-speed:
 	$(PYTHON) benchmarks/speed.py --data $(DATA) $(SPEED_ARGS)
+
+bench-ensemble:
+	$(PYTHON) benchmarks/ensemble_consensus.py --data $(DATA)

@@ -1,10 +1,12 @@
 """Copy the best weights of training runs into the package (src/immunofold/weights/) and document them.
 
-Usage: python scripts/ship_weights.py --release v0.1 runs/member0 runs/member1 runs/member2 runs/member3
+Usage: python scripts/ship_weights.py --release v0.2 --configs configs/v0.2 runs/v0.2/member0 ...
 
-Each member's safetensors file keeps its metadata (config, epoch, val metrics, wall time, hardware,
-commit) and gains the release name; weights/README.md gets one row per member and each config is
-saved beside its weights as <member>.yaml, so `immunofold train --config <member>.yaml` reproduces it.
+Each member's safetensors file keeps its metadata (the config as run, epoch, val metrics, wall time,
+hardware, commit) and gains the release name; weights/README.md gets one row per member and each
+member's config is saved beside its weights as <member>.yaml, so `immunofold train --config <member>.yaml`
+reproduces it. With --configs, that file is the committed <configs>/<member>.yaml (for runs made
+elsewhere, e.g. on a GPU with paths of that machine); otherwise the config as run.
 """
 
 import argparse
@@ -22,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--release", required=True, help="release name written into every member, e.g. v0.1")
     parser.add_argument("--notes", default="", help="free text for the README (how the members were trained)")
+    parser.add_argument("--configs", help="folder of the committed configs (<member>.yaml) to ship beside the weights")
     parser.add_argument("runs", nargs="+", help="run folders holding best.safetensors")
     args = parser.parse_args()
     os.makedirs(WEIGHTS_DIR, exist_ok=True)
@@ -37,7 +40,11 @@ def main() -> None:
         name = info["config"]["name"]
         save_file(load_file(source), os.path.join(WEIGHTS_DIR, f"{name}.safetensors"), metadata={"info": json.dumps(info)})
         with open(os.path.join(WEIGHTS_DIR, f"{name}.yaml"), "w") as handle:
-            yaml.safe_dump(info["config"], handle, sort_keys=False)
+            if args.configs:
+                with open(os.path.join(args.configs, f"{name}.yaml")) as committed:
+                    handle.write(committed.read())
+            else:
+                yaml.safe_dump(info["config"], handle, sort_keys=False)
         val = info["val"]
         rows.append(
             f"| {name} | {info['config']['seed']} | {info['epoch']} | {info['train_seconds'] / 60:.0f} min | "
@@ -53,7 +60,8 @@ config, the epoch kept, its val metrics, training wall time, hardware and the co
 `python scripts/ship_weights.py --release NAME runs/member*`).
 
 Data: ../shared/data (SAbDab/STCRDab-like), **train split only** (antibody, nanobody and TCR entries released
-before 2021; see its README). Model selection used the val split (recent entries; never trained on).
+before 2021; see its README), plus its aux heavy-chain backbones where a member's config names `aux_kinds`
+(records of train or val PDB ids left out). Model selection used the val split (recent entries; never trained on).
 Val columns: mean RMSD (Å) on the val split, ImmuneBuilder convention (backbone N, CA, C, CB; each chain
 superposed on its own framework; IMGT CDRs), single member, unrefined, at the kept epoch.
 

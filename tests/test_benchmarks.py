@@ -133,3 +133,19 @@ def test_accuracy_script_template_only(tmp_path, nanobody_example):
     assert report["rows"]["template"][0]["template"] == "7f5g_" + chain_id
     text = (out / "accuracy.md").read_text()
     assert "| nearest template | 1 |" in text and "N, CA, C, CB" in text
+
+
+def test_ensemble_consensus_benchmark_scores_every_choice(nanobody_example):
+    import torch
+
+    import ensemble_consensus
+    from immunofold.ensemble import Ensemble
+    from immunofold.weights import packaged_weight_files
+
+    ensemble = Ensemble(packaged_weight_files()[:2])
+    results = list(ensemble_consensus.structures_by_choice(ensemble, [nanobody_example]))
+    assert len(results) == 1
+    example, choices = results[0]
+    assert set(choices) == {"consensus (returned)", "member closest to the mean", "member 0 alone", "member 1 alone"}
+    n = len(example["restype"])
+    assert all(atoms.shape == (n, 14, 3) and torch.isfinite(atoms).all() for atoms in choices.values())
