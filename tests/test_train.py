@@ -74,6 +74,12 @@ def test_a_time_boxed_run_records_the_epochs_it_chose(tmp_path):
     records = (tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()
     assert len(records) == 2 and any("training 2 epochs" in m for m in messages)
 
+    restarted = tiny_config(tmp_path, epochs=99)  # the same command again: the run is complete, nothing more
+    restarted.fit_epochs_to_minutes, restarted.decay_after_epochs = 1e-4, 1
+    train(restarted, log=messages.append)
+    assert restarted.epochs == 2
+    assert len((tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()) == 2
+
 
 def test_time_boxed_configs_must_not_decay_before_the_epochs_are_known(tmp_path):
     path = tmp_path / "bad.yaml"

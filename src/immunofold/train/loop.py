@@ -187,6 +187,8 @@ def train(config: TrainConfig, log=print) -> dict:
         random.setstate(checkpoint["python_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
         log(f"resumed {config.name} at epoch {state['epoch']} (step {state['step']})")
+        if config.fit_epochs_to_minutes is not None and "fitted_epochs" in state:  # keep the schedule chosen before
+            config.epochs, config.fit_epochs_to_minutes = state["fitted_epochs"], None
     elif config.init_from:
         model.load_state_dict(load_weights(config.init_from)[0])
         log(f"started {config.name} from {config.init_from}")
@@ -241,7 +243,7 @@ def train(config: TrainConfig, log=print) -> dict:
             handle.write(json.dumps(record) + "\n")
         log(json.dumps(record))
         if config.fit_epochs_to_minutes is not None and state["epoch"] == 1:
-            config.epochs = fitted_epochs(config, time.time() - epoch_start)
+            config.epochs = state["fitted_epochs"] = fitted_epochs(config, time.time() - epoch_start)
             config.fit_epochs_to_minutes = None  # the saved config now names the epochs: it reproduces this run anywhere
             with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
                 handle.write(config.to_yaml())
