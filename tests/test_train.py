@@ -74,10 +74,10 @@ def test_a_time_boxed_run_records_the_epochs_it_chose(tmp_path):
     records = (tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()
     assert len(records) == 2 and any("training 2 epochs" in m for m in messages)
 
-    restarted = tiny_config(tmp_path, epochs=99)  # the same command again: the run is complete, nothing more
-    restarted.fit_epochs_to_minutes, restarted.decay_after_epochs = 1e-4, 1
+    restarted = TrainConfig(**{**config.__dict__, "epochs": 99, "fit_epochs_to_minutes": 1e-4})  # the same command again
+
     train(restarted, log=messages.append)
-    assert restarted.epochs == 2
+    assert restarted.epochs == 2  # the run was complete: nothing more
     assert len((tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()) == 2
 
 
