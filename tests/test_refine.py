@@ -116,7 +116,8 @@ def test_refine_turns_a_cis_peptide_trans(nanobody):
 def test_problems_left_after_every_round_return_the_input(nanobody, monkeypatch):
     import immunofold.refine
 
-    monkeypatch.setattr(immunofold.refine, "TORSION_K", (0.0, 0.0, 0.0))  # minimisation alone cannot flip it
+    no_torsions = tuple(0.0 for _ in immunofold.refine.TORSION_K)
+    monkeypatch.setattr(immunofold.refine, "TORSION_K", no_torsions)  # minimisation alone cannot flip it
     broken = with_d_serine_7(nanobody)
     result = refine(broken)
     assert not result.refined
