@@ -57,9 +57,9 @@ def main() -> None:
 {len(rows)} ensemble members, {size / 1e6:.1f} MB in total (safetensors). Each file's metadata holds its full
 config, the epoch kept, its val metrics, training wall time, hardware and the commit of the training code;
 `<member>.yaml` is the config (reproduce a member with `immunofold train --config <member>.yaml`, then
-`python scripts/ship_weights.py --release NAME runs/member*`).
+`python scripts/ship_weights.py --release NAME --configs configs/NAME runs/NAME/<member> ...`).
 
-Data: ../shared/data (SAbDab/STCRDab-like), **train split only** (antibody, nanobody and TCR entries released
+Data: ../shared/data (SAbDab/STCRDab-like), **train split** (antibody, nanobody and TCR entries released
 before 2021; see its README), plus its aux heavy-chain backbones where a member's config names `aux_kinds`
 (records of train or val PDB ids left out). Model selection used the val split (recent entries; never trained on).
 Val columns: mean RMSD (Å) on the val split, ImmuneBuilder convention (backbone N, CA, C, CB; each chain
