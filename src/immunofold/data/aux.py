@@ -17,7 +17,7 @@ import torch
 
 from immunofold.constants import ATOM14_NAMES, ONE_TO_THREE
 from immunofold.data.features import featurise
-from immunofold.data.sabdab import MIN_BACKBONE_FRACTION, read_summary
+from immunofold.data.sabdab import MIN_BACKBONE_FRACTION, cached, read_summary
 from immunofold.sequences import InputError, clean_sequence, find_domains
 
 BACKBONE_WITH_O = ("N", "CA", "C", "O")  # the atoms a record holds, atom14 slots 0-3 for every residue type
@@ -84,16 +84,10 @@ AUX_FILE = os.path.join("aux", "refinegnn_heavy_backbone.jsonl.gz")
 
 def cached_aux_examples(root: str, cache_dir: str) -> list[dict]:
     """Examples from `<root>/aux/`, built once and cached in `cache_dir` (skip report beside them)."""
-    cache = os.path.join(cache_dir, "examples-aux.pt")
-    if os.path.exists(cache):
-        return torch.load(cache, weights_only=False)
-    os.makedirs(cache_dir, exist_ok=True)
-    known = {entry.pdb.lower() for entry in read_summary(root)}
-    examples, skipped = read_aux_examples(os.path.join(root, AUX_FILE), known)
-    with open(os.path.join(cache_dir, "skipped-aux.txt"), "w") as handle:
-        handle.write(f"# {len(skipped)} of {len(examples) + len(skipped)} aux records skipped\n")
-        handle.writelines(line + "\n" for line in skipped)
-    tmp = cache + ".tmp"
-    torch.save(examples, tmp)
-    os.replace(tmp, cache)
-    return examples
+
+    def build() -> tuple[list[dict], list[str], str]:
+        known = {entry.pdb.lower() for entry in read_summary(root)}
+        examples, skipped = read_aux_examples(os.path.join(root, AUX_FILE), known)
+        return examples, skipped, f"{len(skipped)} of {len(examples) + len(skipped)} aux records skipped"
+
+    return cached(cache_dir, "aux", build)

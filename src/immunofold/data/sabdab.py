@@ -156,14 +156,25 @@ def build_examples(entries: list[Entry], workers: int = 2) -> tuple[list[dict], 
 
 def cached_examples(root: str, split: str, cache_dir: str, workers: int = 2) -> list[dict]:
     """Examples of one split, featurised once and cached in `cache_dir` (with a skip report beside them)."""
-    os.makedirs(cache_dir, exist_ok=True)
-    cache = os.path.join(cache_dir, f"examples-{split}.pt")
+
+    def build() -> tuple[list[dict], list[str], str]:
+        entries = [e for e in read_summary(root) if e.split == split]
+        examples, skipped = build_examples(entries, workers)
+        return examples, skipped, f"{len(skipped)} of {len(entries)} {split} entries skipped"
+
+    return cached(cache_dir, split, build)
+
+
+def cached(cache_dir: str, name: str, build) -> list[dict]:
+    """`<cache_dir>/examples-<name>.pt`, or on a miss `build()` -> (examples, skipped reasons, summary line),
+    saved atomically with the reasons in `skipped-<name>.txt` under the summary line."""
+    cache = os.path.join(cache_dir, f"examples-{name}.pt")
     if os.path.exists(cache):
         return torch.load(cache, weights_only=False)
-    entries = [e for e in read_summary(root) if e.split == split]
-    examples, skipped = build_examples(entries, workers)
-    with open(os.path.join(cache_dir, f"skipped-{split}.txt"), "w") as handle:
-        handle.write(f"# {len(skipped)} of {len(entries)} {split} entries skipped\n")
+    os.makedirs(cache_dir, exist_ok=True)
+    examples, skipped, summary = build()
+    with open(os.path.join(cache_dir, f"skipped-{name}.txt"), "w") as handle:
+        handle.write(f"# {summary}\n")
         handle.writelines(line + "\n" for line in skipped)
     tmp = cache + ".tmp"
     torch.save(examples, tmp)

@@ -23,11 +23,17 @@ def imgt_key(example: dict) -> torch.Tensor:
     return (example["chain_slot"] * NUM_POSITIONS + example["imgt_position"]) * NUM_RANKS + example["imgt_insertion"]
 
 
+def is_cdr(position: torch.Tensor, cdr: int) -> torch.Tensor:
+    """True for IMGT positions inside CDR `cdr` (1, 2 or 3). position [*] -> [*] bool."""
+    lo, hi = IMGT_CDRS[cdr]
+    return (position >= lo) & (position <= hi)
+
+
 def is_framework(position: torch.Tensor) -> torch.Tensor:
     """True for IMGT positions 1-128 outside the three CDRs. position [*] -> [*] bool."""
     inside = torch.zeros_like(position, dtype=torch.bool)
-    for lo, hi in IMGT_CDRS.values():
-        inside |= (position >= lo) & (position <= hi)
+    for cdr in IMGT_CDRS:
+        inside |= is_cdr(position, cdr)
     return ~inside & (position >= 1) & (position <= 128)
 
 

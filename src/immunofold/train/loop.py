@@ -19,11 +19,11 @@ import time
 import numpy as np
 import torch
 
-from immunofold.constants import IMGT_CDRS, KINDS
+from immunofold.constants import KINDS
 from immunofold.data.features import collate
 from immunofold.data.aux import cached_aux_examples
 from immunofold.data.sabdab import cached_examples
-from immunofold.data.template import build_template
+from immunofold.data.template import build_template, is_cdr
 from immunofold.metrics import region_rmsds
 from immunofold.model.network import ImmunoFoldNet
 from immunofold.train.config import VIOLATION_TERMS, TrainConfig
@@ -110,8 +110,7 @@ def training_examples(config: TrainConfig) -> list[dict]:
 
 def cdr3_cluster_key(example: dict) -> tuple:
     """Receptor kind and the residue types of each chain's CDR3 (IMGT 105-117): identical CDR3s share a key."""
-    low, high = IMGT_CDRS[3]
-    in_cdr3 = (example["imgt_position"] >= low) & (example["imgt_position"] <= high)
+    in_cdr3 = is_cdr(example["imgt_position"], 3)
     return (int(example["kind"]),) + tuple(
         tuple(example["restype"][in_cdr3 & (example["chain_slot"] == slot)].tolist()) for slot in (0, 1)
     )

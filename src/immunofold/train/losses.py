@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from immunofold.constants import IMGT_CDRS, PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
+from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
 from immunofold.geometry import Frames, backbone_frames, kabsch, residue_tables, torsion_angles
-from immunofold.data.template import is_framework
+from immunofold.data.template import is_cdr, is_framework
 
 FAPE_CLAMP = 10.0  # Å
 FAPE_SCALE = 10.0  # Å
@@ -120,9 +120,7 @@ def error_head_loss(error_logits, target_error, mask, error_max: float) -> torch
 
 def cdr3_point_weight(imgt_position: torch.Tensor, cdr3_weight: float) -> torch.Tensor:
     """FAPE weight of each residue's points [B, N]: `cdr3_weight` inside CDR3 (IMGT 105-117), 1 elsewhere."""
-    low, high = IMGT_CDRS[3]
-    in_cdr3 = (imgt_position >= low) & (imgt_position <= high)
-    return 1.0 + (cdr3_weight - 1.0) * in_cdr3.float()
+    return 1.0 + (cdr3_weight - 1.0) * is_cdr(imgt_position, 3).float()
 
 
 def total_loss(
