@@ -73,6 +73,37 @@ def test_model_and_losses_create_no_tensor_off_the_input_device(nanobody_atoms):
     example = featurise("nanobody", [number_chain(sequence, "7f5g")])
     example.update(atom14=atom14, atom_mask=mask)
     batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in collate([example, example]).items()}
-    model = ImmunoFoldNet(ModelConfig(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)).to("meta")
+    config = ModelConfig(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4, dropout=0.1, restype_dropout=0.2)
+    model = ImmunoFoldNet(config).to("meta")  # training mode: the dropouts draw random numbers too
     loss, terms = total_loss(model(batch), batch, DEFAULT_LOSS_WEIGHTS, 8.0, cdr3_weight=2.0)
     assert loss.device.type == "meta" and all(t.device.type == "meta" for t in terms.values())
+
+
+def test_superposed_cdr_rmsd_matches_the_evaluation_metric_and_ignores_rigid_motion(nanobody_atoms):
+    from immunofold.metrics import region_rmsds
+    from immunofold.sequences import number_chain
+    from immunofold.train.losses import CDR_RMSD_WEIGHTS, FAPE_SCALE, superposed_cdr_rmsd
+
+    atom14, mask, _ = batch_of(nanobody_atoms)
+    positions = torch.tensor([number for number, _ in number_chain(nanobody_atoms[3], "7f5g").positions])[None]
+    residue_mask = torch.ones(positions.shape, dtype=torch.bool)
+    slot = torch.zeros_like(positions)
+
+    def loss(pred):
+        return superposed_cdr_rmsd(pred, atom14, mask, slot, positions, residue_mask)
+
+    assert loss(atom14).item() < 1e-3
+    rotation = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    assert loss(atom14 @ rotation.T + 7.0).item() < 1e-3
+
+    wrong = atom14.clone()
+    in_cdr3 = (positions >= 105) & (positions <= 117)
+    wrong[in_cdr3] += torch.tensor([2.0, -1.0, 0.5])  # CDR3 shifted; CDR1/2 exact
+    wrong = wrong @ rotation.T  # and the whole chain turned
+    rmsds = region_rmsds("nanobody", wrong[0], atom14[0], mask[0], slot[0], positions[0])
+    expected = sum(CDR_RMSD_WEIGHTS[c] * rmsds[f"H{c}"] for c in (1, 2, 3)) / sum(CDR_RMSD_WEIGHTS.values())
+    assert loss(wrong).item() * FAPE_SCALE == pytest.approx(expected, abs=2e-3)
+
+    wrong.requires_grad_(True)
+    loss(wrong).sum().backward()  # one chain of two slots: the empty slot must not poison the gradient
+    assert torch.isfinite(wrong.grad).all() and wrong.grad[in_cdr3].abs().sum() > 0

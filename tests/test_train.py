@@ -119,3 +119,24 @@ def test_cdr3_cluster_sampling_takes_one_example_per_identical_cdr3():
     names = [[e["name"] for e in epoch_examples(examples, config, random.Random(seed))] for seed in range(20)]
     assert all(len(epoch) == 3 and "b" in epoch and "c" in epoch for epoch in names)
     assert {epoch[0] for epoch in names} == {"a1", "a2", "a3"}  # the cluster's example changes between epochs
+
+
+def test_residue_type_dropout_hides_types_in_training_only():
+    import torch
+
+    from immunofold.model.network import ResidueEmbedding
+
+    embedding = ResidueEmbedding(dim=8, restype_dropout=1.0)
+    batch = {
+        "restype": torch.tensor([[0, 5, 9]]),
+        "chain_class": torch.zeros(1, 3, dtype=torch.long),
+        "kind": torch.tensor([1]),
+        "imgt_position": torch.tensor([[1, 2, 3]]),
+        "imgt_insertion": torch.zeros(1, 3, dtype=torch.long),
+    }
+    other = {**batch, "restype": torch.tensor([[3, 5, 12]])}
+    embedding.train()
+    assert torch.equal(embedding(batch), embedding(other))  # every type hidden: only positions remain
+    embedding.eval()
+    assert not torch.allclose(embedding(batch), embedding(other))
+    assert torch.equal(embedding(batch)[:, 1], embedding(other)[:, 1])  # same type at position 2

@@ -15,7 +15,7 @@ from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS
 from immunofold.data.template import is_framework
 from immunofold.geometry import kabsch
 
-METRIC_ATOMS = (0, 1, 2, 4)  # atom14 slots of N, CA, C, CB
+METRIC_ATOMS = [0, 1, 2, 4]  # atom14 slots of N, CA, C, CB
 
 
 def region_masks(imgt_position: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -26,26 +26,32 @@ def region_masks(imgt_position: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> torch.Tensor:
-    """Prediction [N, 14, 3] with each chain moved onto the truth by its framework backbone atoms."""
-    moved = pred_atom14.clone()
-    atoms = list(METRIC_ATOMS)
-    for slot in chain_slot.unique().tolist():
-        in_chain = chain_slot == slot
-        anchor = (true_mask[:, atoms] & (in_chain & is_framework(imgt_position))[:, None]).flatten()
-        if anchor.sum() < 3:
-            continue
+    """Prediction [*, N, 14, 3] with each chain moved onto the truth by its framework N, CA, C, CB atoms.
+
+    Batched over leading dimensions (padding must have a false `true_mask`). The superposition is computed
+    in float64 without gradient; gradients flow through the moved coordinates. A chain with fewer than 3
+    framework atoms stays where it is.
+    """
+    moved = pred_atom14
+    for slot in (0, 1):
+        in_chain = chain_slot == slot  # [*, N]
+        anchor = true_mask[..., METRIC_ATOMS] & (in_chain & is_framework(imgt_position))[..., None]  # [*, N, 4]
         frame = kabsch(
-            pred_atom14[:, atoms].reshape(-1, 3).double(), true_atom14[:, atoms].reshape(-1, 3).double(), anchor.double()
+            pred_atom14[..., METRIC_ATOMS, :].detach().flatten(-3, -2).double(),
+            true_atom14[..., METRIC_ATOMS, :].flatten(-3, -2).double(),
+            anchor.flatten(-2).double(),
         )
-        moved[in_chain] = frame.apply(pred_atom14[in_chain].double()).to(moved.dtype)
+        transformed = frame.unsqueeze(-1).unsqueeze(-1).apply(pred_atom14.double()).to(pred_atom14.dtype)
+        usable = (anchor.sum((-1, -2)) >= 3)[..., None] & in_chain  # [*, N]
+        moved = torch.where(usable[..., None, None], transformed, moved)
     return moved
 
 
 def region_rmsds(kind: str, pred_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> dict[str, float]:
     """RMSD (Å) per region, e.g. {'H1': .., 'H2': .., 'H3': .., 'Hfr': .., 'L1': ..}."""
     moved = superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
-    sq = ((moved - true_atom14) ** 2).sum(-1)[:, list(METRIC_ATOMS)]  # [N, 4]
-    present = true_mask[:, list(METRIC_ATOMS)]
+    sq = ((moved - true_atom14) ** 2).sum(-1)[:, METRIC_ATOMS]  # [N, 4]
+    present = true_mask[:, METRIC_ATOMS]
     result = {}
     for slot, chain_id in enumerate(KIND_CHAIN_IDS[kind]):
         for region, residues in region_masks(imgt_position).items():
@@ -56,10 +62,10 @@ def region_rmsds(kind: str, pred_atom14, true_atom14, true_mask, chain_slot, img
 
 
 def ca_deviation(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> torch.Tensor:
-    """Per-residue CA deviation [N] (Å) after per-chain framework superposition; NaN where CA is missing."""
+    """Per-residue CA deviation [*, N] (Å) after per-chain framework superposition; NaN where CA is missing."""
     moved = superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
-    deviation = torch.linalg.norm(moved[:, 1] - true_atom14[:, 1], dim=-1)
-    return torch.where(true_mask[:, 1], deviation, torch.full_like(deviation, float("nan")))
+    deviation = torch.linalg.norm(moved[..., 1, :] - true_atom14[..., 1, :], dim=-1)
+    return torch.where(true_mask[..., 1], deviation, torch.full_like(deviation, float("nan")))
 
 
 def error_spearman(predicted_error: np.ndarray, real_deviation: np.ndarray) -> float:

@@ -40,20 +40,24 @@ class RelativePositionBias(nn.Module):
 class Transition(nn.Module):
     """Residual two-layer MLP with pre-layer-norm: [*, N, C] -> [*, N, C]."""
 
-    def __init__(self, dim: int, expansion: int = 2):
+    def __init__(self, dim: int, expansion: int = 2, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.up = nn.Linear(dim, dim * expansion)
         self.down = nn.Linear(dim * expansion, dim)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.down(F.gelu(self.up(self.norm(x))))
+        return x + self.dropout(self.down(F.gelu(self.up(self.norm(x)))))
 
 
 class SequenceAttentionLayer(nn.Module):
-    """Pre-LN multi-head self-attention over residues with a relative-position bias, then a transition."""
+    """Pre-LN multi-head self-attention over residues with a relative-position bias, then a transition.
 
-    def __init__(self, dim: int, num_heads: int):
+    `dropout` (training only) drops elements of both residual updates.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(dim)
@@ -61,7 +65,8 @@ class SequenceAttentionLayer(nn.Module):
         self.gate = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
         self.bias = RelativePositionBias(num_heads)
-        self.transition = Transition(dim)
+        self.transition = Transition(dim, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """x [B, N, C]; buckets [B, N, N]; key_mask [B, N] bool."""
@@ -70,5 +75,5 @@ class SequenceAttentionLayer(nn.Module):
         bias = self.bias(buckets) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, H, N, c]
         attended = attended.transpose(1, 2).flatten(-2)
-        x = x + self.out(torch.sigmoid(self.gate(h)) * attended)
+        x = x + self.dropout(self.out(torch.sigmoid(self.gate(h)) * attended))
         return self.transition(x)

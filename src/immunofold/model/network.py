@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from immunofold.constants import CHAIN_CLASSES, IMGT_MAX_POSITION, KINDS, NUM_RESTYPES, NUM_TORSIONS
+from immunofold.constants import CHAIN_CLASSES, IMGT_MAX_POSITION, KINDS, NUM_RESTYPES, NUM_TORSIONS, UNKNOWN_RESTYPE
 from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
@@ -29,16 +29,23 @@ class ModelConfig:
     ipa_heads: int = 8
     error_bins: int = 16
     error_max: float = 8.0  # Å; upper edge of the last error bin
+    dropout: float = 0.0  # training only: dropout on the trunk layers' residual updates
+    restype_dropout: float = 0.0  # training only: fraction of residues whose type the embedding sees as unknown
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class ResidueEmbedding(nn.Module):
-    """Residue type + chain class + receptor kind + IMGT position (per chain class) + insertion rank -> [B, N, C]."""
+    """Residue type + chain class + receptor kind + IMGT position (per chain class) + insertion rank -> [B, N, C].
 
-    def __init__(self, dim: int):
+    In training, a `restype_dropout` fraction of residues is shown as unknown type, so the model cannot
+    lean on memorised residue types alone (a regulariser; no effect in eval mode).
+    """
+
+    def __init__(self, dim: int, restype_dropout: float = 0.0):
         super().__init__()
+        self.restype_dropout = restype_dropout
         self.restype = nn.Embedding(NUM_RESTYPES, dim)
         self.chain_class = nn.Embedding(len(CHAIN_CLASSES), dim)
         self.kind = nn.Embedding(len(KINDS), dim)
@@ -47,8 +54,12 @@ class ResidueEmbedding(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         position = batch["chain_class"] * NUM_POSITIONS + batch["imgt_position"]
+        restype = batch["restype"]
+        if self.training and self.restype_dropout > 0:
+            hidden = torch.rand(restype.shape, device=restype.device) < self.restype_dropout
+            restype = torch.where(hidden, torch.full_like(restype, UNKNOWN_RESTYPE), restype)
         return (
-            self.restype(batch["restype"])
+            self.restype(restype)
             + self.chain_class(batch["chain_class"])
             + self.kind(batch["kind"])[:, None, :]
             + self.position(position)
@@ -85,8 +96,10 @@ class ImmunoFoldNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = ResidueEmbedding(config.dim)
-        self.trunk = nn.ModuleList(SequenceAttentionLayer(config.dim, config.trunk_heads) for _ in range(config.trunk_layers))
+        self.embedding = ResidueEmbedding(config.dim, config.restype_dropout)
+        self.trunk = nn.ModuleList(
+            SequenceAttentionLayer(config.dim, config.trunk_heads, config.dropout) for _ in range(config.trunk_layers)
+        )
         self.single_norm = nn.LayerNorm(config.dim)
         self.blocks = nn.ModuleList(StructureBlock(config.dim, config.ipa_heads) for _ in range(config.ipa_blocks))
         self.error_head = nn.Sequential(

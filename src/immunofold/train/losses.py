@@ -9,8 +9,9 @@ import torch
 from torch.nn import functional as F
 
 from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
-from immunofold.geometry import Frames, backbone_frames, kabsch, residue_tables, torsion_angles
 from immunofold.data.template import is_cdr, is_framework
+from immunofold.geometry import Frames, backbone_frames, residue_tables, torsion_angles
+from immunofold.metrics import METRIC_ATOMS, ca_deviation, superpose_chains
 
 FAPE_CLAMP = 10.0  # Å
 FAPE_SCALE = 10.0  # Å
@@ -19,6 +20,7 @@ CLASH_TOLERANCE = 0.4  # Å
 BOND_TOLERANCE = 0.05  # Å
 CLASH_NEIGHBOURS = 16  # residues per residue considered for clashes
 ALL_ATOM_FAPE_FRAMES = 48  # frames sampled per batch for the all-atom FAPE (its cost is frames x atoms)
+CDR_RMSD_WEIGHTS = {1: 1.0, 2: 1.0, 3: 2.0}  # weight of each CDR in the superposed CDR RMSD loss
 
 
 def fape(pred_frames: Frames, true_frames: Frames, frame_mask, pred_points, true_points, point_weight) -> torch.Tensor:
@@ -96,18 +98,30 @@ def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> t
     return penalty.sum((1, 2, 3, 4)) / residue_mask.sum(-1).clamp(min=1) / 2
 
 
-def ca_deviation(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position, residue_mask) -> torch.Tensor:
-    """Per-residue CA deviation [B, N] (Å) after superposing each chain on its own framework CAs."""
-    deviation = torch.zeros_like(residue_mask, dtype=pred_atom14.dtype)
-    present = true_mask[..., 1] & residue_mask
+def superposed_cdr_rmsd(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position, residue_mask) -> torch.Tensor:
+    """Weighted mean CDR RMSD (Å / FAPE_SCALE) per example [B], as evaluated: N, CA, C, CB of each chain
+    superposed on its own framework (metrics.superpose_chains), one RMSD per CDR (CDR_RMSD_WEIGHTS).
+
+    FAPE is clamped and L1-like, so for a loop it cannot place it rewards committing to one conformation;
+    this RMSD term rewards the prediction closest on average, which is what the evaluation measures.
+    """
+    true_mask = true_mask & residue_mask[..., None]
+    moved = superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
+    sq = ((moved[..., METRIC_ATOMS, :] - true_atom14[..., METRIC_ATOMS, :]) ** 2).sum(-1)  # [B, N, 4]
+    present = true_mask[..., METRIC_ATOMS]
+    total = sq.new_zeros(sq.shape[0])
+    weight_sum = sq.new_zeros(sq.shape[0])
     for slot in (0, 1):
-        in_chain = present & (chain_slot == slot)
-        anchor = in_chain & is_framework(imgt_position)  # may be empty (no second chain): then unused below
-        frame = kabsch(pred_atom14[..., 1, :], true_atom14[..., 1, :], anchor.float())
-        moved = frame.unsqueeze(-1).apply(pred_atom14[..., 1, :])
-        dev = torch.linalg.norm(moved - true_atom14[..., 1, :], dim=-1)
-        deviation = torch.where(in_chain, dev, deviation)
-    return deviation
+        in_chain = chain_slot == slot
+        framework_atoms = (present & (in_chain & is_framework(imgt_position))[..., None]).sum((1, 2))
+        for cdr, weight in CDR_RMSD_WEIGHTS.items():
+            selected = present & (in_chain & is_cdr(imgt_position, cdr))[..., None]
+            count = selected.sum((1, 2))
+            rmsd = torch.sqrt((sq * selected).sum((1, 2)) / count.clamp(min=1) + 1e-6)
+            used = (count > 0) & (framework_atoms >= 3)
+            total = total + torch.where(used, weight * rmsd, torch.zeros_like(rmsd))
+            weight_sum = weight_sum + weight * used
+    return total / weight_sum.clamp(min=1e-6) / FAPE_SCALE
 
 
 def error_head_loss(error_logits, target_error, mask, error_max: float) -> torch.Tensor:
@@ -165,8 +179,10 @@ def total_loss(
     ).mean(0)
     terms["bond"] = peptide_bond_loss(pred_atom14, true_atom14, true_mask, residue_mask, batch["chain_slot"])
     terms["clash"] = clash_loss(pred_atom14, atom_exists, residue_mask, batch["chain_slot"], restype)
-    target_error = ca_deviation(
-        pred_atom14.detach(), true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"], residue_mask
+    target_error = ca_deviation(pred_atom14.detach(), true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
+    target_error = torch.nan_to_num(target_error)  # missing CAs: excluded from the error loss by ca_mask
+    terms["cdr_rmsd"] = superposed_cdr_rmsd(
+        pred_atom14, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"], residue_mask
     )
     terms["error"] = error_head_loss(output["error_logits"], target_error, ca_mask, error_max)
 
