@@ -55,6 +55,9 @@ def test_errors_are_higher_in_cdr3_than_in_the_framework(trastuzumab):
     cdr3 = (positions >= 105) & (positions <= 117)
     framework = ~cdr3 & ~((positions >= 27) & (positions <= 38)) & ~((positions >= 56) & (positions <= 65))
     assert heavy_error[cdr3].mean() > heavy_error[framework].mean()
+    cdr3_errors = trastuzumab.cdr3_errors()
+    assert set(cdr3_errors) == {"H", "L"}
+    assert cdr3_errors["H"] == pytest.approx(heavy_error[cdr3].mean())
 
 
 def test_long_cdr3_gets_imgt_insertion_codes_in_the_file(predictor, tmp_path):

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from immunofold import __version__
-from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE
+from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE
 from immunofold.data.features import collate, featurise
+from immunofold.data.template import is_cdr
 from immunofold.ensemble import Ensemble
 from immunofold.geometry import residue_tables
 from immunofold.io import ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
@@ -69,12 +70,11 @@ class Prediction:
 
     def cdr3_errors(self) -> dict[str, float]:
         """Mean predicted error (Å) of each chain's CDR3 (IMGT 105-117), by chain id."""
-        lo, hi = IMGT_CDRS[3]
         result, start = {}, 0
         for chain_id, chain in zip(self.chain_ids, self.chains):
             errors = self.error[start : start + len(chain)]
-            in_cdr3 = [lo <= number <= hi for number, _ in chain.positions]
-            result[chain_id] = float(errors[in_cdr3].mean()) if any(in_cdr3) else float("nan")
+            in_cdr3 = is_cdr(torch.tensor([number for number, _ in chain.positions]), 3).numpy()
+            result[chain_id] = float(errors[in_cdr3].mean()) if in_cdr3.any() else float("nan")
             start += len(chain)
         return result
 
