@@ -26,6 +26,25 @@ def test_evaluate_writes_the_documented_json_and_a_csv(tmp_path, capsys):
     assert -1 <= summary["nanobody"]["error_spearman"] <= 1
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert rows[0].startswith("name,kind,status") and rows[1].startswith("7f5g_B,nanobody,ok")
+    header, values = rows[0].split(","), rows[1].split(",")
+    assert values[header.index("truth_chain_breaks")] == "0"
+
+
+def test_chain_breaks_count_missing_residues_within_a_chain_only():
+    from immunofold.metrics import count_chain_breaks
+
+    chain = read_chains(NANOBODY_PDB)["B"]
+    atom14, mask = torch.tensor(chain.atom14), torch.tensor(chain.atom_mask)
+    slot = torch.zeros(len(atom14), dtype=torch.long)
+    assert count_chain_breaks(atom14, mask, slot) == 0
+    keep = torch.ones(len(atom14), dtype=torch.bool)
+    keep[[40, 100]] = False  # two residues missing from the experimental model
+    assert count_chain_breaks(atom14[keep], mask[keep], slot[keep]) == 2
+    keep = torch.ones(len(atom14), dtype=torch.bool)
+    keep[60] = False
+    assert count_chain_breaks(atom14[keep], mask[keep], slot[keep]) == 1
+    two_chains = (torch.arange(len(atom14) - 1) >= 60).long()
+    assert count_chain_breaks(atom14[keep], mask[keep], two_chains) == 0  # the gap is where the chains meet
 
 
 def test_region_rmsd_is_zero_for_the_truth_and_sees_a_moved_loop():

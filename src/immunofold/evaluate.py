@@ -19,7 +19,7 @@ from tqdm import tqdm
 from immunofold.constants import KIND_CHAIN_IDS, KINDS
 from immunofold.data.sabdab import Entry, load_example, read_summary
 from immunofold.io import read_chains
-from immunofold.metrics import ca_deviation, error_spearman, region_rmsds
+from immunofold.metrics import ca_deviation, count_chain_breaks, error_spearman, region_rmsds
 from immunofold.predict import Prediction, Predictor
 from immunofold.sequences import InputError, number_receptor
 
@@ -54,6 +54,7 @@ def score_entry(prediction: Prediction, truth: dict, refined: bool) -> dict:
     row["error_spearman_spread"] = error_spearman(prediction.spread[pred_idx.numpy()], deviation)
     row["error_spearman_head"] = error_spearman(prediction.head_error[pred_idx.numpy()], deviation)
     row["matched_residues"] = len(common)
+    row["truth_chain_breaks"] = count_chain_breaks(truth["atom14"], truth["atom_mask"], truth["chain_slot"])
     return row
 
 

@@ -68,6 +68,14 @@ def ca_deviation(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
     return torch.where(true_mask[..., 1], deviation, torch.full_like(deviation, float("nan")))
 
 
+def count_chain_breaks(atom14, atom_mask, chain_slot, max_peptide_bond: float = 2.0) -> int:
+    """Consecutive residues of one chain whose C-N distance exceeds `max_peptide_bond` Å: residues missing
+    from an experimental structure (a prediction from its observed sequence joins the two sides)."""
+    distance = torch.linalg.norm(atom14[:-1, 2] - atom14[1:, 0], dim=-1)
+    both = atom_mask[:-1, 2] & atom_mask[1:, 0] & (chain_slot[:-1] == chain_slot[1:])
+    return int((both & (distance > max_peptide_bond)).sum())
+
+
 def error_spearman(predicted_error: np.ndarray, real_deviation: np.ndarray) -> float:
     """Spearman rank correlation between predicted per-residue error and real CA deviation (NaNs ignored)."""
     predicted_error, real_deviation = np.asarray(predicted_error), np.asarray(real_deviation)
