@@ -140,3 +140,13 @@ def test_residue_type_dropout_hides_types_in_training_only():
     embedding.eval()
     assert not torch.allclose(embedding(batch), embedding(other))
     assert torch.equal(embedding(batch)[:, 1], embedding(other)[:, 1])  # same type at position 2
+
+
+def test_train_cli_names_a_missing_starting_point(tmp_path, capsys):
+    from immunofold.cli import main
+
+    config = tmp_path / "member.yaml"
+    config.write_text(f"name: member\nrun_dir: {tmp_path / 'runs'}\ninit_from: {tmp_path / 'missing.safetensors'}\n")
+    assert main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {config}: init_from") and "missing.safetensors not found" in error and "\n" not in error
