@@ -79,18 +79,17 @@ def test_model_and_losses_create_no_tensor_off_the_input_device(nanobody_atoms):
     assert loss.device.type == "meta" and all(t.device.type == "meta" for t in terms.values())
 
 
-def test_superposed_cdr_rmsd_matches_the_evaluation_metric_and_ignores_rigid_motion(nanobody_atoms):
-    from immunofold.metrics import region_rmsds
+def test_cdr_rmsd_after_superposition_matches_the_evaluation_metric_and_ignores_rigid_motion(nanobody_atoms):
+    from immunofold.metrics import region_rmsds, superpose_chains
     from immunofold.sequences import number_chain
-    from immunofold.train.losses import CDR_RMSD_WEIGHTS, FAPE_SCALE, superposed_cdr_rmsd
+    from immunofold.train.losses import CDR_RMSD_WEIGHTS, FAPE_SCALE, cdr_rmsd
 
     atom14, mask, _ = batch_of(nanobody_atoms)
     positions = torch.tensor([number for number, _ in number_chain(nanobody_atoms[3], "7f5g").positions])[None]
-    residue_mask = torch.ones(positions.shape, dtype=torch.bool)
     slot = torch.zeros_like(positions)
 
     def loss(pred):
-        return superposed_cdr_rmsd(pred, atom14, mask, slot, positions, residue_mask)
+        return cdr_rmsd(superpose_chains(pred, atom14, mask, slot, positions), atom14, mask, slot, positions)
 
     assert loss(atom14).item() < 1e-3
     rotation = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])

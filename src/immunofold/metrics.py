@@ -64,7 +64,12 @@ def region_rmsds(kind: str, pred_atom14, true_atom14, true_mask, chain_slot, img
 def ca_deviation(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> torch.Tensor:
     """Per-residue CA deviation [*, N] (Å) after per-chain framework superposition; NaN where CA is missing."""
     moved = superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
-    deviation = torch.linalg.norm(moved[..., 1, :] - true_atom14[..., 1, :], dim=-1)
+    return ca_distance(moved, true_atom14, true_mask)
+
+
+def ca_distance(moved_atom14, true_atom14, true_mask) -> torch.Tensor:
+    """Per-residue CA distance [*, N] (Å) of an already superposed prediction; NaN where CA is missing."""
+    deviation = torch.linalg.norm(moved_atom14[..., 1, :] - true_atom14[..., 1, :], dim=-1)
     return torch.where(true_mask[..., 1], deviation, torch.full_like(deviation, float("nan")))
 
 

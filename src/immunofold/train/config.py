@@ -15,7 +15,7 @@ DEFAULT_LOSS_WEIGHTS = {
     "bond": 0.3,  # structural violations: only from `violation_from_epoch` on (they swamp early training)
     "clash": 0.3,
     "error": 0.1,
-    "cdr_rmsd": 0.0,  # CDR RMSD after framework superposition (losses.superposed_cdr_rmsd); off in v0.1/v0.2 runs
+    "cdr_rmsd": 0.0,  # CDR RMSD after framework superposition (losses.cdr_rmsd); off in v0.1/v0.2 runs
 }
 VIOLATION_TERMS = ("bond", "clash")
 

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
 from immunofold.data.template import is_cdr, is_framework
 from immunofold.geometry import Frames, backbone_frames, residue_tables, torsion_angles
-from immunofold.metrics import METRIC_ATOMS, ca_deviation, superpose_chains
+from immunofold.metrics import METRIC_ATOMS, ca_distance, superpose_chains
 
 FAPE_CLAMP = 10.0  # Å
 FAPE_SCALE = 10.0  # Å
@@ -98,16 +98,15 @@ def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> t
     return penalty.sum((1, 2, 3, 4)) / residue_mask.sum(-1).clamp(min=1) / 2
 
 
-def superposed_cdr_rmsd(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position, residue_mask) -> torch.Tensor:
-    """Weighted mean CDR RMSD (Å / FAPE_SCALE) per example [B], as evaluated: N, CA, C, CB of each chain
-    superposed on its own framework (metrics.superpose_chains), one RMSD per CDR (CDR_RMSD_WEIGHTS).
+def cdr_rmsd(moved_atom14, true_atom14, true_mask, chain_slot, imgt_position) -> torch.Tensor:
+    """Weighted mean CDR RMSD (Å / FAPE_SCALE) per example [B], as evaluated: N, CA, C, CB of a prediction
+    already superposed chain by chain on its framework (metrics.superpose_chains), one RMSD per CDR
+    (CDR_RMSD_WEIGHTS). true_mask [B, N, 14] must be false on padding.
 
     FAPE is clamped and L1-like, so for a loop it cannot place it rewards committing to one conformation;
     this RMSD term rewards the prediction closest on average, which is what the evaluation measures.
     """
-    true_mask = true_mask & residue_mask[..., None]
-    moved = superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_position)
-    sq = ((moved[..., METRIC_ATOMS, :] - true_atom14[..., METRIC_ATOMS, :]) ** 2).sum(-1)  # [B, N, 4]
+    sq = ((moved_atom14[..., METRIC_ATOMS, :] - true_atom14[..., METRIC_ATOMS, :]) ** 2).sum(-1)  # [B, N, 4]
     present = true_mask[..., METRIC_ATOMS]
     total = sq.new_zeros(sq.shape[0])
     weight_sum = sq.new_zeros(sq.shape[0])
@@ -179,11 +178,10 @@ def total_loss(
     ).mean(0)
     terms["bond"] = peptide_bond_loss(pred_atom14, true_atom14, true_mask, residue_mask, batch["chain_slot"])
     terms["clash"] = clash_loss(pred_atom14, atom_exists, residue_mask, batch["chain_slot"], restype)
-    target_error = ca_deviation(pred_atom14.detach(), true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
-    target_error = torch.nan_to_num(target_error)  # missing CAs: excluded from the error loss by ca_mask
-    terms["cdr_rmsd"] = superposed_cdr_rmsd(
-        pred_atom14, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"], residue_mask
-    )
+    # One framework superposition per chain serves the CDR RMSD loss and the error head's target.
+    moved = superpose_chains(pred_atom14, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
+    terms["cdr_rmsd"] = cdr_rmsd(moved, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
+    target_error = torch.nan_to_num(ca_distance(moved.detach(), true_atom14, true_mask))  # missing CAs: masked by ca_mask
     terms["error"] = error_head_loss(output["error_logits"], target_error, ca_mask, error_max)
 
     loss = sum(weights.get(name, 0.0) * value.mean() for name, value in terms.items())
