@@ -16,11 +16,11 @@ def _train(args: argparse.Namespace) -> int:
         config.max_minutes = args.max_minutes
     if args.threads is not None:
         config.threads = args.threads
-    checkpoint = os.path.join(config.run_dir, config.name, "last.pt")
-    if config.init_from and not os.path.exists(config.init_from) and not os.path.exists(checkpoint):
-        print(f"error: {args.config}: init_from {config.init_from} not found (the config's comment says how to restore it)", file=sys.stderr)
+    try:
+        best = train(config, log=lambda line: print(line, flush=True))
+    except FileNotFoundError as error:
+        print(f"error: {args.config}: {error}", file=sys.stderr)
         return 2
-    best = train(config, log=lambda line: print(line, flush=True))
     print(f"best val: {best}")
     return 0
 

@@ -166,6 +166,9 @@ def train(config: TrainConfig, log=print) -> dict:
     keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir = os.path.join(config.run_dir, config.name)
+    checkpoint_path = os.path.join(run_dir, "last.pt")
+    if not os.path.exists(checkpoint_path) and config.init_from and not os.path.exists(config.init_from):
+        raise FileNotFoundError(f"init_from {config.init_from} not found (the config's comment says how to restore it)")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(config.to_yaml())
@@ -176,7 +179,6 @@ def train(config: TrainConfig, log=print) -> dict:
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
     model = ImmunoFoldNet(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    checkpoint_path = os.path.join(run_dir, "last.pt")
     state = {"epoch": 0, "step": 0, "best_score": float("inf"), "best": None, "elapsed_s": 0.0}
     if os.path.exists(checkpoint_path):
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
