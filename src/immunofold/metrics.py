@@ -30,7 +30,8 @@ def superpose_chains(pred_atom14, true_atom14, true_mask, chain_slot, imgt_posit
 
     Batched over leading dimensions (padding must have a false `true_mask`). The superposition is computed
     in float64 without gradient; gradients flow through the moved coordinates. A chain with fewer than 3
-    framework atoms stays where it is.
+    framework atoms stays where it is. An absent chain (a nanobody's second) gets a discarded superposition:
+    skipping it would need a device-to-host sync in every training step.
     """
     moved = pred_atom14
     for slot in (0, 1):

@@ -73,7 +73,7 @@ class Prediction:
         result, start = {}, 0
         for chain_id, chain in zip(self.chain_ids, self.chains):
             errors = self.error[start : start + len(chain)]
-            in_cdr3 = is_cdr(torch.tensor([number for number, _ in chain.positions]), 3).numpy()
+            in_cdr3 = is_cdr(np.array([number for number, _ in chain.positions]), 3)
             result[chain_id] = float(errors[in_cdr3].mean()) if in_cdr3.any() else float("nan")
             start += len(chain)
         return result

@@ -24,7 +24,7 @@ def imgt_key(example: dict) -> torch.Tensor:
 
 
 def is_cdr(position: torch.Tensor, cdr: int) -> torch.Tensor:
-    """True for IMGT positions inside CDR `cdr` (1, 2 or 3). position [*] -> [*] bool."""
+    """True for IMGT positions inside CDR `cdr` (1, 2 or 3). position [*] (tensor or array) -> [*] bool."""
     lo, hi = IMGT_CDRS[cdr]
     return (position >= lo) & (position <= hi)
 
