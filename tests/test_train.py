@@ -51,6 +51,27 @@ def test_training_checkpoints_and_resumes(tmp_path):
     assert info["config"]["model"]["dim"] == 32 and model.template_atoms.abs().sum() > 0
 
 
+def test_weight_averaging_is_validated_saved_and_resumed(tmp_path):
+    import torch
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.ema_decay = 0.5
+    train(config, log=lambda message: None)
+    run = tmp_path / "runs" / "tiny"
+    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    assert int(checkpoint["average"]["n_averaged"]) == checkpoint["state"]["step"] + 1 == 2  # start + 1 step
+    record = json.loads((run / "log.jsonl").read_text())
+    assert record["val"] != record["val_raw"]
+    best, _ = load_model(str(run / "best.safetensors"))  # epoch 1 is the best so far: the average is saved
+    name = "blocks.0.frame_update.weight"
+    assert torch.equal(best.state_dict()[name], checkpoint["average"]["module." + name])
+    assert not torch.equal(best.state_dict()[name], checkpoint["model"][name])
+
+    config.epochs = 2
+    train(config, log=lambda message: None)
+    assert int(torch.load(run / "last.pt", weights_only=False)["average"]["n_averaged"]) == 3
+
+
 def test_learning_rate_holds_its_peak_until_decay_starts_then_falls_to_a_tenth():
     from immunofold.train.loop import learning_rate
 

@@ -43,6 +43,7 @@ class TrainConfig:
     cdr3_cluster_sampling: bool = False  # each epoch: one random example per identical-CDR3 cluster
     decay_after_epochs: int = 0  # learning rate stays at its peak (after warm-up) for this many epochs, then cosine
     fit_epochs_to_minutes: float | None = None  # fresh runs only: after epoch 1, set `epochs` to fit this wall time
+    ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the weights (per step); it is validated and saved
     threads: int = 1
     max_minutes: float | None = None  # stop this invocation after this long (resume later)
     init_from: str | None = None  # weights (.safetensors) to start from when no checkpoint exists

@@ -2,7 +2,7 @@
 
 Checkpoints (model, optimizer, step, epoch, best score, RNG) go to `<run_dir>/<name>/last.pt`
 after every epoch, written atomically; `best.safetensors` keeps the weights with the best val
-score. Starting the same command again continues from `last.pt`. Metrics: one JSON line per
+score (with `ema_decay`, of the weights' moving average; the raw weights' val is logged beside it). Starting the same command again continues from `last.pt`. Metrics: one JSON line per
 epoch in `<run_dir>/<name>/log.jsonl`.
 """
 
@@ -179,11 +179,18 @@ def train(config: TrainConfig, log=print) -> dict:
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
     model = ImmunoFoldNet(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    average = None
+    if config.ema_decay > 0:
+        average = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
     state = {"epoch": 0, "step": 0, "best_score": float("inf"), "best": None, "elapsed_s": 0.0}
     if os.path.exists(checkpoint_path):
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if average is not None:
+            average.load_state_dict(checkpoint["average"])
         state = checkpoint["state"]
         random.setstate(checkpoint["python_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
@@ -199,6 +206,8 @@ def train(config: TrainConfig, log=print) -> dict:
         random.seed(config.seed)
         torch.manual_seed(config.seed)
         log(f"started {config.name} from scratch (seed {config.seed})")
+    if average is not None and state["step"] == 0:
+        average.update_parameters(model)  # the average starts from the starting weights
 
     commit = source_commit()
     steps_per_epoch = math.ceil(len(epoch_examples(unique_examples, config, random.Random(0))) / config.batch_size)
@@ -226,12 +235,15 @@ def train(config: TrainConfig, log=print) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             state["step"] += 1
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v
         state["epoch"] += 1
         state["elapsed_s"] += time.time() - epoch_start
-        val = validate(model, val_examples, device)
+        kept = model if average is None else average.module  # the weights validated and saved as best
+        val = validate(kept, val_examples, device)
         record = {
             "epoch": state["epoch"],
             "step": state["step"],
@@ -240,6 +252,8 @@ def train(config: TrainConfig, log=print) -> dict:
             "train": {k: round(float(v) / len(batches), 4) for k, v in sums.items()},
             "val": val,
         }
+        if average is not None:
+            record["val_raw"] = validate(model, val_examples, device)
         with open(os.path.join(run_dir, "log.jsonl"), "a") as handle:
             handle.write(json.dumps(record) + "\n")
         log(json.dumps(record))
@@ -252,13 +266,14 @@ def train(config: TrainConfig, log=print) -> dict:
         if val["score"] < state["best_score"]:
             state["best_score"], state["best"] = val["score"], val
             save_weights(
-                model, os.path.join(run_dir, "best.safetensors"),
+                kept, os.path.join(run_dir, "best.safetensors"),
                 {"config": config.to_dict(), "epoch": state["epoch"], "val": val,
                  "train_seconds": round(state["elapsed_s"]), "device": describe_device(device),
                  "commit": commit, "train_examples": len(unique_examples)},
             )
         _save_atomic(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+             "average": average.state_dict() if average is not None else None,
              "python_rng": random.getstate(), "torch_rng": torch.get_rng_state()},
             checkpoint_path,
         )
