@@ -72,6 +72,21 @@ def test_weight_averaging_is_validated_saved_and_resumed(tmp_path):
     assert int(torch.load(run / "last.pt", weights_only=False)["average"]["n_averaged"]) == 3
 
 
+def test_the_seed_sets_the_initial_weights(tmp_path):
+    import torch
+
+    from immunofold.train.loop import build_model
+
+    config = tiny_config(tmp_path, epochs=1)
+    first = build_model(config, torch.device("cpu")).state_dict()
+    torch.manual_seed(12345)  # the global state before the call must not matter
+    again = build_model(config, torch.device("cpu")).state_dict()
+    config.seed = 1
+    other = build_model(config, torch.device("cpu")).state_dict()
+    name = "trunk.0.qkv.weight"
+    assert torch.equal(first[name], again[name]) and not torch.equal(first[name], other[name])
+
+
 def test_learning_rate_holds_its_peak_until_decay_starts_then_falls_to_a_tenth():
     from immunofold.train.loop import learning_rate
 

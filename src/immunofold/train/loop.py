@@ -160,6 +160,13 @@ def source_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def build_model(config: TrainConfig, device: torch.device) -> ImmunoFoldNet:
+    """A fresh model whose initial weights, like the rest of the run (data order, dropout), follow `config.seed`."""
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    return ImmunoFoldNet(config.model).to(device)
+
+
 def train(config: TrainConfig, log=print) -> dict:
     """Train (or continue training) one model; returns the best val summary."""
     torch.set_num_threads(config.threads)
@@ -177,7 +184,7 @@ def train(config: TrainConfig, log=print) -> dict:
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     if config.train_kinds:  # a specialist is validated (and its best epoch chosen) on its own kinds
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
-    model = ImmunoFoldNet(config.model).to(device)
+    model = build_model(config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     average = None
     if config.ema_decay > 0:
@@ -203,8 +210,6 @@ def train(config: TrainConfig, log=print) -> dict:
     else:
         structures = cached_examples(config.data_root, config.train_split, config.cache_dir)
         model.template_atoms.copy_(build_template(structures).to(device))
-        random.seed(config.seed)
-        torch.manual_seed(config.seed)
         log(f"started {config.name} from scratch (seed {config.seed})")
     if average is not None and state["step"] == 0:
         average.update_parameters(model)  # the average starts from the starting weights
