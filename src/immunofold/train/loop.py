@@ -2,8 +2,9 @@
 
 Checkpoints (model, optimizer, step, epoch, best score, RNG) go to `<run_dir>/<name>/last.pt`
 after every epoch, written atomically; `best.safetensors` keeps the weights with the best val
-score (with `ema_decay`, of the weights' moving average; the raw weights' val is logged beside it). Starting the same command again continues from `last.pt`. Metrics: one JSON line per
-epoch in `<run_dir>/<name>/log.jsonl`.
+score (with `ema_decay`, of the weights' moving average; the raw weights' val is logged beside it).
+Starting the same command again continues from `last.pt`. Metrics: one JSON line per epoch in
+`<run_dir>/<name>/log.jsonl`.
 """
 
 from __future__ import annotations
