@@ -72,6 +72,19 @@ def test_weight_averaging_is_validated_saved_and_resumed(tmp_path):
     assert int(torch.load(run / "last.pt", weights_only=False)["average"]["n_averaged"]) == 3
 
 
+def test_weight_averaging_can_be_switched_on_when_resuming(tmp_path):
+    import torch
+
+    config = tiny_config(tmp_path, epochs=1)
+    train(config, log=lambda message: None)
+    config.epochs, config.ema_decay = 2, 0.5
+    messages = []
+    train(config, log=messages.append)
+    assert any("average starts from the resumed weights" in m for m in messages)
+    checkpoint = torch.load(tmp_path / "runs" / "tiny" / "last.pt", weights_only=False)
+    assert int(checkpoint["average"]["n_averaged"]) == 2  # resumed weights + 1 step
+
+
 def test_the_seed_sets_the_initial_weights(tmp_path):
     import torch
 

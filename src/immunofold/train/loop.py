@@ -197,8 +197,11 @@ def train(config: TrainConfig, log=print) -> dict:
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if average is not None:
+        if average is not None and checkpoint.get("average") is not None:
             average.load_state_dict(checkpoint["average"])
+        elif average is not None:  # ema_decay switched on for a run written without it
+            average.update_parameters(model)
+            log(f"{config.name}: the checkpoint has no weight average; the average starts from the resumed weights")
         state = checkpoint["state"]
         random.setstate(checkpoint["python_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
