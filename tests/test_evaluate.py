@@ -60,3 +60,19 @@ def test_region_rmsd_is_zero_for_the_truth_and_sees_a_moved_loop():
     moved[cdr3] += torch.tensor([2.0, 0.0, 0.0])
     rmsd = region_rmsds("nanobody", moved, atom14, mask, slot, position)
     assert abs(rmsd["H3"] - 2.0) < 1e-3 and rmsd["Hfr"] < 1e-4
+
+
+def test_summary_ranks_entries_by_predicted_cdr3_error():
+    from immunofold.evaluate import summarise
+
+    actual, predicted = [1.0, 2.0, 6.0, 3.0], [0.8, 1.1, 3.0, 1.5]  # same order: Spearman 1
+    rows = [
+        {"name": f"e{i}", "kind": "nanobody", "status": "ok", "H3": a, "H3_predicted_error": p}
+        for i, (a, p) in enumerate(zip(actual, predicted))
+    ]
+    rows.append({"name": "bad", "kind": "nanobody", "status": "skipped: not an immune receptor"})
+    summary = summarise(rows, "test", refined=False)
+    assert summary["nanobody"]["cdr3_error_spearman"] == {"H3": 1.0}
+    rows[2]["H3_predicted_error"] = 0.1  # the worst CDR3 predicted as the best
+    assert summarise(rows, "test", refined=False)["nanobody"]["cdr3_error_spearman"]["H3"] == -0.2
+    assert summary["tcr"]["cdr3_error_spearman"] == {"A3": None, "B3": None}  # no entries of that kind

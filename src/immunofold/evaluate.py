@@ -53,6 +53,8 @@ def score_entry(prediction: Prediction, truth: dict, refined: bool) -> dict:
     row["error_spearman"] = error_spearman(prediction.error[pred_idx.numpy()], deviation)
     row["error_spearman_spread"] = error_spearman(prediction.spread[pred_idx.numpy()], deviation)
     row["error_spearman_head"] = error_spearman(prediction.head_error[pred_idx.numpy()], deviation)
+    for cid, predicted_cdr3 in zip(KIND_CHAIN_IDS[prediction.kind], prediction.cdr3_errors().values()):
+        row[f"{cid}3_predicted_error"] = predicted_cdr3
     row["matched_residues"] = len(common)
     row["truth_chain_breaks"] = count_chain_breaks(truth["atom14"], truth["atom_mask"], truth["chain_slot"])
     return row
@@ -120,8 +122,20 @@ def summarise(rows: list[dict], weights_version: str, refined: bool) -> dict:
         summary[kind] = {"n": len(ok), "rmsd": rmsd, "error_spearman": _mean([r.get("error_spearman") for r in ok])}
         for source in ("spread", "head"):
             summary[kind][f"error_spearman_{source}"] = _mean([r.get(f"error_spearman_{source}") for r in ok])
+        summary[kind]["cdr3_error_spearman"] = {  # across entries: does a high predicted CDR3 error flag a bad CDR3?
+            f"{cid}3": _rounded(error_spearman(_column(ok, f"{cid}3_predicted_error"), _column(ok, f"{cid}3")))
+            for cid in KIND_CHAIN_IDS[kind]
+        }
     summary["skipped"] = [r["status"] for r in rows if r["status"] != "ok"]
     return summary
+
+
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+
+
+def _rounded(value: float) -> float | None:
+    return round(value, 3) if np.isfinite(value) else None
 
 
 def _mean(values: list) -> float | None:
@@ -151,4 +165,8 @@ def print_summary(summary: dict, echo: Callable[[str], None] = print) -> None:
         block = summary[kind]
         if block["n"]:
             regions = ", ".join(f"{k} {v:.2f}" for k, v in block["rmsd"].items() if v is not None)
-            echo(f"  {kind:9s} n={block['n']:3d}  RMSD (Å): {regions}; error Spearman {block['error_spearman']}")
+            ranking = ", ".join(f"{k} {v}" for k, v in block["cdr3_error_spearman"].items())
+            echo(
+                f"  {kind:9s} n={block['n']:3d}  RMSD (Å): {regions}; error Spearman {block['error_spearman']}"
+                f" (per residue), {ranking} (CDR3 error across entries)"
+            )
