@@ -4,9 +4,9 @@ DATA ?= ../shared/data
 BENCH_ARGS ?=
 SPEED_ARGS ?=
 
-.PHONY: bench bench-accuracy bench-speed bench-ensemble
+.PHONY: bench bench-accuracy bench-speed bench-ensemble bench-errors
 
-bench: bench-accuracy bench-speed bench-ensemble
+bench: bench-accuracy bench-speed bench-ensemble bench-errors
 
 bench-accuracy:
 	$(PYTHON) benchmarks/accuracy.py --data $(DATA) $(BENCH_ARGS)
@@ -16,3 +16,6 @@ bench-speed:
 
 bench-ensemble:
 	$(PYTHON) benchmarks/ensemble_consensus.py --data $(DATA)
+
+bench-errors:  # reads benchmarks/results/val.csv (written by `immunofold evaluate ... --out benchmarks/results/val.json`)
+	$(PYTHON) benchmarks/error_calibration.py

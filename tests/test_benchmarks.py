@@ -149,3 +149,29 @@ def test_ensemble_consensus_benchmark_scores_every_choice(nanobody_example):
     assert set(choices) == {"consensus (returned)", "member closest to the mean", "member 0 alone", "member 1 alone"}
     n = len(example["restype"])
     assert all(atoms.shape == (n, 14, 3) and torch.isfinite(atoms).all() for atoms in choices.values())
+
+
+def test_error_calibration_bins_entries_by_predicted_cdr3_error(tmp_path):
+    import error_calibration
+
+    rows = [
+        {"name": "a", "kind": "nanobody", "status": "ok", "H3": "1.5", "H3_predicted_error": "1.2"},
+        {"name": "b", "kind": "nanobody", "status": "ok", "H3": "2.5", "H3_predicted_error": "1.4"},
+        {"name": "c", "kind": "nanobody", "status": "ok", "H3": "9.0", "H3_predicted_error": "3.3"},
+        {"name": "d", "kind": "antibody", "status": "ok", "H3": "2.0", "H3_predicted_error": "1.1", "L3": "1.0", "L3_predicted_error": "0.5"},
+    ]
+    table, spearman = error_calibration.calibration_table(rows, "nanobody", "H")
+    assert [(b["predicted"], b["n"], b["mean"], b["far_off"]) for b in table] == [("1.0-1.5", 2, 2.0, 0), (">= 3.0", 1, 9.0, 1)]
+    assert spearman == 1.0
+
+    csv_path = tmp_path / "val.csv"
+    csv_path.write_text(
+        "name,kind,status,H3,H3_predicted_error,L3,L3_predicted_error\n"
+        + "".join(f"{r['name']},{r['kind']},ok,{r['H3']},{r['H3_predicted_error']},{r.get('L3', '')},{r.get('L3_predicted_error', '')}\n" for r in rows)
+        + "e,tcr,skipped: not an immune receptor,,,,\n"
+    )
+    (tmp_path / "val.json").write_text(json.dumps({"weights": "test", "refined": False, "split": "val"}))
+    assert error_calibration.main(["--csv", str(csv_path), "--out", str(tmp_path / "out.md")]) == 0
+    text = (tmp_path / "out.md").read_text()
+    assert "## nanobody H3 (Spearman across entries 1.0)" in text and "| >= 3.0 | 1 | 9.0 | 9.0 | 9.0 | 1 |" in text
+    assert "## antibody L3" in text and "## tcr" not in text  # a kind without scored entries gets no table
