@@ -102,3 +102,31 @@ def test_cli_predict_writes_a_file_and_reports_bad_input(tmp_path, capsys):
     assert main(["predict", "nanobody", "--heavy", "ACDEFGHIKL", "-o", str(tmp_path / "x.pdb")]) == 2
     assert "too short" in capsys.readouterr().err
     assert not (tmp_path / "x.pdb").exists()
+
+
+def test_many_receptors_come_back_in_order_and_as_predicted_alone(predictor, monkeypatch):
+    import immunofold.predict
+
+    from conftest import NANOBODY_PDB
+
+    nanobody = read_chains(NANOBODY_PDB)["B"].sequence
+    receptors = [
+        ("ab", "antibody", {"heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}),
+        ("nb", "nanobody", {"heavy": nanobody}),
+        ("long", "nanobody", {"heavy": LONG_CDR3_NANOBODY}),
+        ("ab2", "antibody", {"heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}),
+        ("nb2", "nanobody", {"heavy": nanobody}),
+    ]
+    items = [(name, kind, predictor.number(kind, chains, name)) for name, kind, chains in receptors]
+    monkeypatch.setattr(immunofold.predict, "MAX_FORWARD_BATCH", 2)  # 5 receptors: 3 forward passes
+    passes = []
+    run = predictor.ensemble.run
+    monkeypatch.setattr(predictor.ensemble, "run", lambda batch: passes.append(batch["restype"].shape) or run(batch))
+    together = predictor.predict_numbered(items)
+    assert [p.name for p in together] == ["ab", "nb", "long", "ab2", "nb2"]
+    assert [shape[0] for shape in passes] == [2, 2, 1] and passes[0][1] < passes[2][1]  # grouped by length
+    for prediction, item in zip(together, items):
+        alone = predictor.predict_numbered([item])[0]
+        assert len(prediction.atom14) == sum(len(c) for c in item[2])
+        np.testing.assert_allclose(prediction.atom14, alone.atom14, atol=1e-3)
+        np.testing.assert_allclose(prediction.error, alone.error, atol=1e-3)

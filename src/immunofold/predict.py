@@ -22,12 +22,16 @@ from immunofold import __version__
 from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE
 from immunofold.data.features import collate, featurise
 from immunofold.data.template import is_cdr
-from immunofold.ensemble import Ensemble
+from immunofold.ensemble import Ensemble, EnsembleOutput
 from immunofold.geometry import residue_tables
 from immunofold.io import ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
 from immunofold.numbering import renumber
 from immunofold.refine import refine as refine_structure
 from immunofold.sequences import InputError, NumberedChain, number_receptor
+
+# Receptors per ensemble forward pass. On a 2-core CPU, 64 val antibodies took 4.2 s in groups of 4, 4.9 s
+# of 8, 6.3 s of 16 and 10.1 s of 32: the attention maps of large batches fall out of the CPU caches.
+MAX_FORWARD_BATCH = 4
 
 ERROR_REMARK = (
     "B-FACTOR COLUMN: PREDICTED ERROR PER RESIDUE IN ANGSTROM = SQRT(S^2 + H^2), S = RMS DEVIATION OF "
@@ -149,30 +153,39 @@ class Predictor:
     def predict_numbered(
         self, items: list[tuple[str, str, list[NumberedChain]]], numbering: str = "imgt"
     ) -> list[Prediction]:
-        """Predict already-numbered receptors (name, kind, chains) in one ensemble pass, unrefined."""
+        """Predict already-numbered receptors (name, kind, chains), unrefined, in the order given.
+
+        The ensemble runs on groups of at most MAX_FORWARD_BATCH receptors of similar length (less padding).
+        """
         features = [featurise(kind, chains) for _, kind, chains in items]
-        output = self.ensemble.run(collate(features))
-        predictions = []
-        for i, (name, kind, chains) in enumerate(items):
-            n = sum(len(c) for c in chains)
-            predictions.append(
-                Prediction(
-                    name=name,
-                    kind=kind,
-                    chains=chains,
-                    chain_ids=KIND_CHAIN_IDS[kind],
-                    residue_ids=[renumber(c, numbering, f"{name} {cid}") for c, cid in zip(chains, KIND_CHAIN_IDS[kind])],
-                    numbering_scheme=numbering,
-                    atom14=output.consensus[i, :n].numpy(),
-                    error=output.error[i, :n].numpy(),
-                    members=output.members[output.ranking[i], i, :n].numpy(),
-                    spread=output.spread[i, :n].numpy(),
-                    head_error=output.head_error[i, :n].numpy(),
-                    weights_version=self.ensemble.version,
-                    notes=[note for c in chains for note in c.notes],
-                )
-            )
+        lengths = [sum(len(c) for c in chains) for _, _, chains in items]
+        order = sorted(range(len(items)), key=lambda i: lengths[i])
+        predictions: list[Prediction | None] = [None] * len(items)
+        for start in range(0, len(order), MAX_FORWARD_BATCH):
+            group = order[start : start + MAX_FORWARD_BATCH]
+            output = self.ensemble.run(collate([features[i] for i in group]))
+            for row, i in enumerate(group):
+                predictions[i] = self._prediction(items[i], lengths[i], output, row, numbering)
         return predictions
+
+    def _prediction(self, item, n: int, output: EnsembleOutput, row: int, numbering: str) -> Prediction:
+        """The Prediction of one receptor (name, kind, chains) of n residues from row `row` of an ensemble output."""
+        name, kind, chains = item
+        return Prediction(
+            name=name,
+            kind=kind,
+            chains=chains,
+            chain_ids=KIND_CHAIN_IDS[kind],
+            residue_ids=[renumber(c, numbering, f"{name} {cid}") for c, cid in zip(chains, KIND_CHAIN_IDS[kind])],
+            numbering_scheme=numbering,
+            atom14=output.consensus[row, :n].numpy(),
+            error=output.error[row, :n].numpy(),
+            members=output.members[output.ranking[row], row, :n].numpy(),
+            spread=output.spread[row, :n].numpy(),
+            head_error=output.head_error[row, :n].numpy(),
+            weights_version=self.ensemble.version,
+            notes=[note for c in chains for note in c.notes],
+        )
 
     def refine(self, prediction: Prediction) -> Prediction:
         """Refine in place: the consensus, else the members from the one closest to the mean on, else keep it
