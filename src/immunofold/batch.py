@@ -476,8 +476,8 @@ def run_batch(
 ) -> BatchReport:
     """Predict every record of a FASTA/CSV/TSV file into `outdir`; resumable (see module docs).
 
-    kind: auto | antibody | nanobody | tcr. batch_size: records per model pass (same-length
-    records only). workers: processes for numbering and refinement (0: all in this process).
+    kind: auto | antibody | nanobody | tcr. batch_size: records handed to the model at once (same-length
+    records only; the ensemble runs them in groups of at most `predict.MAX_FORWARD_BATCH`). workers: processes for numbering and refinement (0: all in this process).
     threads: torch threads for the model pass during the run (default: CPU cores minus workers,
     at least 1). predictor: a loaded `immunofold.predict.Predictor` to reuse. on_event(event, record) is
     called with "structure_written" and "record_done" (for progress hooks and tests).
@@ -554,7 +554,7 @@ def add_batch_parser(commands) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes for numbering and refinement (0: none; default 1)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"records per model pass (default {DEFAULT_BATCH_SIZE})")
+                        help=f"same-length records handed to the model at once (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--no-refine", action="store_true", help="skip OpenMM refinement")
     parser.add_argument("--plots", action="store_true", help="write error plots (needs matplotlib: pip install 'immunofold[plots]')")
     parser.add_argument("--format", choices=("pdb", "cif"), default="pdb", help="structure file format (default pdb)")

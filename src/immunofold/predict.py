@@ -168,7 +168,9 @@ class Predictor:
                 predictions[i] = self._prediction(items[i], lengths[i], output, row, numbering)
         return predictions
 
-    def _prediction(self, item, n: int, output: EnsembleOutput, row: int, numbering: str) -> Prediction:
+    def _prediction(
+        self, item: tuple[str, str, list[NumberedChain]], n: int, output: EnsembleOutput, row: int, numbering: str
+    ) -> Prediction:
         """The Prediction of one receptor (name, kind, chains) of n residues from row `row` of an ensemble output."""
         name, kind, chains = item
         return Prediction(
