@@ -14,12 +14,12 @@ import os
 import sys
 
 import numpy as np
-from scipy.stats import spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS_DIR  # noqa: E402
 
 from immunofold.constants import KIND_CHAIN_IDS, KINDS  # noqa: E402
+from immunofold.metrics import error_spearman  # noqa: E402
 
 BIN_EDGES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, float("inf"))  # Å, predicted mean CDR3 error
 FAR_OFF = 5.0  # Å CDR3 RMSD counted as "far off"
@@ -51,8 +51,7 @@ def calibration_table(rows: list[dict], kind: str, chain_id: str) -> tuple[list[
             "max": round(float(real.max()), 2),
             "far_off": int((real > FAR_OFF).sum()),
         })
-    predicted, real = np.array(pairs).T if pairs else (np.array([]), np.array([]))
-    spearman = float(spearmanr(predicted, real).statistic) if len(pairs) >= 3 else float("nan")
+    spearman = error_spearman([predicted for predicted, _ in pairs], [rmsd for _, rmsd in pairs])
     return table, round(spearman, 3)
 
 

@@ -477,7 +477,8 @@ def run_batch(
     """Predict every record of a FASTA/CSV/TSV file into `outdir`; resumable (see module docs).
 
     kind: auto | antibody | nanobody | tcr. batch_size: records handed to the model at once (same-length
-    records only; the ensemble runs them in groups of at most `predict.MAX_FORWARD_BATCH`). workers: processes for numbering and refinement (0: all in this process).
+    records only; the ensemble runs them in groups of at most `predict.MAX_FORWARD_BATCH`).
+    workers: processes for numbering and refinement (0: all in this process).
     threads: torch threads for the model pass during the run (default: CPU cores minus workers,
     at least 1). predictor: a loaded `immunofold.predict.Predictor` to reuse. on_event(event, record) is
     called with "structure_written" and "record_done" (for progress hooks and tests).

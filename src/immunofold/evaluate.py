@@ -53,7 +53,7 @@ def score_entry(prediction: Prediction, truth: dict, refined: bool) -> dict:
     row["error_spearman"] = error_spearman(prediction.error[pred_idx.numpy()], deviation)
     row["error_spearman_spread"] = error_spearman(prediction.spread[pred_idx.numpy()], deviation)
     row["error_spearman_head"] = error_spearman(prediction.head_error[pred_idx.numpy()], deviation)
-    for cid, predicted_cdr3 in zip(KIND_CHAIN_IDS[prediction.kind], prediction.cdr3_errors().values()):
+    for cid, predicted_cdr3 in prediction.cdr3_errors().items():
         row[f"{cid}3_predicted_error"] = predicted_cdr3
     row["matched_residues"] = len(common)
     row["truth_chain_breaks"] = count_chain_breaks(truth["atom14"], truth["atom_mask"], truth["chain_slot"])
