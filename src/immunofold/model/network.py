@@ -26,6 +26,7 @@ class ModelConfig:
     trunk_layers: int = 4
     trunk_heads: int = 8
     ipa_blocks: int = 4
+    structure_passes: int = 1  # times the IPA block stack is applied (weights shared between passes, as AlphaFold's 8)
     ipa_heads: int = 8
     error_bins: int = 16
     error_max: float = 8.0  # Å; upper edge of the last error bin
@@ -130,11 +131,12 @@ class ImmunoFoldNet(nn.Module):
         s_initial = s
         frames = self.initial_frames(batch)
         all_frames, all_torsions = [], []
-        for i, block in enumerate(self.blocks):
+        steps = [block for _ in range(self.config.structure_passes) for block in self.blocks]
+        for i, block in enumerate(steps):
             s, frames, torsions = block(s, s_initial, frames, buckets, mask)
             all_frames.append(frames)
             all_torsions.append(torsions)
-            if i < len(self.blocks) - 1:
+            if i < len(steps) - 1:
                 frames = frames.detach_rot()  # AlphaFold: stop rotation gradients between blocks
         atom14 = atom14_from_frames(frames, all_torsions[-1], batch["restype"])
         error_logits = self.error_head(s.detach())  # the error head learns from the structure, not the reverse
