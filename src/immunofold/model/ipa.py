@@ -31,26 +31,28 @@ class InvariantPointAttention(nn.Module):
 
     def forward(self, s: torch.Tensor, frames: Frames, buckets: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         b, n, _ = s.shape
-        q, k, v = self.scalar_qkv(s).view(b, n, 3, self.h, self.c).unbind(2)  # [B, N, H, c]
-        local_qk = self.point_qk(s).view(b, n, 2, self.h * self.pq, 3)
-        global_qk = frames.unsqueeze(-1).apply(local_qk.flatten(2, 3)).view(b, n, 2, self.h, self.pq, 3)
-        q_pts, k_pts = global_qk.unbind(2)  # [B, N, H, Pq, 3]
-        v_pts = frames.unsqueeze(-1).apply(self.point_v(s).view(b, n, self.h * self.pv, 3)).view(b, n, self.h, self.pv, 3)
+        h, c, pq, pv = self.h, self.c, self.pq, self.pv
+        q, k, v = self.scalar_qkv(s).view(b, n, 3, h, c).unbind(2)  # [B, N, H, c]
+        local_qk = self.point_qk(s).view(b, n, 2, h * pq, 3)
+        global_qk = frames.unsqueeze(-1).apply(local_qk.flatten(2, 3)).view(b, n, 2, h, pq * 3)
+        q_pts, k_pts = global_qk.unbind(2)  # [B, N, H, Pq*3] Å
+        v_pts = frames.unsqueeze(-1).apply(self.point_v(s).view(b, n, h * pv, 3)).view(b, n, h, pv * 3)
 
-        scalar_logits = torch.einsum("bihc,bjhc->bhij", q, k) / math.sqrt(self.c)
-        sq_dist = (
-            (q_pts**2).sum((-1, -2))[:, :, None, :].permute(0, 3, 1, 2)
-            + (k_pts**2).sum((-1, -2))[:, None, :, :].permute(0, 3, 1, 2)
-            - 2 * torch.einsum("bihpx,bjhpx->bhij", q_pts, k_pts)
-        )  # [B, H, N, N] Å^2
-        point_scale = F.softplus(self.point_weight)[None, :, None, None] * math.sqrt(2 / (9 * self.pq)) / 2
-        logits = (scalar_logits - point_scale * sq_dist) * math.sqrt(1 / 3) + self.bias(buckets)
-        logits = logits + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
-        attention = torch.softmax(logits, dim=-1)  # [B, H, N, N]
-
-        out_scalar = torch.einsum("bhij,bjhc->bihc", attention, v).flatten(2)
-        out_points_global = torch.einsum("bhij,bjhpx->bihpx", attention, v_pts)
-        out_points = frames.unsqueeze(-1).invert_apply(out_points_global.flatten(2, 3))  # [B, N, H*Pv, 3]
+        # logit_ij = w_L (q_i.k_j / sqrt(c) - gamma |q_pts_i - k_pts_j|^2) + bias_ij. The |q_pts_i|^2 part of the distance
+        # is the same for every key j, so the softmax over j drops it; the rest is one dot product of extended vectors
+        # [q / sqrt(c), 2 gamma q_pts, 1] . [k, k_pts, -gamma |k_pts|^2], so one fused attention call does the work.
+        weight_l = math.sqrt(1 / 3)
+        gamma = (F.softplus(self.point_weight) * math.sqrt(2 / (9 * pq)) / 2)[:, None]  # [H, 1] per Å^2
+        query = torch.cat([q / math.sqrt(c), 2 * gamma * q_pts, torch.ones_like(q[..., :1])], dim=-1) * weight_l
+        key = torch.cat([k, k_pts, -gamma * (k_pts**2).sum(-1, keepdim=True)], dim=-1)  # [B, N, H, c + 3 Pq + 1]
+        values = torch.cat([v, v_pts], dim=-1)  # [B, N, H, c + 3 Pv]
+        bias = self.bias(buckets) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]  # [B, H, N, N]
+        attended = F.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), values.transpose(1, 2), attn_mask=bias, scale=1.0
+        ).transpose(1, 2)  # [B, N, H, c + 3 Pv]
+        out_scalar = attended[..., :c].flatten(2)  # [B, N, H*c]
+        out_points_global = attended[..., c:].reshape(b, n, h * pv, 3)
+        out_points = frames.unsqueeze(-1).invert_apply(out_points_global)  # [B, N, H*Pv, 3]
         out_norm = torch.sqrt((out_points**2).sum(-1) + 1e-8)
         features = torch.cat([out_scalar, out_points.flatten(2), out_norm], dim=-1)
         return self.out(features)
