@@ -5,6 +5,7 @@ from torch.nn import functional as F
 
 from immunofold.geometry import Frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
+from immunofold.model.layers import attention_biases
 
 
 def reference_ipa(ipa: InvariantPointAttention, s, frames: Frames, buckets, key_mask):
@@ -17,7 +18,7 @@ def reference_ipa(ipa: InvariantPointAttention, s, frames: Frames, buckets, key_
     sq_dist = ((q_pts[:, :, None] - k_pts[:, None]) ** 2).sum((-1, -2))  # [B, Nq, Nk, H]
     gamma = F.softplus(ipa.point_weight) * math.sqrt(2 / (9 * pq)) / 2
     logits = math.sqrt(1 / 3) * (torch.einsum("bihc,bjhc->bijh", q, k) / math.sqrt(c) - gamma * sq_dist)
-    logits = logits.permute(0, 3, 1, 2) + ipa.bias(buckets) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
+    logits = logits.permute(0, 3, 1, 2) + ipa.bias.embedding(buckets).permute(0, 3, 1, 2) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
     attention = torch.softmax(logits, -1)
     out_scalar = torch.einsum("bhij,bjhc->bihc", attention, v).flatten(2)
     out_points = frames.unsqueeze(-1).invert_apply(torch.einsum("bhij,bjhpx->bihpx", attention, v_pts).flatten(2, 3))
@@ -39,7 +40,8 @@ def test_fused_ipa_matches_the_written_out_formula_and_its_gradients():
     key_mask = torch.ones(2, 40, dtype=torch.bool)
     key_mask[1, 30:] = False  # a shorter second record, padded
 
-    fused, reference = ipa(s, frames, buckets, key_mask), reference_ipa(ipa, s, frames, buckets, key_mask)
+    fused = ipa(s, frames, attention_biases([ipa.bias], buckets, key_mask)[0])
+    reference = reference_ipa(ipa, s, frames, buckets, key_mask)
     assert torch.allclose(fused[key_mask], reference[key_mask], atol=1e-4)
     grad_fused, = torch.autograd.grad(fused[key_mask].sum(), s)
     grad_reference, = torch.autograd.grad(reference[key_mask].sum(), s)
@@ -53,4 +55,5 @@ def test_ipa_is_invariant_to_a_global_rotation_and_translation():
     buckets, key_mask = torch.randint(0, 67, (1, 25, 25)), torch.ones(1, 25, dtype=torch.bool)
     turn = Frames(quaternion_to_rotation(F.normalize(torch.randn(1, 1, 4), dim=-1)), torch.tensor([[[30.0, -12.0, 5.0]]]))
     moved = turn.compose(frames)
-    assert torch.allclose(ipa(s, frames, buckets, key_mask), ipa(s, moved, buckets, key_mask), atol=1e-4)
+    attn_bias = attention_biases([ipa.bias], buckets, key_mask)[0]
+    assert torch.allclose(ipa(s, frames, attn_bias), ipa(s, moved, attn_bias), atol=1e-4)

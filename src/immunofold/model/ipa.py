@@ -29,7 +29,8 @@ class InvariantPointAttention(nn.Module):
         self.bias = RelativePositionBias(num_heads)
         self.out = nn.Linear(num_heads * (head_dim + value_points * 4), dim)
 
-    def forward(self, s: torch.Tensor, frames: Frames, buckets: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, s: torch.Tensor, frames: Frames, attn_bias: torch.Tensor) -> torch.Tensor:
+        """attn_bias [B, H, N, N]: this module's relative-position bias with the padding mask (layers.attention_biases)."""
         b, n, _ = s.shape
         h, c, pq, pv = self.h, self.c, self.pq, self.pv
         q, k, v = self.scalar_qkv(s).view(b, n, 3, h, c).unbind(2)  # [B, N, H, c]
@@ -46,9 +47,8 @@ class InvariantPointAttention(nn.Module):
         query = torch.cat([q / math.sqrt(c), 2 * gamma * q_pts, torch.ones_like(q[..., :1])], dim=-1) * weight_l
         key = torch.cat([k, k_pts, -gamma * (k_pts**2).sum(-1, keepdim=True)], dim=-1)  # [B, N, H, c + 3 Pq + 1]
         values = torch.cat([v, v_pts], dim=-1)  # [B, N, H, c + 3 Pv]
-        bias = self.bias(buckets) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]  # [B, H, N, N]
         attended = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), values.transpose(1, 2), attn_mask=bias, scale=1.0
+            query.transpose(1, 2), key.transpose(1, 2), values.transpose(1, 2), attn_mask=attn_bias, scale=1.0
         ).transpose(1, 2)  # [B, N, H, c + 3 Pv]
         out_scalar = attended[..., :c].flatten(2)  # [B, N, H*c]
         out_points_global = attended[..., c:].reshape(b, n, h * pv, 3)

@@ -27,14 +27,21 @@ NUM_RELATIVE_BUCKETS = 2 * MAX_RELATIVE_OFFSET + 3
 
 
 class RelativePositionBias(nn.Module):
-    """Learned per-head attention bias from relative position buckets: [*, N, N] -> [*, H, N, N]."""
+    """Learned per-head attention bias for each relative position bucket; `attention_biases` looks them up."""
 
     def __init__(self, num_heads: int):
         super().__init__()
         self.embedding = nn.Embedding(NUM_RELATIVE_BUCKETS, num_heads)
 
-    def forward(self, buckets: torch.Tensor) -> torch.Tensor:
-        return self.embedding(buckets).movedim(-1, -3)
+
+def attention_biases(modules: list[RelativePositionBias], buckets: torch.Tensor, key_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Each module's bias plus the padding mask, [B, H, N, N] each, from one lookup in the modules' joined tables.
+
+    buckets [B, N, N] (relative_position_buckets); key_mask [B, N] bool (False: padding, never attended to).
+    """
+    table = torch.cat([module.embedding.weight for module in modules], dim=-1)  # [buckets, sum of H]
+    biases = F.embedding(buckets, table).permute(0, 3, 1, 2) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
+    return list(biases.split([module.embedding.embedding_dim for module in modules], dim=1))
 
 
 class Transition(nn.Module):
@@ -68,12 +75,11 @@ class SequenceAttentionLayer(nn.Module):
         self.transition = Transition(dim, dropout=dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, buckets: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x [B, N, C]; buckets [B, N, N]; key_mask [B, N] bool."""
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        """x [B, N, C]; attn_bias [B, H, N, N]: this layer's relative-position bias with the padding mask (attention_biases)."""
         h = self.norm(x)
         q, k, v = self.qkv(h).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [B, H, N, c] each
-        bias = self.bias(buckets) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, H, N, c]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # [B, H, N, c]
         attended = attended.transpose(1, 2).flatten(-2)
         x = x + self.dropout(self.out(torch.sigmoid(self.gate(h)) * attended))
         return self.transition(x)

@@ -15,7 +15,7 @@ from immunofold.constants import CHAIN_CLASSES, IMGT_MAX_POSITION, KINDS, NUM_RE
 from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
-from immunofold.model.layers import SequenceAttentionLayer, Transition, relative_position_buckets
+from immunofold.model.layers import SequenceAttentionLayer, Transition, attention_biases, relative_position_buckets
 
 NUM_POSITIONS = IMGT_MAX_POSITION + 1  # IMGT 1..128, 0 unused
 
@@ -82,8 +82,8 @@ class StructureBlock(nn.Module):
         nn.init.zeros_(self.frame_update.bias)
         self.torsion = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, NUM_TORSIONS * 2))
 
-    def forward(self, s, s_initial, frames: Frames, buckets, mask):
-        s = self.ipa_norm(s + self.ipa(s, frames, buckets, mask))
+    def forward(self, s, s_initial, frames: Frames, attn_bias):
+        s = self.ipa_norm(s + self.ipa(s, frames, attn_bias))
         s = self.out_norm(self.transition(s))
         update = self.frame_update(s)  # [B, N, 6]: quaternion vector part, translation (Å)
         quat = torch.cat([torch.ones_like(update[..., :1]), update[..., :3]], dim=-1)
@@ -124,16 +124,19 @@ class ImmunoFoldNet(nn.Module):
         """Returns frames per block, torsions per block ([B, N, 5, 2]), atom14 [B, N, 14, 3] Å, error logits [B, N, bins]."""
         mask = batch["residue_mask"]
         buckets = relative_position_buckets(batch["chain_slot"])
+        bias_modules = [layer.bias for layer in self.trunk] + [block.ipa.bias for block in self.blocks]
+        biases = attention_biases(bias_modules, buckets, mask)  # [B, H, N, N] per trunk layer, then per IPA block
+        trunk_biases, block_biases = biases[: len(self.trunk)], biases[len(self.trunk) :]
         s = self.embedding(batch)
-        for layer in self.trunk:
-            s = layer(s, buckets, mask)
+        for layer, attn_bias in zip(self.trunk, trunk_biases):
+            s = layer(s, attn_bias)
         s = self.single_norm(s)
         s_initial = s
         frames = self.initial_frames(batch)
         all_frames, all_torsions = [], []
-        steps = [block for _ in range(self.config.structure_passes) for block in self.blocks]
-        for i, block in enumerate(steps):
-            s, frames, torsions = block(s, s_initial, frames, buckets, mask)
+        steps = [(block, attn_bias) for _ in range(self.config.structure_passes) for block, attn_bias in zip(self.blocks, block_biases)]
+        for i, (block, attn_bias) in enumerate(steps):
+            s, frames, torsions = block(s, s_initial, frames, attn_bias)
             all_frames.append(frames)
             all_torsions.append(torsions)
             if i < len(steps) - 1:
