@@ -13,7 +13,8 @@ def reference_ipa(ipa: InvariantPointAttention, s, frames: Frames, buckets, key_
     b, n, _ = s.shape
     h, c, pq, pv = ipa.h, ipa.c, ipa.pq, ipa.pv
     q, k, v = ipa.scalar_qkv(s).view(b, n, 3, h, c).unbind(2)
-    q_pts, k_pts = frames.unsqueeze(-1).apply(ipa.point_qk(s).view(b, n, 2 * h * pq, 3)).view(b, n, 2, h, pq, 3).unbind(2)
+    points = frames.unsqueeze(-1).apply(ipa.point_qk(s).view(b, n, 2 * h * pq, 3))
+    q_pts, k_pts = points.view(b, n, 2, h, pq, 3).unbind(2)
     v_pts = frames.unsqueeze(-1).apply(ipa.point_v(s).view(b, n, h * pv, 3)).view(b, n, h, pv, 3)
     sq_dist = ((q_pts[:, :, None] - k_pts[:, None]) ** 2).sum((-1, -2))  # [B, Nq, Nk, H]
     gamma = F.softplus(ipa.point_weight) * math.sqrt(2 / (9 * pq)) / 2

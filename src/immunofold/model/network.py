@@ -134,7 +134,7 @@ class ImmunoFoldNet(nn.Module):
         s_initial = s
         frames = self.initial_frames(batch)
         all_frames, all_torsions = [], []
-        steps = [(block, attn_bias) for _ in range(self.config.structure_passes) for block, attn_bias in zip(self.blocks, block_biases)]
+        steps = list(zip(self.blocks, block_biases)) * self.config.structure_passes  # [(block, its bias)] in order
         for i, (block, attn_bias) in enumerate(steps):
             s, frames, torsions = block(s, s_initial, frames, attn_bias)
             all_frames.append(frames)
