@@ -5,7 +5,7 @@ from torch.nn import functional as F
 
 from immunofold.geometry import Frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
-from immunofold.model.layers import attention_biases
+from immunofold.model.layers import NUM_RELATIVE_BUCKETS, attention_biases
 
 
 def reference_ipa(ipa: InvariantPointAttention, s, frames: Frames, buckets, key_mask):
@@ -19,7 +19,8 @@ def reference_ipa(ipa: InvariantPointAttention, s, frames: Frames, buckets, key_
     sq_dist = ((q_pts[:, :, None] - k_pts[:, None]) ** 2).sum((-1, -2))  # [B, Nq, Nk, H]
     gamma = F.softplus(ipa.point_weight) * math.sqrt(2 / (9 * pq)) / 2
     logits = math.sqrt(1 / 3) * (torch.einsum("bihc,bjhc->bijh", q, k) / math.sqrt(c) - gamma * sq_dist)
-    logits = logits.permute(0, 3, 1, 2) + ipa.bias.embedding(buckets).permute(0, 3, 1, 2) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
+    bias = ipa.bias.embedding(buckets).permute(0, 3, 1, 2) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
+    logits = logits.permute(0, 3, 1, 2) + bias
     attention = torch.softmax(logits, -1)
     out_scalar = torch.einsum("bhij,bjhc->bihc", attention, v).flatten(2)
     out_points = frames.unsqueeze(-1).invert_apply(torch.einsum("bhij,bjhpx->bihpx", attention, v_pts).flatten(2, 3))
@@ -37,7 +38,7 @@ def test_fused_ipa_matches_the_written_out_formula_and_its_gradients():
     ipa = InvariantPointAttention(64)
     s = torch.randn(2, 40, 64, requires_grad=True)
     frames = random_frames(2, 40)
-    buckets = torch.randint(0, 67, (2, 40, 40))
+    buckets = torch.randint(0, NUM_RELATIVE_BUCKETS, (2, 40, 40))
     key_mask = torch.ones(2, 40, dtype=torch.bool)
     key_mask[1, 30:] = False  # a shorter second record, padded
 
@@ -53,8 +54,8 @@ def test_ipa_is_invariant_to_a_global_rotation_and_translation():
     torch.manual_seed(1)
     ipa = InvariantPointAttention(32, num_heads=4)
     s, frames = torch.randn(1, 25, 32), random_frames(1, 25)
-    buckets, key_mask = torch.randint(0, 67, (1, 25, 25)), torch.ones(1, 25, dtype=torch.bool)
-    turn = Frames(quaternion_to_rotation(F.normalize(torch.randn(1, 1, 4), dim=-1)), torch.tensor([[[30.0, -12.0, 5.0]]]))
+    buckets, key_mask = torch.randint(0, NUM_RELATIVE_BUCKETS, (1, 25, 25)), torch.ones(1, 25, dtype=torch.bool)
+    turn = random_frames(1, 1, spread=30.0)  # one global rotation and translation
     moved = turn.compose(frames)
     attn_bias = attention_biases([ipa.bias], buckets, key_mask)[0]
     assert torch.allclose(ipa(s, frames, attn_bias), ipa(s, moved, attn_bias), atol=1e-4)
