@@ -23,3 +23,49 @@ def test_structure_passes_reuse_the_block_weights_and_refine_further(nanobody_at
     assert len(out_one["frames"]) == 2 and len(out_two["frames"]) == 4
     assert torch.allclose(out_two["frames"][1].trans, out_one["frames"][1].trans)  # the first pass is the one-pass model
     assert (out_two["atom14"] - out_one["atom14"]).abs().max() > 1e-3
+
+
+def test_cysteine_pair_bias_reaches_only_cysteine_pairs_and_loads_over_older_weights(nanobody_atoms):
+    """The cysteine-pair bias starts at zero (a model started from older weights predicts as they did), changes the
+    attention only between two different cysteines, and older weights load into it with just the new biases missing."""
+    from immunofold.constants import RESTYPE_INDEX
+    from immunofold.model.layers import attention_biases, cysteine_pairs, relative_position_buckets
+    from immunofold.train.loop import load_init_weights
+
+    example = featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])
+    batch = collate([example])
+    small = dict(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)
+    torch.manual_seed(0)
+    older = ImmunoFoldNet(ModelConfig(**small)).eval()
+    older.template_atoms.normal_(std=5.0)
+    newer = ImmunoFoldNet(ModelConfig(**small, cysteine_pair_bias=True)).eval()
+    added = load_init_weights(newer, older.state_dict())
+    assert sorted(added) == ["blocks.0.ipa.bias.cysteine", "blocks.1.ipa.bias.cysteine", "trunk.0.bias.cysteine"]
+    with torch.no_grad():
+        assert torch.equal(older(batch)["atom14"], newer(batch)["atom14"])
+
+    is_cysteine = batch["restype"] == RESTYPE_INDEX["C"]
+    pairs = cysteine_pairs(is_cysteine)  # [1, N, N]
+    assert int(is_cysteine.sum()) >= 2 and int(pairs.sum()) == int(is_cysteine.sum()) * (int(is_cysteine.sum()) - 1)
+    assert not pairs[0].diagonal().any()
+    modules = [newer.trunk[0].bias]
+    with torch.no_grad():
+        modules[0].cysteine.copy_(torch.arange(1.0, 5.0))
+    buckets = relative_position_buckets(batch["chain_slot"])
+    with_pairs = attention_biases(modules, buckets, batch["residue_mask"], pairs)[0]
+    without = attention_biases(modules, buckets, batch["residue_mask"])[0]
+    difference = with_pairs - without  # [1, H, N, N]
+    assert torch.equal(difference[0, :, pairs[0]], torch.arange(1.0, 5.0)[:, None].expand(4, int(pairs.sum())))
+    assert (difference[0, :, ~pairs[0]] == 0).all()
+
+
+def test_init_weights_must_fit_apart_from_zero_initialised_additions():
+    import pytest
+
+    from immunofold.train.loop import load_init_weights
+
+    model = ImmunoFoldNet(ModelConfig(dim=32, trunk_layers=1, ipa_blocks=1, ipa_heads=4, trunk_heads=4))
+    state = model.state_dict()
+    del state["trunk.0.qkv.weight"]
+    with pytest.raises(ValueError, match="trunk.0.qkv.weight"):
+        load_init_weights(model, state)

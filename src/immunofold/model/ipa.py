@@ -19,14 +19,22 @@ from immunofold.model.layers import RelativePositionBias
 class InvariantPointAttention(nn.Module):
     """s [B, N, C], frames [B, N] -> update [B, N, C]; invariant to global rotations and translations."""
 
-    def __init__(self, dim: int, num_heads: int = 8, head_dim: int = 16, query_points: int = 4, value_points: int = 8):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        head_dim: int = 16,
+        query_points: int = 4,
+        value_points: int = 8,
+        cysteine_pair: bool = False,
+    ):
         super().__init__()
         self.h, self.c, self.pq, self.pv = num_heads, head_dim, query_points, value_points
         self.scalar_qkv = nn.Linear(dim, 3 * num_heads * head_dim)
         self.point_qk = nn.Linear(dim, 2 * num_heads * query_points * 3)
         self.point_v = nn.Linear(dim, num_heads * value_points * 3)
         self.point_weight = nn.Parameter(torch.full((num_heads,), math.log(math.e - 1)))  # softplus -> 1
-        self.bias = RelativePositionBias(num_heads)
+        self.bias = RelativePositionBias(num_heads, cysteine_pair)
         self.out = nn.Linear(num_heads * (head_dim + value_points * 4), dim)
 
     def forward(self, s: torch.Tensor, frames: Frames, attn_bias: torch.Tensor) -> torch.Tensor:

@@ -26,21 +26,42 @@ def relative_position_buckets(chain_slot: torch.Tensor) -> torch.Tensor:
 NUM_RELATIVE_BUCKETS = 2 * MAX_RELATIVE_OFFSET + 3
 
 
-class RelativePositionBias(nn.Module):
-    """Learned per-head attention bias for each relative position bucket; `attention_biases` looks them up."""
+def cysteine_pairs(is_cysteine: torch.Tensor) -> torch.Tensor:
+    """[*, N] bool -> [*, N, N] bool: pairs of two different cysteines (possible disulfides)."""
+    pairs = is_cysteine.unsqueeze(-1) & is_cysteine.unsqueeze(-2)
+    return pairs & ~torch.eye(is_cysteine.shape[-1], dtype=torch.bool, device=is_cysteine.device)
 
-    def __init__(self, num_heads: int):
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head attention bias for each relative position bucket; `attention_biases` looks them up.
+
+    With `cysteine_pair`, also a learned per-head bias (zero at start) for pairs of two cysteines, so attention
+    can find a disulfide partner, e.g. the extra CDR3-CDR2 or CDR3-CDR1 cysteine pair of many nanobodies.
+    """
+
+    def __init__(self, num_heads: int, cysteine_pair: bool = False):
         super().__init__()
         self.embedding = nn.Embedding(NUM_RELATIVE_BUCKETS, num_heads)
+        self.cysteine = nn.Parameter(torch.zeros(num_heads)) if cysteine_pair else None
 
 
-def attention_biases(modules: list[RelativePositionBias], buckets: torch.Tensor, key_mask: torch.Tensor) -> list[torch.Tensor]:
+def attention_biases(
+    modules: list[RelativePositionBias],
+    buckets: torch.Tensor,
+    key_mask: torch.Tensor,
+    cysteine_pair: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
     """Each module's bias plus the padding mask, [B, H, N, N] each, from one lookup in the modules' joined tables.
 
-    buckets [B, N, N] (relative_position_buckets); key_mask [B, N] bool (False: padding, never attended to).
+    buckets [B, N, N] (relative_position_buckets); key_mask [B, N] bool (False: padding, never attended to);
+    cysteine_pair [B, N, N] bool (cysteine_pairs), used by modules that have a cysteine-pair bias.
     """
     table = torch.cat([module.embedding.weight for module in modules], dim=-1)  # [buckets, sum of H]
     biases = F.embedding(buckets, table).permute(0, 3, 1, 2) + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
+    if cysteine_pair is not None and any(module.cysteine is not None for module in modules):
+        zeros = [m.embedding.weight.new_zeros(m.embedding.embedding_dim) for m in modules]
+        per_head = torch.cat([zero if m.cysteine is None else m.cysteine for m, zero in zip(modules, zeros)])  # [sum of H]
+        biases = biases + cysteine_pair[:, None].to(biases.dtype) * per_head[:, None, None]  # [B, sum of H, N, N]
     return list(biases.split([module.embedding.embedding_dim for module in modules], dim=1))
 
 
@@ -64,14 +85,14 @@ class SequenceAttentionLayer(nn.Module):
     `dropout` (training only) drops elements of both residual updates.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, cysteine_pair: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.gate = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.bias = RelativePositionBias(num_heads)
+        self.bias = RelativePositionBias(num_heads, cysteine_pair)
         self.transition = Transition(dim, dropout=dropout)
         self.dropout = nn.Dropout(dropout)
 

@@ -11,11 +11,17 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from immunofold.constants import CHAIN_CLASSES, IMGT_MAX_POSITION, KINDS, NUM_RESTYPES, NUM_TORSIONS, UNKNOWN_RESTYPE
+from immunofold.constants import CHAIN_CLASSES, IMGT_MAX_POSITION, KINDS, NUM_RESTYPES, NUM_TORSIONS, RESTYPE_INDEX, UNKNOWN_RESTYPE
 from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
-from immunofold.model.layers import SequenceAttentionLayer, Transition, attention_biases, relative_position_buckets
+from immunofold.model.layers import (
+    SequenceAttentionLayer,
+    Transition,
+    attention_biases,
+    cysteine_pairs,
+    relative_position_buckets,
+)
 
 NUM_POSITIONS = IMGT_MAX_POSITION + 1  # IMGT 1..128, 0 unused
 
@@ -32,6 +38,7 @@ class ModelConfig:
     error_max: float = 8.0  # Å; upper edge of the last error bin
     dropout: float = 0.0  # training only: dropout on the trunk layers' residual updates
     restype_dropout: float = 0.0  # training only: fraction of residues whose type the embedding sees as unknown
+    cysteine_pair_bias: bool = False  # attention (trunk and IPA) gets a learned bias for pairs of two cysteines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,9 +78,9 @@ class ResidueEmbedding(nn.Module):
 class StructureBlock(nn.Module):
     """IPA + transition, then a frame update and torsion prediction."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, cysteine_pair: bool = False):
         super().__init__()
-        self.ipa = InvariantPointAttention(dim, num_heads=heads)
+        self.ipa = InvariantPointAttention(dim, num_heads=heads, cysteine_pair=cysteine_pair)
         self.ipa_norm = nn.LayerNorm(dim)
         self.transition = Transition(dim)
         self.out_norm = nn.LayerNorm(dim)
@@ -99,10 +106,13 @@ class ImmunoFoldNet(nn.Module):
         self.config = config
         self.embedding = ResidueEmbedding(config.dim, config.restype_dropout)
         self.trunk = nn.ModuleList(
-            SequenceAttentionLayer(config.dim, config.trunk_heads, config.dropout) for _ in range(config.trunk_layers)
+            SequenceAttentionLayer(config.dim, config.trunk_heads, config.dropout, config.cysteine_pair_bias)
+            for _ in range(config.trunk_layers)
         )
         self.single_norm = nn.LayerNorm(config.dim)
-        self.blocks = nn.ModuleList(StructureBlock(config.dim, config.ipa_heads) for _ in range(config.ipa_blocks))
+        self.blocks = nn.ModuleList(
+            StructureBlock(config.dim, config.ipa_heads, config.cysteine_pair_bias) for _ in range(config.ipa_blocks)
+        )
         self.error_head = nn.Sequential(
             nn.LayerNorm(config.dim), nn.Linear(config.dim, config.dim), nn.ReLU(), nn.Linear(config.dim, config.error_bins)
         )
@@ -125,7 +135,10 @@ class ImmunoFoldNet(nn.Module):
         mask = batch["residue_mask"]
         buckets = relative_position_buckets(batch["chain_slot"])
         bias_modules = [layer.bias for layer in self.trunk] + [block.ipa.bias for block in self.blocks]
-        biases = attention_biases(bias_modules, buckets, mask)  # [B, H, N, N] per trunk layer, then per IPA block
+        cysteines = None
+        if self.config.cysteine_pair_bias:
+            cysteines = cysteine_pairs((batch["restype"] == RESTYPE_INDEX["C"]) & mask)  # [B, N, N]
+        biases = attention_biases(bias_modules, buckets, mask, cysteines)  # [B, H, N, N] per trunk layer, then per IPA block
         trunk_biases, block_biases = biases[: len(self.trunk)], biases[len(self.trunk) :]
         s = self.embedding(batch)
         for layer, attn_bias in zip(self.trunk, trunk_biases):

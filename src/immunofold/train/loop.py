@@ -168,6 +168,18 @@ def build_model(config: TrainConfig, device: torch.device) -> ImmunoFoldNet:
     return ImmunoFoldNet(config.model).to(device)
 
 
+ZERO_INIT_SUFFIXES = (".bias.cysteine",)  # parameters a config may add to an init_from model; they start at zero
+
+
+def load_init_weights(model: ImmunoFoldNet, state: dict) -> list[str]:
+    """Load `state` into `model`; only zero-initialised additions (ZERO_INIT_SUFFIXES) may be missing. Returns those."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    not_new = [k for k in missing if not k.endswith(ZERO_INIT_SUFFIXES)]
+    if not_new or unexpected:
+        raise ValueError(f"init_from weights do not fit the model: missing {not_new}, unexpected {unexpected}")
+    return missing
+
+
 def train(config: TrainConfig, log=print) -> dict:
     """Train (or continue training) one model; returns the best val summary."""
     torch.set_num_threads(config.threads)
@@ -209,8 +221,8 @@ def train(config: TrainConfig, log=print) -> dict:
         if config.fit_epochs_to_minutes is not None and "fitted_epochs" in state:  # keep the schedule chosen before
             config.epochs, config.fit_epochs_to_minutes = state["fitted_epochs"], None
     elif config.init_from:
-        model.load_state_dict(load_weights(config.init_from)[0])
-        log(f"started {config.name} from {config.init_from}")
+        added = load_init_weights(model, load_weights(config.init_from)[0])
+        log(f"started {config.name} from {config.init_from}" + (f" ({len(added)} new zero-initialised tensors)" if added else ""))
     else:
         structures = cached_examples(config.data_root, config.train_split, config.cache_dir)
         model.template_atoms.copy_(build_template(structures).to(device))
