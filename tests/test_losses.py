@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from immunofold.constants import RESTYPE_INDEX
 from immunofold.geometry import backbone_frames
-from immunofold.train.losses import clash_loss, fape, peptide_bond_loss
+from immunofold.train.losses import clash_loss, disulfide_loss, fape, peptide_bond_loss
 
 
 def batch_of(nanobody_atoms):
@@ -37,6 +38,24 @@ def test_violation_losses_small_on_a_crystal_structure_and_large_when_broken(nan
     squashed[:, 50] = squashed[:, 20]  # a residue on top of another
     assert peptide_bond_loss(squashed, atom14, mask, residue_mask, slot).item() > 0.01
     assert clash_loss(squashed, mask, residue_mask, slot, restype).item() > 0.2 + 10 * crystal_clash
+
+
+def test_disulfide_loss_is_the_sg_distance_error_of_bonded_cysteines_only(nanobody_atoms):
+    """Zero on the truth; moving one SG of the 7F5G disulfide by 3 Å along the bond costs 3 Å (/ FAPE_SCALE = 10),
+    moving an SG-free atom or a cysteine's CB costs nothing."""
+    atom14, mask, restype = batch_of(nanobody_atoms)
+    cysteines = (restype[0] == RESTYPE_INDEX["C"]).nonzero().flatten()
+    first, second = cysteines[:2]
+    assert (atom14[0, first, 5] - atom14[0, second, 5]).norm() < 2.5  # the canonical IMGT 23-104 disulfide
+    assert disulfide_loss(atom14, atom14, mask, restype).item() < 1e-3
+    moved = atom14.clone()
+    bond = atom14[0, second, 5] - atom14[0, first, 5]
+    moved[0, second, 5] += 3.0 * bond / bond.norm()
+    assert disulfide_loss(moved, atom14, mask, restype).item() == pytest.approx(0.3, abs=1e-3)
+    elsewhere = atom14.clone()
+    elsewhere[0, first, 4] += 3.0
+    elsewhere[0, 10, 1] += 3.0
+    assert disulfide_loss(elsewhere, atom14, mask, restype).item() < 1e-3
 
 
 def test_cdr3_weight_scales_only_the_cdr3_share_of_fape(nanobody_atoms):

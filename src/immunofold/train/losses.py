@@ -21,6 +21,7 @@ BOND_TOLERANCE = 0.05  # Å
 CLASH_NEIGHBOURS = 16  # residues per residue considered for clashes
 ALL_ATOM_FAPE_FRAMES = 48  # frames sampled per batch for the all-atom FAPE (its cost is frames x atoms)
 CDR_RMSD_WEIGHTS = {1: 1.0, 2: 1.0, 3: 2.0}  # weight of each CDR in the superposed CDR RMSD loss
+DISULFIDE_MAX_DISTANCE = 2.5  # Å; two cysteine SG atoms closer than this in the truth form a disulfide
 
 
 def fape(pred_frames: Frames, true_frames: Frames, frame_mask, pred_points, true_points, point_weight) -> torch.Tensor:
@@ -67,6 +68,23 @@ def peptide_bond_loss(pred_atom14, true_atom14, true_mask, residue_mask, chain_s
     )
     penalty = F.relu((pred_bond - PEPTIDE_BOND_LENGTH).abs() - BOND_TOLERANCE)
     return (penalty * bonded).sum(-1) / bonded.sum(-1).clamp(min=1)
+
+
+def disulfide_loss(pred_atom14, true_atom14, true_mask, restype) -> torch.Tensor:
+    """Mean |predicted - true| SG-SG distance (Å / FAPE_SCALE) over the truth's disulfides, per example [B].
+
+    A direct pair signal: a loop held by a disulfide to another loop (common in nanobodies) is placed
+    by its partner, which FAPE over single atoms rewards only weakly.
+    """
+    has_sg = (restype == RESTYPE_INDEX["C"]) & true_mask[..., 5]  # [B, N]
+    pred_sg, true_sg = pred_atom14[..., 5, :], true_atom14[..., 5, :]  # [B, N, 3]
+    pred_distance = torch.sqrt(((pred_sg[:, :, None] - pred_sg[:, None]) ** 2).sum(-1) + 1e-6)  # [B, N, N]
+    true_distance = torch.sqrt(((true_sg[:, :, None] - true_sg[:, None]) ** 2).sum(-1) + 1e-6)
+    n = restype.shape[-1]
+    bonded = has_sg[:, :, None] & has_sg[:, None, :] & (true_distance < DISULFIDE_MAX_DISTANCE)
+    bonded = bonded & ~torch.eye(n, dtype=torch.bool, device=restype.device)
+    error = (pred_distance - true_distance).abs() * bonded
+    return error.sum((1, 2)) / bonded.sum((1, 2)).clamp(min=1) / FAPE_SCALE
 
 
 def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> torch.Tensor:
@@ -178,6 +196,7 @@ def total_loss(
     ).mean(0)
     terms["bond"] = peptide_bond_loss(pred_atom14, true_atom14, true_mask, residue_mask, batch["chain_slot"])
     terms["clash"] = clash_loss(pred_atom14, atom_exists, residue_mask, batch["chain_slot"], restype)
+    terms["disulfide"] = disulfide_loss(pred_atom14, true_atom14, true_mask, restype)
     # One framework superposition per chain serves the CDR RMSD loss and the error head's target.
     moved = superpose_chains(pred_atom14, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
     terms["cdr_rmsd"] = cdr_rmsd(moved, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
