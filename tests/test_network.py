@@ -29,7 +29,7 @@ def test_cysteine_pair_bias_reaches_only_cysteine_pairs_and_loads_over_older_wei
     """The cysteine-pair bias starts at zero (a model started from older weights predicts as they did), changes the
     attention only between two different cysteines, and older weights load into it with just the new biases missing."""
     from immunofold.constants import RESTYPE_INDEX
-    from immunofold.model.layers import attention_biases, cysteine_pairs, relative_position_buckets
+    from immunofold.model.layers import CYSTEINE_BIAS_SCALE, attention_biases, cysteine_pairs, relative_position_buckets
     from immunofold.train.loop import load_init_weights
 
     example = featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])
@@ -55,7 +55,8 @@ def test_cysteine_pair_bias_reaches_only_cysteine_pairs_and_loads_over_older_wei
     with_pairs = attention_biases(modules, buckets, batch["residue_mask"], pairs)[0]
     without = attention_biases(modules, buckets, batch["residue_mask"])[0]
     difference = with_pairs - without  # [1, H, N, N]
-    assert torch.equal(difference[0, :, pairs[0]], torch.arange(1.0, 5.0)[:, None].expand(4, int(pairs.sum())))
+    expected = CYSTEINE_BIAS_SCALE * torch.arange(1.0, 5.0)[:, None].expand(4, int(pairs.sum()))
+    assert torch.equal(difference[0, :, pairs[0]], expected)
     assert (difference[0, :, ~pairs[0]] == 0).all()
 
 

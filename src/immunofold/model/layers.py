@@ -24,6 +24,7 @@ def relative_position_buckets(chain_slot: torch.Tensor) -> torch.Tensor:
 
 
 NUM_RELATIVE_BUCKETS = 2 * MAX_RELATIVE_OFFSET + 3
+CYSTEINE_BIAS_SCALE = 5.0  # the cysteine-pair bias is scale x parameter: with Adam it learns 5x faster than at 1
 
 
 def cysteine_pairs(is_cysteine: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,8 @@ class RelativePositionBias(nn.Module):
     """Learned per-head attention bias for each relative position bucket; `attention_biases` looks them up.
 
     With `cysteine_pair`, also a learned per-head bias (zero at start) for pairs of two cysteines, so attention
-    can find a disulfide partner, e.g. the extra CDR3-CDR2 or CDR3-CDR1 cysteine pair of many nanobodies.
+    can find a disulfide partner, e.g. the extra CDR3-CDR2 or CDR3-CDR1 cysteine pair of many nanobodies. It is
+    CYSTEINE_BIAS_SCALE x its parameter: starting at zero, unscaled it moved only ~0.1 in two epochs.
     """
 
     def __init__(self, num_heads: int, cysteine_pair: bool = False):
@@ -61,6 +63,7 @@ def attention_biases(
     if cysteine_pair is not None and any(module.cysteine is not None for module in modules):
         zeros = [m.embedding.weight.new_zeros(m.embedding.embedding_dim) for m in modules]
         per_head = torch.cat([zero if m.cysteine is None else m.cysteine for m, zero in zip(modules, zeros)])  # [sum of H]
+        per_head = CYSTEINE_BIAS_SCALE * per_head
         biases = biases + cysteine_pair[:, None].to(biases.dtype) * per_head[:, None, None]  # [B, sum of H, N, N]
     return list(biases.split([module.embedding.embedding_dim for module in modules], dim=1))
 
