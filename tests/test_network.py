@@ -70,3 +70,31 @@ def test_init_weights_must_fit_apart_from_zero_initialised_additions():
     del state["trunk.0.qkv.weight"]
     with pytest.raises(ValueError, match="trunk.0.qkv.weight"):
         load_init_weights(model, state)
+
+
+def test_pair_bias_starts_with_no_effect_and_then_steers_the_structure(nanobody_atoms):
+    """A model with pair features (pair_dim > 0) started from older weights predicts as they did; once its bias readout
+    is non-zero the atoms move, and the features depend on both residues (not a per-residue bias)."""
+    from immunofold.model.layers import relative_position_buckets
+    from immunofold.train.loop import load_init_weights
+
+    example = featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])
+    batch = collate([example])
+    small = dict(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)
+    torch.manual_seed(0)
+    older = ImmunoFoldNet(ModelConfig(**small)).eval()
+    older.template_atoms.normal_(std=5.0)
+    for block in older.blocks:
+        torch.nn.init.normal_(block.frame_update.weight, std=0.05)
+    newer = ImmunoFoldNet(ModelConfig(**small, pair_dim=8)).eval()
+    added = load_init_weights(newer, older.state_dict())
+    assert added and all(name.startswith("pair_bias.") for name in added)
+    with torch.no_grad():
+        assert torch.equal(older(batch)["atom14"], newer(batch)["atom14"])
+        torch.nn.init.normal_(newer.pair_bias.to_bias.weight, std=1.0)
+        assert (newer(batch)["atom14"] - older(batch)["atom14"]).abs().max() > 1e-3
+        s = torch.randn(1, 6, 32)
+        biases = newer.pair_bias(s, relative_position_buckets(torch.zeros(1, 6, dtype=torch.long)))
+    assert len(biases) == 2 and biases[0].shape == (1, 4, 6, 6)
+    rows_minus_row_mean = biases[0] - biases[0].mean(-1, keepdim=True)
+    assert rows_minus_row_mean.abs().max() > 1e-3  # within a query row, keys get different biases

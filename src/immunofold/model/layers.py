@@ -68,6 +68,32 @@ def attention_biases(
     return list(biases.split([module.embedding.embedding_dim for module in modules], dim=1))
 
 
+class PairBias(nn.Module):
+    """Per-head attention biases from pair features of the single representation, for `num_targets` attention modules.
+
+    z_ij = relu(a_i + b_j + r(bucket_ij)) [B, N, N, P] is additive (not bilinear) in i and j, so it can express what a
+    query-key dot product cannot; bias_ij = W z_ij [B, targets * H, N, N]. W starts at zero: no effect at first, and
+    weights trained without it load unchanged.
+    """
+
+    def __init__(self, dim: int, pair_dim: int, num_heads: int, num_targets: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.left = nn.Linear(dim, pair_dim)
+        self.right = nn.Linear(dim, pair_dim, bias=False)
+        self.relative = nn.Embedding(NUM_RELATIVE_BUCKETS, pair_dim)
+        self.to_bias = nn.Linear(pair_dim, num_heads * num_targets)
+        nn.init.zeros_(self.to_bias.weight)
+        nn.init.zeros_(self.to_bias.bias)
+        self.num_heads = num_heads
+
+    def forward(self, s: torch.Tensor, buckets: torch.Tensor) -> list[torch.Tensor]:
+        """s [B, N, C], buckets [B, N, N] -> one [B, H, N, N] bias per target."""
+        h = self.norm(s)
+        pair = F.relu(self.left(h)[:, :, None] + self.right(h)[:, None, :] + self.relative(buckets))  # [B, N, N, P]
+        return list(self.to_bias(pair).permute(0, 3, 1, 2).split(self.num_heads, dim=1))
+
+
 class Transition(nn.Module):
     """Residual two-layer MLP with pre-layer-norm: [*, N, C] -> [*, N, C]."""
 

@@ -16,6 +16,7 @@ from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
 from immunofold.model.layers import (
+    PairBias,
     SequenceAttentionLayer,
     Transition,
     attention_biases,
@@ -39,6 +40,7 @@ class ModelConfig:
     dropout: float = 0.0  # training only: dropout on the trunk layers' residual updates
     restype_dropout: float = 0.0  # training only: fraction of residues whose type the embedding sees as unknown
     cysteine_pair_bias: bool = False  # attention (trunk and IPA) gets a learned bias for pairs of two cysteines
+    pair_dim: int = 0  # > 0: IPA attention also gets biases from pair features of the trunk output (layers.PairBias)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +115,8 @@ class ImmunoFoldNet(nn.Module):
         self.blocks = nn.ModuleList(
             StructureBlock(config.dim, config.ipa_heads, config.cysteine_pair_bias) for _ in range(config.ipa_blocks)
         )
+        if config.pair_dim > 0:
+            self.pair_bias = PairBias(config.dim, config.pair_dim, config.ipa_heads, config.ipa_blocks)
         self.error_head = nn.Sequential(
             nn.LayerNorm(config.dim), nn.Linear(config.dim, config.dim), nn.ReLU(), nn.Linear(config.dim, config.error_bins)
         )
@@ -145,6 +149,8 @@ class ImmunoFoldNet(nn.Module):
             s = layer(s, attn_bias)
         s = self.single_norm(s)
         s_initial = s
+        if self.config.pair_dim > 0:
+            block_biases = [bias + pair for bias, pair in zip(block_biases, self.pair_bias(s, buckets))]
         frames = self.initial_frames(batch)
         all_frames, all_torsions = [], []
         steps = list(zip(self.blocks, block_biases)) * self.config.structure_passes  # [(block, its bias)] in order

@@ -168,13 +168,13 @@ def build_model(config: TrainConfig, device: torch.device) -> ImmunoFoldNet:
     return ImmunoFoldNet(config.model).to(device)
 
 
-ZERO_INIT_SUFFIXES = (".bias.cysteine",)  # parameters a config may add to an init_from model; they start at zero
+ZERO_EFFECT_ADDITIONS = (".bias.cysteine", "pair_bias.")  # modules a config may add to an init_from model; no effect at start
 
 
 def load_init_weights(model: ImmunoFoldNet, state: dict) -> list[str]:
-    """Load `state` into `model`; only zero-initialised additions (ZERO_INIT_SUFFIXES) may be missing. Returns those."""
+    """Load `state` into `model`; only additions that start with no effect (ZERO_EFFECT_ADDITIONS) may be missing. Returns those."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    not_new = [k for k in missing if not k.endswith(ZERO_INIT_SUFFIXES)]
+    not_new = [k for k in missing if not any(part in k for part in ZERO_EFFECT_ADDITIONS)]
     if not_new or unexpected:
         raise ValueError(f"init_from weights do not fit the model: missing {not_new}, unexpected {unexpected}")
     return missing
@@ -222,7 +222,7 @@ def train(config: TrainConfig, log=print) -> dict:
             config.epochs, config.fit_epochs_to_minutes = state["fitted_epochs"], None
     elif config.init_from:
         added = load_init_weights(model, load_weights(config.init_from)[0])
-        log(f"started {config.name} from {config.init_from}" + (f" ({len(added)} new zero-initialised tensors)" if added else ""))
+        log(f"started {config.name} from {config.init_from}" + (f" ({len(added)} new tensors, no effect at start)" if added else ""))
     else:
         structures = cached_examples(config.data_root, config.train_split, config.cache_dir)
         model.template_atoms.copy_(build_template(structures).to(device))
