@@ -17,7 +17,9 @@ import os
 import numpy as np
 import torch
 
-SPLITS = ("train", "val", "aux")
+from immunofold.data.aux import AUX_CACHE_NAME
+
+SPLITS = ("train", "val", AUX_CACHE_NAME)
 COORDINATE_STEP = 0.01  # Å
 
 

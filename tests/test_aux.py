@@ -60,3 +60,30 @@ def test_records_with_too_little_backbone_or_of_known_entries_are_skipped(nanobo
         "aux:7F5G: already a train or val entry",
         "aux:2bad: fewer than 80% of residues have a complete backbone",
     ]
+
+
+def test_records_redundant_with_a_val_heavy_chain_are_skipped(nanobody_atoms, tmp_path):
+    """The data README's rule for train applies to aux records too: identical CDR3, or >= 95% identity over the
+    shared IMGT positions, to a val heavy chain."""
+    example = aux_example(record_from(nanobody_atoms))
+    positions, sequence = example["positions"][0], example["sequences"][0]
+    cdr3_index = [i for i, (number, _) in enumerate(positions) if 105 <= number <= 117]
+    framework_index = [i for i, (number, _) in enumerate(positions) if number < 105][:20]
+    other_cdr3 = list(sequence)
+    other_cdr3[cdr3_index[2]] = "W" if sequence[cdr3_index[2]] != "W" else "Y"  # one CDR3 change: 99% identity
+    far = list(other_cdr3)
+    for i in framework_index:  # 20 framework changes as well: identity well below 95%
+        far[i] = "W" if sequence[i] != "W" else "Y"
+    path = tmp_path / "aux.jsonl.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write(json.dumps(record_from(nanobody_atoms, pdb="1new")) + "\n")
+    for val_sequence, expected in (
+        (sequence, "CDR3 identical to val entry v"),
+        ("".join(other_cdr3), "99% identical to val entry v"),
+        ("".join(far), None),
+    ):
+        examples, skipped = read_aux_examples(str(path), set(), [("v", positions, val_sequence)])
+        if expected is None:
+            assert [e["name"] for e in examples] == ["aux:1new"] and skipped == []
+        else:
+            assert examples == [] and skipped == [f"aux:1new: {expected}"]

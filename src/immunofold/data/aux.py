@@ -4,7 +4,9 @@ Each record is one heavy chain with N, CA, C, O coordinates and no numbering. It
 same code as prediction (IMGT, anarcism) and becomes a backbone-only example (side-chain atoms masked):
 kind `nanobody` when the domain carries at least two VHH hallmarks, otherwise kind `antibody` with the
 heavy chain alone (an antibody example without its light chain). Records whose PDB id is already a
-train or val entry are left out, so that no structure is counted twice and val stays unseen.
+train or val entry are left out, so that no structure is counted twice, and so are records redundant with a
+val heavy chain by the data README's rule for train (identical CDR3, or >= 95% identical over the shared IMGT
+positions), so that val stays unseen.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import os
 
 import torch
 
-from immunofold.constants import ATOM14_NAMES, ONE_TO_THREE
+from immunofold.constants import ATOM14_NAMES, KINDS, ONE_TO_THREE
 from immunofold.data.features import featurise
-from immunofold.data.sabdab import MIN_BACKBONE_FRACTION, cached, read_summary
+from immunofold.data.sabdab import MIN_BACKBONE_FRACTION, cached, cached_examples, read_summary
 from immunofold.sequences import InputError, clean_sequence, find_domains
 
 BACKBONE_WITH_O = ("N", "CA", "C", "O")  # the atoms a record holds, atom14 slots 0-3 for every residue type
 # VHH hallmark residues at IMGT 42, 49, 50, 52 (the data README's nanobody definition).
 VHH_HALLMARKS = {42: "FY", 49: "EQ", 50: "RC", 52: "FGL"}
 MIN_HALLMARKS = 2
+MAX_IDENTITY_TO_VAL = 0.95  # fraction of shared IMGT positions; the data README's redundancy rule
 
 
 def count_vhh_hallmarks(positions: tuple[tuple[int, str], ...], sequence: str) -> int:
@@ -63,7 +66,32 @@ def aux_example(record: dict) -> dict:
     return example
 
 
-def read_aux_examples(path: str, exclude_pdb_ids: set[str]) -> tuple[list[dict], list[str]]:
+HeavyChain = tuple[str, tuple[tuple[int, str], ...], str]  # (entry name, IMGT positions, sequence)
+
+
+def cdr3(positions: tuple[tuple[int, str], ...], sequence: str) -> str:
+    """Residues at IMGT 105-117."""
+    return "".join(aa for (number, _), aa in zip(positions, sequence) if 105 <= number <= 117)
+
+
+def redundant_with(example: dict, heavy_chains: list[HeavyChain]) -> str | None:
+    """Why the example's heavy chain is redundant with one of `heavy_chains` (identical CDR3, or identity >=
+    MAX_IDENTITY_TO_VAL over the shared IMGT positions), or None."""
+    positions, sequence = example["positions"][0], example["sequences"][0]
+    own_cdr3, residue_at = cdr3(positions, sequence), dict(zip(positions, sequence))
+    for name, other_positions, other_sequence in heavy_chains:
+        if cdr3(other_positions, other_sequence) == own_cdr3:
+            return f"CDR3 identical to val entry {name}"
+        shared = [(key, aa) for key, aa in zip(other_positions, other_sequence) if key in residue_at]
+        identity = sum(residue_at[key] == aa for key, aa in shared) / max(len(shared), 1)
+        if identity >= MAX_IDENTITY_TO_VAL:
+            return f"{identity:.0%} identical to val entry {name}"
+    return None
+
+
+def read_aux_examples(
+    path: str, exclude_pdb_ids: set[str], val_heavy_chains: list[HeavyChain] = ()
+) -> tuple[list[dict], list[str]]:
     """(examples, one-line reasons for skipped records) from a RefineGNN .jsonl.gz file."""
     examples, skipped = [], []
     with gzip.open(path, "rt") as handle:
@@ -73,21 +101,35 @@ def read_aux_examples(path: str, exclude_pdb_ids: set[str]) -> tuple[list[dict],
                 skipped.append(f"aux:{record['pdb']}: already a train or val entry")
                 continue
             try:
-                examples.append(aux_example(record))
+                example = aux_example(record)
             except InputError as error:
                 skipped.append(str(error))
+                continue
+            reason = redundant_with(example, list(val_heavy_chains))
+            if reason:
+                skipped.append(f"aux:{record['pdb']}: {reason}")
+            else:
+                examples.append(example)
     return examples, skipped
 
 
 AUX_FILE = os.path.join("aux", "refinegnn_heavy_backbone.jsonl.gz")
 
 
-def cached_aux_examples(root: str, cache_dir: str) -> list[dict]:
+AUX_CACHE_NAME = "aux-v2"  # v2: records redundant with a val heavy chain are left out (v1 kept one such record)
+
+
+def cached_aux_examples(root: str, cache_dir: str, val_split: str = "val") -> list[dict]:
     """Examples from `<root>/aux/`, built once and cached in `cache_dir` (skip report beside them)."""
 
     def build() -> tuple[list[dict], list[str], str]:
         known = {entry.pdb.lower() for entry in read_summary(root)}
-        examples, skipped = read_aux_examples(os.path.join(root, AUX_FILE), known)
+        val_heavy_chains = [
+            (e["name"], e["positions"][0], e["sequences"][0])
+            for e in cached_examples(root, val_split, cache_dir)
+            if KINDS[int(e["kind"])] in ("antibody", "nanobody")
+        ]
+        examples, skipped = read_aux_examples(os.path.join(root, AUX_FILE), known, val_heavy_chains)
         return examples, skipped, f"{len(skipped)} of {len(examples) + len(skipped)} aux records skipped"
 
-    return cached(cache_dir, "aux", build)
+    return cached(cache_dir, AUX_CACHE_NAME, build)

@@ -102,7 +102,7 @@ def training_examples(config: TrainConfig) -> list[dict]:
     """The unique training examples of a config: its split, the extra backbones it names, its kinds."""
     examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
     if config.aux_kinds:
-        aux = cached_aux_examples(config.data_root, config.cache_dir)
+        aux = cached_aux_examples(config.data_root, config.cache_dir, config.val_split)
         examples = examples + [e for e in aux if KINDS[int(e["kind"])] in config.aux_kinds]
     if config.train_kinds:
         examples = [e for e in examples if KINDS[int(e["kind"])] in config.train_kinds]
