@@ -7,7 +7,6 @@ Every rejection is an `InputError` whose message is one line naming the record a
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -76,41 +75,21 @@ UNRELIABLE_SPECIES = {"rhesus"}
 RELIABLE_SPECIES = [s for s in anarcism.species() if s not in UNRELIABLE_SPECIES]
 
 
-def _reliable(result, sequence: str, record: str):
-    """anarcism domains of one numbered sequence, numbered again without species profiles known to misnumber."""
-    if any(d.species in UNRELIABLE_SPECIES for d in result.domains):
-        result = anarcism.number_sequence(sequence, id=record, allowed_species=RELIABLE_SPECIES)
-    return result.domains
-
-
 def _number(sequence: str, record: str):
     """anarcism domains of a sequence, avoiding species profiles known to misnumber."""
     try:
-        return _reliable(anarcism.number_sequence(sequence, id=record), sequence, record)
+        result = anarcism.number_sequence(sequence, id=record)
+        if any(d.species in UNRELIABLE_SPECIES for d in result.domains):
+            result = anarcism.number_sequence(sequence, id=record, allowed_species=RELIABLE_SPECIES)
     except anarcism.AnarcismError as error:
         raise InputError(record, f"numbering failed ({error})") from None
-
-
-def _number_many(sequences: list[str], records: list[str]) -> list:
-    """anarcism domains of several sequences, numbered in parallel (one anarcism call, a worker per core)."""
-    if len(sequences) < 2:
-        return [_number(sequence, record) for sequence, record in zip(sequences, records)]
-    try:
-        results = anarcism.number_sequences(list(zip(records, sequences)), workers=min(len(sequences), os.cpu_count() or 1))
-        return [_reliable(result, sequence, record) for result, sequence, record in zip(results, sequences, records)]
-    except anarcism.AnarcismError:  # name the record that failed
-        return [_number(sequence, record) for sequence, record in zip(sequences, records)]
+    return result.domains
 
 
 def find_domains(sequence: str, record: str) -> list[NumberedChain]:
     """All V domains in a cleaned sequence, N- to C-terminal (one for a chain, two for an scFv)."""
-    return _numbered_domains(sequence, _number(sequence, record))
-
-
-def _numbered_domains(sequence: str, anarcism_domains) -> list[NumberedChain]:
-    """NumberedChains (IMGT 1-128) of anarcism's domains of a cleaned sequence, N- to C-terminal."""
     domains = []
-    for domain in anarcism_domains:
+    for domain in _number(sequence, record):
         numbered = [r for r in domain.numbering if 1 <= r.position <= 128]
         if len(numbered) < MIN_DOMAIN_LENGTH:
             continue
@@ -138,11 +117,7 @@ def _numbered_domains(sequence: str, anarcism_domains) -> list[NumberedChain]:
 def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = None) -> NumberedChain:
     """Number one chain; it must hold exactly one V domain (of an `allowed` chain class, if given)."""
     cleaned = clean_sequence(sequence, record)
-    return _single_domain(cleaned, find_domains(cleaned, record), record, allowed)
-
-
-def _single_domain(cleaned: str, domains: list[NumberedChain], record: str, allowed: tuple[str, ...] | None) -> NumberedChain:
-    """The one V domain of a chain (of an `allowed` chain class, if given), with a note on what was trimmed."""
+    domains = find_domains(cleaned, record)
     if not domains:
         raise InputError(record, "no antibody or TCR variable domain found (not an immune receptor V domain?)")
     if len(domains) > 1:
@@ -172,19 +147,12 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     """
     if kind not in KIND_SLOTS:
         raise InputError(record, f"unknown receptor kind {kind!r} (antibody, nanobody or tcr)")
-    cleaned, records = [], []
-    for slot, _ in KIND_SLOTS[kind]:
+    numbered = []
+    for slot, allowed in KIND_SLOTS[kind]:
         sequence = chains.get(slot)
         if sequence is None or not str(sequence).strip():
             raise InputError(record, f"missing {slot} chain for {_article(kind)} {kind}")
-        records.append(f"{record} {slot} chain")
-        cleaned.append(clean_sequence(sequence, records[-1]))
-    numbered = [
-        _single_domain(sequence, _numbered_domains(sequence, domains), chain_record, allowed)
-        for sequence, domains, chain_record, (_, allowed) in zip(
-            cleaned, _number_many(cleaned, records), records, KIND_SLOTS[kind]
-        )
-    ]
+        numbered.append(number_chain(sequence, f"{record} {slot} chain", allowed))
     extra = sorted(set(k for k, v in chains.items() if v) - {slot for slot, _ in KIND_SLOTS[kind]})
     if extra:
         raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for a {kind}")
