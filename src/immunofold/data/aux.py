@@ -116,7 +116,7 @@ def read_aux_examples(
 AUX_FILE = os.path.join("aux", "refinegnn_heavy_backbone.jsonl.gz")
 
 
-AUX_CACHE_NAME = "aux-v2"  # v2: records redundant with a val heavy chain are left out (v1 kept one such record)
+AUX_CACHE_NAME = "aux-v2"  # v2: records redundant with a val heavy chain are left out (v1 kept 8 such records)
 
 
 def cached_aux_examples(root: str, cache_dir: str, val_split: str = "val") -> list[dict]:

@@ -1,7 +1,8 @@
 """Pair-free invariant point attention (AlphaFold's IPA without the pair representation).
 
 The pair term is replaced by a learned relative-position bias, which keeps the cost at
-O(N^2 H) scalars instead of O(N^2 C_pair) and needs no pair stack.
+O(N^2 H) scalars instead of O(N^2 C_pair) and needs no pair stack. Optional extras arrive in the same
+bias: a cysteine-pair bias and light pair features of the trunk output (`layers.PairBias`, no pair stack).
 """
 
 from __future__ import annotations

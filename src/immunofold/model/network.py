@@ -11,7 +11,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from immunofold.constants import CHAIN_CLASSES, IMGT_MAX_POSITION, KINDS, NUM_RESTYPES, NUM_TORSIONS, RESTYPE_INDEX, UNKNOWN_RESTYPE
+from immunofold.constants import (
+    CHAIN_CLASSES,
+    IMGT_MAX_POSITION,
+    KINDS,
+    NUM_RESTYPES,
+    NUM_TORSIONS,
+    RESTYPE_INDEX,
+    UNKNOWN_RESTYPE,
+)
 from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
