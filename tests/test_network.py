@@ -4,18 +4,29 @@ from immunofold.data.features import collate, featurise
 from immunofold.model.network import ImmunoFoldNet, ModelConfig
 from immunofold.sequences import number_chain
 
+SMALL = dict(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)  # a model small enough for a test
+
+
+def nanobody_batch(nanobody_atoms) -> dict:
+    """The 7F5G nanobody as a batch of one."""
+    return collate([featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])])
+
+
+def trained_like_model(**config) -> ImmunoFoldNet:
+    """A small seeded model (eval mode) whose frames start from a non-degenerate backbone and move, as a trained one's do."""
+    torch.manual_seed(0)
+    model = ImmunoFoldNet(ModelConfig(**SMALL, **config)).eval()
+    model.template_atoms.normal_(std=5.0)  # start frames (Å): any non-degenerate backbone will do
+    for block in model.blocks:  # frame updates start at zero; a trained model moves its frames
+        torch.nn.init.normal_(block.frame_update.weight, std=0.05)
+    return model
+
 
 def test_structure_passes_reuse_the_block_weights_and_refine_further(nanobody_atoms):
     """A second pass through the IPA stack adds no parameters (weights of a one-pass model load unchanged) and moves atoms."""
-    example = featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])
-    batch = collate([example])
-    small = dict(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)
-    torch.manual_seed(0)
-    one_pass = ImmunoFoldNet(ModelConfig(**small)).eval()
-    one_pass.template_atoms.normal_(std=5.0)  # start frames (Å): any non-degenerate backbone will do
-    for block in one_pass.blocks:  # frame updates start at zero; a trained model moves its frames
-        torch.nn.init.normal_(block.frame_update.weight, std=0.05)
-    two_passes = ImmunoFoldNet(ModelConfig(**small, structure_passes=2)).eval()
+    batch = nanobody_batch(nanobody_atoms)
+    one_pass = trained_like_model()
+    two_passes = ImmunoFoldNet(ModelConfig(**SMALL, structure_passes=2)).eval()
     two_passes.load_state_dict(one_pass.state_dict())  # strict: the same parameter names and shapes
 
     with torch.no_grad():
@@ -32,13 +43,9 @@ def test_cysteine_pair_bias_reaches_only_cysteine_pairs_and_loads_over_older_wei
     from immunofold.model.layers import CYSTEINE_BIAS_SCALE, attention_biases, cysteine_pairs, relative_position_buckets
     from immunofold.train.loop import load_init_weights
 
-    example = featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])
-    batch = collate([example])
-    small = dict(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)
-    torch.manual_seed(0)
-    older = ImmunoFoldNet(ModelConfig(**small)).eval()
-    older.template_atoms.normal_(std=5.0)
-    newer = ImmunoFoldNet(ModelConfig(**small, cysteine_pair_bias=True)).eval()
+    batch = nanobody_batch(nanobody_atoms)
+    older = trained_like_model()
+    newer = ImmunoFoldNet(ModelConfig(**SMALL, cysteine_pair_bias=True)).eval()
     added = load_init_weights(newer, older.state_dict())
     assert sorted(added) == ["blocks.0.ipa.bias.cysteine", "blocks.1.ipa.bias.cysteine", "trunk.0.bias.cysteine"]
     with torch.no_grad():
@@ -65,7 +72,7 @@ def test_init_weights_must_fit_apart_from_zero_initialised_additions():
 
     from immunofold.train.loop import load_init_weights
 
-    model = ImmunoFoldNet(ModelConfig(dim=32, trunk_layers=1, ipa_blocks=1, ipa_heads=4, trunk_heads=4))
+    model = ImmunoFoldNet(ModelConfig(**{**SMALL, "ipa_blocks": 1}))
     state = model.state_dict()
     del state["trunk.0.qkv.weight"]
     with pytest.raises(ValueError, match="trunk.0.qkv.weight"):
@@ -78,15 +85,9 @@ def test_pair_bias_starts_with_no_effect_and_then_steers_the_structure(nanobody_
     from immunofold.model.layers import relative_position_buckets
     from immunofold.train.loop import load_init_weights
 
-    example = featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])
-    batch = collate([example])
-    small = dict(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4)
-    torch.manual_seed(0)
-    older = ImmunoFoldNet(ModelConfig(**small)).eval()
-    older.template_atoms.normal_(std=5.0)
-    for block in older.blocks:
-        torch.nn.init.normal_(block.frame_update.weight, std=0.05)
-    newer = ImmunoFoldNet(ModelConfig(**small, pair_dim=8)).eval()
+    batch = nanobody_batch(nanobody_atoms)
+    older = trained_like_model()
+    newer = ImmunoFoldNet(ModelConfig(**SMALL, pair_dim=8)).eval()
     added = load_init_weights(newer, older.state_dict())
     assert added and all(name.startswith("pair_bias.") for name in added)
     with torch.no_grad():

@@ -94,6 +94,7 @@ def read_aux_examples(
 ) -> tuple[list[dict], list[str]]:
     """(examples, one-line reasons for skipped records) from a RefineGNN .jsonl.gz file."""
     examples, skipped = [], []
+    val_heavy_chains = list(val_heavy_chains)
     with gzip.open(path, "rt") as handle:
         for line in handle:
             record = json.loads(line)
@@ -105,7 +106,7 @@ def read_aux_examples(
             except InputError as error:
                 skipped.append(str(error))
                 continue
-            reason = redundant_with(example, list(val_heavy_chains))
+            reason = redundant_with(example, val_heavy_chains)
             if reason:
                 skipped.append(f"aux:{record['pdb']}: {reason}")
             else:
