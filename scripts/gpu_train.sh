@@ -11,6 +11,8 @@
 #   run(command="bash scripts/gpu_train.sh configs/v0.7/a.yaml+configs/v0.7/a-p2.yaml configs/v0.7/b.yaml",
 #       carry=["gpu", ".whl"], timeout_s=570)
 # Back here: tar -xf <files_at>/<name>.tar -C runs/<release>/, evaluate, ship with scripts/ship_weights.py.
+# KEEP_LAST=1 brings each run's last.pt back too (as <name>.tar.part00, 01, ...: cat them | tar -x), so that a run
+# cut short there continues here with `immunofold train --config ...`.
 #
 # A config may set fit_epochs_to_minutes (the run sizes its cosine schedule after epoch 1); MAX_MINUTES is each
 # argument's deadline (no epoch starts after it); HARD_LIMIT_S kills a process still going, so that results are packed in time.
@@ -77,7 +79,11 @@ for i in "${!names[@]}"; do
         python3 scripts/float16_weights.py "gpu/runs/$stage/best.safetensors" "gpu/runs/$stage/best.safetensors"
     done
     cp "gpu/$name.out" "gpu/runs/$name.stdout.log" 2>/dev/null || true
-    tar -cf "$OUT/$name.tar" -C gpu/runs --exclude=last.pt --exclude='*.tmp' "${stages[@]}" "$name.stdout.log"
+    if [ "${KEEP_LAST:-0}" = 1 ]; then  # resumable here: checkpoints come back too, in parts of at most 15 MB
+        tar -cf - -C gpu/runs --exclude='*.tmp' "${stages[@]}" "$name.stdout.log" | split -b 15M -d - "$OUT/$name.tar.part"
+    else
+        tar -cf "$OUT/$name.tar" -C gpu/runs --exclude=last.pt --exclude='*.tmp' "${stages[@]}" "$name.stdout.log"
+    fi
     tail -n 2 "gpu/$name.out" | cut -c1-400
 done
 echo "$failed of ${#names[@]} processes failed"
