@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, KIND_INDEX, KINDS
-from immunofold.metrics import region_rmsds
+from immunofold.metrics import cdr3_reach, region_rmsds
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_ROOT = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data"))
@@ -69,6 +69,8 @@ def score_atom14(kind: str, pred_atom14, pred_keys: list[Key], truth: dict) -> d
         truth["imgt_position"][true_idx],
     )
     row["matched_residues"] = len(common)
+    for slot, chain_id in enumerate(KIND_CHAIN_IDS[kind]):
+        row[f"{chain_id}3_truth_reach"] = cdr3_reach(truth["atom14"], truth["atom_mask"], truth["chain_slot"], truth["imgt_position"], slot)
     return row
 
 

@@ -133,6 +133,8 @@ def test_accuracy_script_template_only(tmp_path, nanobody_example):
     assert report["rows"]["template"][0]["template"] == "7f5g_" + chain_id
     text = (out / "accuracy.md").read_text()
     assert "| nearest template | 1 |" in text and "N, CA, C, CB" in text
+    assert 15 < report["rows"]["template"][0]["H3_truth_reach"] < 27  # 7F5G's CDR3 is folded onto its domain
+    assert "| nearest template | 1 | 0.00 / 0.00 | 0 | – / – |" in text  # counted as folded, none standing out
 
 
 def test_ensemble_consensus_benchmark_scores_every_choice(nanobody_example):

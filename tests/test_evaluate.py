@@ -62,6 +62,23 @@ def test_region_rmsd_is_zero_for_the_truth_and_sees_a_moved_loop():
     assert abs(rmsd["H3"] - 2.0) < 1e-3 and rmsd["Hfr"] < 1e-4
 
 
+def test_cdr3_reach_grows_when_the_loop_stands_out_of_the_domain():
+    from immunofold.metrics import cdr3_reach
+
+    chain = read_chains(NANOBODY_PDB)["B"]
+    atom14, mask = torch.tensor(chain.atom14), torch.tensor(chain.atom_mask)
+    position = torch.tensor([number for number, _ in number_chain(chain.sequence, "7f5g").positions])
+    slot = torch.zeros(len(position), dtype=torch.long)
+    folded = cdr3_reach(atom14, mask, slot, position)
+    assert 15 < folded < 27  # 7F5G's CDR3 lies on its domain
+    framework = (position < 105) | (position > 117)
+    out = atom14.clone()
+    tip = out[~framework, 1].mean(0) - out[framework, 1].mean(0)
+    out[~framework] += 8.0 * tip / tip.norm()  # the loop pushed 8 Å further from the framework's centre
+    assert abs(cdr3_reach(out, mask, slot, position) - (folded + 8.0)) < 2.0
+    assert cdr3_reach(atom14, mask, slot, position, slot=1) is None  # a nanobody has no second chain
+
+
 def test_summary_ranks_entries_by_predicted_cdr3_error():
     from immunofold.evaluate import summarise
 

@@ -74,6 +74,19 @@ def ca_distance(moved_atom14, true_atom14, true_mask) -> torch.Tensor:
     return torch.where(true_mask[..., 1], deviation, torch.full_like(deviation, float("nan")))
 
 
+def cdr3_reach(atom14, atom_mask, chain_slot, imgt_position, slot: int = 0) -> float | None:
+    """How far a chain's CDR3 reaches out (Å): the largest distance of a CDR3 CA (IMGT 105-117) from the centroid of
+    the chain's framework CAs. About 17-26 Å for a CDR3 folded onto its domain, above ~27 Å for one that stands out
+    from it. None when the chain has no CDR3 or framework CA."""
+    in_chain = atom_mask[:, 1] & (chain_slot == slot)
+    loop = in_chain & (imgt_position >= IMGT_CDRS[3][0]) & (imgt_position <= IMGT_CDRS[3][1])
+    framework = in_chain & is_framework(imgt_position)
+    if not loop.any() or not framework.any():
+        return None
+    centre = atom14[framework, 1].mean(0)
+    return float(torch.linalg.norm(atom14[loop, 1] - centre, dim=-1).max())
+
+
 def count_chain_breaks(atom14, atom_mask, chain_slot, max_peptide_bond: float = 2.0) -> int:
     """Consecutive residues of one chain whose C-N distance exceeds `max_peptide_bond` Å: residues missing
     from an experimental structure (a prediction from its observed sequence joins the two sides)."""
