@@ -38,6 +38,7 @@ from common import (
     summarise_rows,
     templates_by_kind,
     thread_template,
+    truth_cdr3_reaches,
 )
 
 from immunofold.constants import KINDS
@@ -175,6 +176,7 @@ def run_immunofold(loaded, refine: bool, weights_dir: str | None):
             scored = score_entry(prediction, truth, refine and prediction.refined)
             row.update({k: v for k, v in scored.items() if k != "error_spearman"})
             row["error_spearman"] = scored.get("error_spearman")
+            row.update(truth_cdr3_reaches(entry.kind, truth))
             if refine:
                 row["refined"] = prediction.refined
             rows.append(row)

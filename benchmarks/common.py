@@ -69,9 +69,14 @@ def score_atom14(kind: str, pred_atom14, pred_keys: list[Key], truth: dict) -> d
         truth["imgt_position"][true_idx],
     )
     row["matched_residues"] = len(common)
-    for slot, chain_id in enumerate(KIND_CHAIN_IDS[kind]):
-        row[f"{chain_id}3_truth_reach"] = cdr3_reach(truth["atom14"], truth["atom_mask"], truth["chain_slot"], truth["imgt_position"], slot)
+    row.update(truth_cdr3_reaches(kind, truth))
     return row
+
+
+def truth_cdr3_reaches(kind: str, truth: dict) -> dict[str, float | None]:
+    """{'H3_truth_reach': Å, ...}: how far each CDR3 of the experimental structure reaches out of its domain."""
+    args = (truth["atom14"], truth["atom_mask"], truth["chain_slot"], truth["imgt_position"])
+    return {f"{chain_id}3_truth_reach": cdr3_reach(*args, slot) for slot, chain_id in enumerate(KIND_CHAIN_IDS[kind])}
 
 
 # --- nearest-template baseline ------------------------------------------------------------------

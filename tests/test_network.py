@@ -99,3 +99,21 @@ def test_pair_bias_starts_with_no_effect_and_then_steers_the_structure(nanobody_
     assert len(biases) == 2 and biases[0].shape == (1, 4, 6, 6)
     rows_minus_row_mean = biases[0] - biases[0].mean(-1, keepdim=True)
     assert rows_minus_row_mean.abs().max() > 1e-3  # within a query row, keys get different biases
+
+
+def test_pair_bias_at_inference_matches_the_training_computation():
+    """Without gradients PairBias works through the query rows in chunks, in place; the biases must be the same."""
+    from immunofold.model.layers import PAIR_ROWS, PairBias, relative_position_buckets
+
+    torch.manual_seed(0)
+    module = PairBias(dim=32, pair_dim=8, num_heads=4, num_targets=2)
+    torch.nn.init.normal_(module.to_bias.weight)
+    length = 2 * PAIR_ROWS + 5  # chunks of PAIR_ROWS rows and a shorter last one
+    s = torch.randn(2, length, 32)
+    buckets = relative_position_buckets((torch.arange(length) >= 20).long().expand(2, length))
+    trained = module(s, buckets)  # gradients on: the whole [B, N, N, P] tensor at once
+    with torch.inference_mode():
+        inferred = module(s, buckets)
+    for a, b in zip(trained, inferred):
+        assert a.shape == b.shape == (2, 4, length, length)
+        assert torch.allclose(a, b, atol=1e-5)
