@@ -75,6 +75,7 @@ for i in "${!names[@]}"; do
             echo "== $stage: $(grep -c '"epoch"' "gpu/runs/$stage/log.jsonl" 2>/dev/null || echo 0) epochs"
         fi
     done
+    if [ ${#stages[@]} -eq 0 ]; then echo "== $name: nothing trained"; tail -n 3 "gpu/$name.out"; continue; fi
     for stage in "${stages[@]:0:${#stages[@]}-1}"; do  # earlier stages travel as float16, so that all files fit
         python3 scripts/float16_weights.py "gpu/runs/$stage/best.safetensors" "gpu/runs/$stage/best.safetensors"
     done
