@@ -8,19 +8,18 @@ and earlier stages of a chained run come back this way. The model loads them as 
 
 from __future__ import annotations
 
+import json
 import sys
 
-import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
+
+from immunofold.weights import load_weights
 
 
 def main(source: str, destination: str) -> None:
-    with safe_open(source, "pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    tensors, info = load_weights(source)
     half = {key: t.half() if t.is_floating_point() else t for key, t in tensors.items()}
-    save_file(half, destination, metadata=metadata)
+    save_file(half, destination, metadata={"info": json.dumps(info)})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from scipy.stats import spearmanr
 
 from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS
-from immunofold.data.template import is_framework
+from immunofold.data.template import is_cdr, is_framework
 from immunofold.geometry import kabsch
 
 METRIC_ATOMS = [0, 1, 2, 4]  # atom14 slots of N, CA, C, CB
@@ -79,7 +79,7 @@ def cdr3_reach(atom14, atom_mask, chain_slot, imgt_position, slot: int = 0) -> f
     the chain's framework CAs. About 17-26 Å for a CDR3 folded onto its domain, above ~27 Å for one that stands out
     from it. None when the chain has no CDR3 or framework CA."""
     in_chain = atom_mask[:, 1] & (chain_slot == slot)
-    loop = in_chain & (imgt_position >= IMGT_CDRS[3][0]) & (imgt_position <= IMGT_CDRS[3][1])
+    loop = in_chain & is_cdr(imgt_position, 3)
     framework = in_chain & is_framework(imgt_position)
     if not loop.any() or not framework.any():
         return None

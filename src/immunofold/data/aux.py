@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from immunofold.constants import ATOM14_NAMES, KINDS, ONE_TO_THREE
+from immunofold.constants import ATOM14_NAMES, IMGT_CDRS, KINDS, ONE_TO_THREE
 from immunofold.data.features import featurise
 from immunofold.data.sabdab import MIN_BACKBONE_FRACTION, cached, cached_examples, read_summary
 from immunofold.sequences import InputError, clean_sequence, find_domains
@@ -71,7 +71,8 @@ HeavyChain = tuple[str, tuple[tuple[int, str], ...], str]  # (entry name, IMGT p
 
 def cdr3(positions: tuple[tuple[int, str], ...], sequence: str) -> str:
     """Residues at IMGT 105-117."""
-    return "".join(aa for (number, _), aa in zip(positions, sequence) if 105 <= number <= 117)
+    lo, hi = IMGT_CDRS[3]
+    return "".join(aa for (number, _), aa in zip(positions, sequence) if lo <= number <= hi)
 
 
 def redundant_with(example: dict, heavy_chains: list[HeavyChain]) -> str | None:
