@@ -199,3 +199,25 @@ def test_train_cli_names_a_missing_starting_point(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"error: {config}: init_from") and "missing.safetensors not found" in error and "\n" not in error
+
+
+def test_cdr3_curriculum_starts_with_each_kinds_shortest_cdr3s_and_ends_with_all():
+    import random
+
+    import torch
+
+    from immunofold.train.loop import curriculum_examples, epoch_examples
+
+    def example(name, cdr3_length, kind):
+        positions = [100] + list(range(105, 105 + cdr3_length)) + [118]
+        return {"name": name, "kind": torch.tensor(kind), "imgt_position": torch.tensor(positions),
+                "chain_slot": torch.zeros(len(positions), dtype=torch.long), "restype": torch.ones(len(positions), dtype=torch.long)}
+
+    examples = [example(f"k{kind}-{n}", n, kind) for kind, lengths in ((0, [5, 6, 7, 8]), (1, [10, 12])) for n in lengths]
+    names = lambda chosen: sorted(e["name"] for e in chosen)
+    assert names(curriculum_examples(examples, 0, 2)) == ["k0-5", "k0-6", "k1-10"]  # the shorter half of each kind
+    assert names(curriculum_examples(examples, 1, 2)) == ["k0-5", "k0-6", "k0-7", "k1-10"]  # 75 %
+    assert names(curriculum_examples(examples, 2, 2)) == names(examples)
+    config = TrainConfig(name="curriculum", cdr3_curriculum_epochs=2)
+    assert len(epoch_examples(examples, config, random.Random(0), 0)) == 3
+    assert len(epoch_examples(examples, config, random.Random(0))) == 6  # no epoch given: a full epoch

@@ -42,6 +42,7 @@ class TrainConfig:
     train_kinds: list[str] = field(default_factory=list)  # train on these receptor kinds only (empty: all)
     cdr3_fape_weight: float = 1.0  # FAPE weight of CDR3 points relative to the others
     cdr3_cluster_sampling: bool = False  # each epoch: one random example per identical-CDR3 cluster
+    cdr3_curriculum_epochs: int = 0  # > 0: the first epochs train on short CDR3s first (train.loop.curriculum_examples)
     decay_after_epochs: int = 0  # learning rate stays at its peak (after warm-up) for this many epochs, then cosine
     fit_epochs_to_minutes: float | None = None  # fresh runs only: after epoch 1, set `epochs` to fit this wall time
     ema_decay: float = 0.0  # > 0: also keep an exponential moving average of the weights (per step); it is validated and saved

@@ -117,9 +117,34 @@ def cdr3_cluster_key(example: dict) -> tuple:
     )
 
 
-def epoch_examples(examples: list[dict], config: TrainConfig, rng: random.Random) -> list[dict]:
+def longest_cdr3(example: dict) -> int:
+    """Residues in the example's longest CDR3 (IMGT 105-117, over its chains)."""
+    in_cdr3 = is_cdr(example["imgt_position"], 3)
+    return max(int((in_cdr3 & (example["chain_slot"] == slot)).sum()) for slot in (0, 1))
+
+
+CURRICULUM_START_FRACTION = 0.5  # share of each kind (shortest CDR3s) in a curriculum's first epoch
+
+
+def curriculum_examples(examples: list[dict], epoch: int, curriculum_epochs: int) -> list[dict]:
+    """Curriculum on CDR3 length: in epoch `epoch` (0-based) < `curriculum_epochs`, the examples of each
+    kind whose longest CDR3 is within that kind's shortest fraction f (rising linearly from
+    CURRICULUM_START_FRACTION to 1 over the curriculum; ties included); afterwards all of them."""
+    if epoch >= curriculum_epochs:
+        return examples
+    fraction = CURRICULUM_START_FRACTION + (1 - CURRICULUM_START_FRACTION) * epoch / curriculum_epochs
+    lengths = [longest_cdr3(e) for e in examples]
+    kinds = [int(e["kind"]) for e in examples]
+    limit = {kind: np.quantile([n for n, k in zip(lengths, kinds) if k == kind], fraction, method="lower") for kind in set(kinds)}
+    return [e for e, n, k in zip(examples, lengths, kinds) if n <= limit[k]]
+
+
+def epoch_examples(examples: list[dict], config: TrainConfig, rng: random.Random, epoch: int | None = None) -> list[dict]:
     """One epoch's examples: all of them, or with `cdr3_cluster_sampling` one random example per
-    CDR3 cluster (so a CDR3 solved in 40 PDB entries counts once); each repeated as its kind is oversampled."""
+    CDR3 cluster (so a CDR3 solved in 40 PDB entries counts once); each repeated as its kind is oversampled.
+    With `cdr3_curriculum_epochs`, epoch `epoch` (0-based; None: a full epoch) first keeps the curriculum's share."""
+    if epoch is not None:
+        examples = curriculum_examples(examples, epoch, config.cdr3_curriculum_epochs)
     if config.cdr3_cluster_sampling:
         clusters: dict[tuple, list[dict]] = {}
         for example in examples:
@@ -231,6 +256,7 @@ def train(config: TrainConfig, log=print) -> dict:
         average.update_parameters(model)  # the average starts from the starting weights
 
     commit = source_commit()
+    # the learning-rate schedule counts full epochs (a curriculum's shorter first epochs end its decay a little above 10 %)
     steps_per_epoch = math.ceil(len(epoch_examples(unique_examples, config, random.Random(0))) / config.batch_size)
     started = time.time()
     model.train()
@@ -241,7 +267,7 @@ def train(config: TrainConfig, log=print) -> dict:
         epoch_start = time.time()
         rng = random.Random(config.seed * 100003 + state["epoch"])
         sums: dict[str, float] = {}
-        train_examples = epoch_examples(unique_examples, config, rng)
+        train_examples = epoch_examples(unique_examples, config, rng, state["epoch"])
         batches = length_bucketed_batches([len(e["restype"]) for e in train_examples], config.batch_size, rng)
         weights = dict(config.loss_weights)
         if state["epoch"] < config.violation_from_epoch:
