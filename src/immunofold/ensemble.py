@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from immunofold.data.language import batch_language_features
 from immunofold.geometry import Frames, atom14_from_frames, kabsch, residue_tables, torsion_angles
 from immunofold.weights import load_model, packaged_weight_files
 
@@ -89,6 +90,7 @@ class Ensemble:
         self.infos = [info for _, info in loaded]
         self.files = list(weight_files)
         self.version = self._version()
+        self.needs_language = any(model.config.language_dim > 0 for model in self.models)
 
     @classmethod
     def packaged(cls, device: str = "cpu") -> "Ensemble":
@@ -105,6 +107,8 @@ class Ensemble:
 
     @torch.no_grad()
     def run(self, batch: dict[str, torch.Tensor]) -> EnsembleOutput:
+        if self.needs_language and "language" not in batch:
+            batch = {**batch, "language": batch_language_features(batch)}
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         outputs = [model(batch) for model in self.models]
         residue_mask = batch["residue_mask"]

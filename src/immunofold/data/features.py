@@ -3,7 +3,8 @@
 An example is a dict of tensors over the residues of all chains, concatenated in output order:
     restype [N] long, chain_class [N] long, chain_slot [N] long, imgt_position [N] long (1-128),
     imgt_insertion [N] long (0 = none, 1.. = insertion letter rank), kind [] long,
-and, for training examples, atom14 [N, 14, 3] (Å) and atom_mask [N, 14] bool.
+and, for training examples, atom14 [N, 14, 3] (Å) and atom_mask [N, 14] bool; models that read language-model
+features also get language [N, 512] (data.language).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def featurise(kind: str, chains: Sequence[NumberedChain]) -> dict[str, torch.Ten
     }
 
 
-PER_RESIDUE_KEYS = ("restype", "chain_class", "chain_slot", "imgt_position", "imgt_insertion", "atom14", "atom_mask")
+PER_RESIDUE_KEYS = (
+    "restype", "chain_class", "chain_slot", "imgt_position", "imgt_insertion", "atom14", "atom_mask", "language",
+)
 
 
 def collate(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

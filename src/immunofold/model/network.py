@@ -49,19 +49,22 @@ class ModelConfig:
     restype_dropout: float = 0.0  # training only: fraction of residues whose type the embedding sees as unknown
     cysteine_pair_bias: bool = False  # attention (trunk and IPA) gets a learned bias for pairs of two cysteines
     pair_dim: int = 0  # > 0: IPA attention also gets biases from pair features of the trunk output (layers.PairBias)
+    language_dim: int = 0  # > 0: the embedding also reads antibody language-model features (data.language), 512 for AntiBERTy
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class ResidueEmbedding(nn.Module):
-    """Residue type + chain class + receptor kind + IMGT position (per chain class) + insertion rank -> [B, N, C].
+    """Residue type + chain class + receptor kind + IMGT position (per chain class) + insertion rank
+    (+ language-model features where `language_dim` > 0) -> [B, N, C].
 
-    In training, a `restype_dropout` fraction of residues is shown as unknown type, so the model cannot
-    lean on memorised residue types alone (a regulariser; no effect in eval mode).
+    In training, a `restype_dropout` fraction of residues is shown as unknown type (and without language
+    features), so the model cannot lean on memorised residue types alone (a regulariser; no effect in eval mode).
+    The language projection starts at zero, so it can be added to trained weights without changing them.
     """
 
-    def __init__(self, dim: int, restype_dropout: float = 0.0):
+    def __init__(self, dim: int, restype_dropout: float = 0.0, language_dim: int = 0):
         super().__init__()
         self.restype_dropout = restype_dropout
         self.restype = nn.Embedding(NUM_RESTYPES, dim)
@@ -69,20 +72,29 @@ class ResidueEmbedding(nn.Module):
         self.kind = nn.Embedding(len(KINDS), dim)
         self.position = nn.Embedding(len(CHAIN_CLASSES) * NUM_POSITIONS, dim)
         self.insertion = nn.Embedding(MAX_INSERTION_RANK + 1, dim)
+        if language_dim > 0:
+            self.language = nn.Sequential(nn.LayerNorm(language_dim), nn.Linear(language_dim, dim, bias=False))
+            nn.init.zeros_(self.language[1].weight)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         position = batch["chain_class"] * NUM_POSITIONS + batch["imgt_position"]
         restype = batch["restype"]
+        hidden = torch.zeros_like(restype, dtype=torch.bool)
         if self.training and self.restype_dropout > 0:
             hidden = torch.rand(restype.shape, device=restype.device) < self.restype_dropout
             restype = torch.where(hidden, torch.full_like(restype, UNKNOWN_RESTYPE), restype)
-        return (
+        embedded = (
             self.restype(restype)
             + self.chain_class(batch["chain_class"])
             + self.kind(batch["kind"])[:, None, :]
             + self.position(position)
             + self.insertion(batch["imgt_insertion"])
         )
+        if hasattr(self, "language"):
+            features = batch["language"].float()  # [B, N, language_dim]; all-zero rows: no language input
+            present = (features != 0).any(-1) & ~hidden
+            embedded = embedded + self.language(features) * present[..., None]
+        return embedded
 
 
 class StructureBlock(nn.Module):
@@ -114,7 +126,7 @@ class ImmunoFoldNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = ResidueEmbedding(config.dim, config.restype_dropout)
+        self.embedding = ResidueEmbedding(config.dim, config.restype_dropout, config.language_dim)
         self.trunk = nn.ModuleList(
             SequenceAttentionLayer(config.dim, config.trunk_heads, config.dropout, config.cysteine_pair_bias)
             for _ in range(config.trunk_layers)

@@ -23,6 +23,7 @@ import torch
 from immunofold.constants import KINDS
 from immunofold.data.features import collate
 from immunofold.data.aux import cached_aux_examples
+from immunofold.data.language import attach_language_features
 from immunofold.data.sabdab import cached_examples
 from immunofold.data.template import build_template, is_cdr
 from immunofold.metrics import region_rmsds
@@ -193,7 +194,7 @@ def build_model(config: TrainConfig, device: torch.device) -> ImmunoFoldNet:
     return ImmunoFoldNet(config.model).to(device)
 
 
-ZERO_EFFECT_ADDITIONS = (".bias.cysteine", "pair_bias.")  # modules a config may add to an init_from model; no effect at start
+ZERO_EFFECT_ADDITIONS = (".bias.cysteine", "pair_bias.", "embedding.language.")  # modules a config may add to an init_from model; no effect at start
 
 
 def load_init_weights(model: ImmunoFoldNet, state: dict) -> list[str]:
@@ -222,6 +223,8 @@ def train(config: TrainConfig, log=print) -> dict:
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     if config.train_kinds:  # a specialist is validated (and its best epoch chosen) on its own kinds
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
+    if config.model.language_dim > 0:  # computed once per sequence, cached beside the examples
+        attach_language_features(unique_examples + val_examples, config.cache_dir)
     model = build_model(config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     average = None
