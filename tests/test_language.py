@@ -62,3 +62,19 @@ def test_language_projection_starts_with_no_effect_and_then_reads_antibody_resid
             batch["language"] = batch_language_features(batch)
         assert (older(nanobody)["atom14"] - newer(nanobody)["atom14"]).abs().max() > 1e-3
         assert torch.equal(older(tcr)["atom14"], newer(tcr)["atom14"])
+
+
+def test_language_dropout_hides_whole_examples_in_training_only(nanobody_atoms):
+    """With language_dropout 1, a training forward pass sees no language features; in eval mode it sees them."""
+    torch.manual_seed(0)
+    model = ImmunoFoldNet(ModelConfig(**SMALL, language_dim=LANGUAGE_DIM, language_dropout=1.0))
+    model.template_atoms.normal_(std=5.0)
+    torch.nn.init.normal_(model.embedding.language[1].weight, std=0.1)
+    batch = collate([nanobody_example(nanobody_atoms)])
+    batch["language"] = batch_language_features(batch)
+    without = {**batch, "language": torch.zeros_like(batch["language"])}
+    with torch.no_grad():
+        model.train()
+        assert torch.equal(model(batch)["atom14"], model(without)["atom14"])
+        model.eval()
+        assert (model(batch)["atom14"] - model(without)["atom14"]).abs().max() > 1e-3

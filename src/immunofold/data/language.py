@@ -26,6 +26,7 @@ CACHE_FILE = "language-antiberty.pt"
 @functools.cache
 def _antiberty():
     """The AntiBERTy runner (loaded once per process, about 2.5 s)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local files; never reach for the Hub
     try:
         from antiberty import AntiBERTyRunner
     except ImportError as error:  # pragma: no cover - the package is a dependency

@@ -50,6 +50,7 @@ class ModelConfig:
     cysteine_pair_bias: bool = False  # attention (trunk and IPA) gets a learned bias for pairs of two cysteines
     pair_dim: int = 0  # > 0: IPA attention also gets biases from pair features of the trunk output (layers.PairBias)
     language_dim: int = 0  # > 0: the embedding also reads antibody language-model features (data.language), 512 for AntiBERTy
+    language_dropout: float = 0.0  # training only: fraction of examples shown without their language features
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,13 +61,15 @@ class ResidueEmbedding(nn.Module):
     (+ language-model features where `language_dim` > 0) -> [B, N, C].
 
     In training, a `restype_dropout` fraction of residues is shown as unknown type (and without language
-    features), so the model cannot lean on memorised residue types alone (a regulariser; no effect in eval mode).
+    features), and a `language_dropout` fraction of examples without language features, so the model cannot
+    lean on memorised residue types or sequence fingerprints alone (regularisers; no effect in eval mode).
     The language projection starts at zero, so it can be added to trained weights without changing them.
     """
 
-    def __init__(self, dim: int, restype_dropout: float = 0.0, language_dim: int = 0):
+    def __init__(self, dim: int, restype_dropout: float = 0.0, language_dim: int = 0, language_dropout: float = 0.0):
         super().__init__()
         self.restype_dropout = restype_dropout
+        self.language_dropout = language_dropout
         self.restype = nn.Embedding(NUM_RESTYPES, dim)
         self.chain_class = nn.Embedding(len(CHAIN_CLASSES), dim)
         self.kind = nn.Embedding(len(KINDS), dim)
@@ -92,7 +95,9 @@ class ResidueEmbedding(nn.Module):
         )
         if hasattr(self, "language"):
             features = batch["language"].float()  # [B, N, language_dim]; all-zero rows: no language input
-            present = (features != 0).any(-1) & ~hidden
+            present = (features != 0).any(-1) & ~hidden  # [B, N]
+            if self.training and self.language_dropout > 0:  # whole examples without language input
+                present = present & (torch.rand(present.shape[0], 1, device=present.device) >= self.language_dropout)
             embedded = embedded + self.language(features) * present[..., None]
         return embedded
 
@@ -126,7 +131,7 @@ class ImmunoFoldNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = ResidueEmbedding(config.dim, config.restype_dropout, config.language_dim)
+        self.embedding = ResidueEmbedding(config.dim, config.restype_dropout, config.language_dim, config.language_dropout)
         self.trunk = nn.ModuleList(
             SequenceAttentionLayer(config.dim, config.trunk_heads, config.dropout, config.cysteine_pair_bias)
             for _ in range(config.trunk_layers)
