@@ -36,6 +36,8 @@ def _antiberty():
 
 def embed_sequences(sequences: Sequence[str]) -> list[torch.Tensor]:
     """AntiBERTy's last hidden layer for each one-letter sequence ('X' = unknown): [L, 512] float32 each."""
+    if not sequences:
+        return []
     runner = _antiberty()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     embedded: list[torch.Tensor | None] = [None] * len(sequences)
@@ -59,23 +61,19 @@ def chain_spans(restype: torch.Tensor, chain_class: torch.Tensor, chain_slot: to
     return spans
 
 
-def batch_language_features(batch: dict[str, torch.Tensor], known: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Language features of a collated batch: [B, N, 512] float32, zeros for TCR chains and padding.
-
-    `known` maps sequences to embeddings already computed ([L, 512]); the others are embedded now.
-    """
+def batch_language_features(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Language features of a collated batch: [B, N, 512] float32, zeros for TCR chains and padding."""
     mask = batch.get("residue_mask", torch.ones_like(batch["restype"], dtype=torch.bool))
     spans = [
         (b, index, sequence)
         for b in range(batch["restype"].shape[0])
         for index, sequence in chain_spans(batch["restype"][b], batch["chain_class"][b], batch["chain_slot"][b], mask[b])
     ]
-    known = known if known is not None else {}
-    missing = sorted({sequence for _, _, sequence in spans if sequence not in known})
-    embedded = dict(zip(missing, embed_sequences(missing))) if missing else {}
+    unique = sorted({sequence for _, _, sequence in spans})
+    embedded = dict(zip(unique, embed_sequences(unique)))
     features = torch.zeros(*batch["restype"].shape, LANGUAGE_DIM)
     for b, index, sequence in spans:
-        features[b, index] = (known.get(sequence) if sequence in known else embedded[sequence]).float()
+        features[b, index] = embedded[sequence]
     return features
 
 
