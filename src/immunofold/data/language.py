@@ -29,8 +29,8 @@ def _antiberty():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local files; never reach for the Hub
     try:
         from antiberty import AntiBERTyRunner
-    except ImportError as error:  # pragma: no cover - the package is a dependency
-        raise ImportError("these weights need the AntiBERTy language model: pip install 'antiberty==0.1.3'") from error
+    except ImportError as error:
+        raise ImportError("these weights need the AntiBERTy language model: pip install 'immunofold[language]'") from error
     return AntiBERTyRunner()
 
 
