@@ -23,7 +23,7 @@ def tcr_example() -> dict:
     return featurise("tcr", number_receptor("tcr", {"alpha": TCR_ALPHA, "beta": TCR_BETA}, "1ao7"))
 
 
-def test_antibody_chains_get_their_own_embedding_and_tcr_chains_none(nanobody_atoms):
+def test_antibody_chains_get_their_own_embedding_and_tcr_chains_none(nanobody_atoms, tmp_path):
     """A nanobody's residues get AntiBERTy's embedding of its chain alone; TCR chains and padding get zeros; the
     cached training features equal the ones computed at prediction."""
     nanobody, tcr = nanobody_example(nanobody_atoms), tcr_example()
@@ -36,7 +36,7 @@ def test_antibody_chains_get_their_own_embedding_and_tcr_chains_none(nanobody_at
     assert (features[0, :n] != 0).any(-1).all() and not features[0, n:].any()
     assert not features[1].any()
 
-    attach_language_features([nanobody], cache_dir=str(__import__("tempfile").mkdtemp()))
+    attach_language_features([nanobody], cache_dir=str(tmp_path))
     assert torch.allclose(nanobody["language"].float(), alone, atol=1e-2)  # stored as float16
 
 

@@ -49,8 +49,12 @@ def embed_sequences(sequences: Sequence[str]) -> list[torch.Tensor]:
     return embedded
 
 
-def chain_spans(restype: torch.Tensor, chain_class: torch.Tensor, chain_slot: torch.Tensor, residue_mask: torch.Tensor):
-    """(residue indices, sequence) of each antibody chain of one receptor; inputs [N]."""
+def chain_spans(
+    restype: torch.Tensor, chain_class: torch.Tensor, chain_slot: torch.Tensor, residue_mask: torch.Tensor | None = None
+):
+    """(residue indices, sequence) of each antibody chain of one receptor; inputs [N] (mask: all residues if None)."""
+    if residue_mask is None:
+        residue_mask = torch.ones_like(restype, dtype=torch.bool)
     spans = []
     for slot in chain_slot[residue_mask].unique().tolist():
         index = torch.nonzero(residue_mask & (chain_slot == slot)).flatten()
@@ -82,23 +86,16 @@ def attach_language_features(examples: list[dict], cache_dir: str) -> None:
     `<cache_dir>/language-antiberty.pt` (computed once for sequences not yet cached)."""
     path = os.path.join(cache_dir, CACHE_FILE)
     known: dict[str, torch.Tensor] = torch.load(path) if os.path.exists(path) else {}
-    spans = [
-        (index, sequence)
-        for example in examples
-        for index, sequence in chain_spans(
-            example["restype"], example["chain_class"], example["chain_slot"], torch.ones_like(example["restype"], dtype=torch.bool)
-        )
-    ]
-    missing = sorted({sequence for _, sequence in spans} - known.keys())
+    spans = [chain_spans(e["restype"], e["chain_class"], e["chain_slot"]) for e in examples]  # per example
+    missing = sorted({sequence for example_spans in spans for _, sequence in example_spans} - known.keys())
     if missing:
         for sequence, embedding in zip(missing, embed_sequences(missing)):
             known[sequence] = embedding.half()
         os.makedirs(cache_dir, exist_ok=True)
         torch.save(known, path + ".tmp")
         os.replace(path + ".tmp", path)
-    for example in examples:
+    for example, example_spans in zip(examples, spans):
         features = torch.zeros(len(example["restype"]), LANGUAGE_DIM, dtype=torch.float16)
-        ones = torch.ones_like(example["restype"], dtype=torch.bool)
-        for index, sequence in chain_spans(example["restype"], example["chain_class"], example["chain_slot"], ones):
+        for index, sequence in example_spans:
             features[index] = known[sequence]
         example["language"] = features
