@@ -92,10 +92,12 @@ def test_model_and_losses_create_no_tensor_off_the_input_device(nanobody_atoms):
     example = featurise("nanobody", [number_chain(sequence, "7f5g")])
     example.update(atom14=atom14, atom_mask=mask)
     batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in collate([example, example]).items()}
-    config = ModelConfig(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4, dropout=0.1, restype_dropout=0.2)
+    config = ModelConfig(dim=32, trunk_layers=1, ipa_blocks=2, ipa_heads=4, trunk_heads=4, dropout=0.1, restype_dropout=0.2,
+                         distogram_bins=16)
     model = ImmunoFoldNet(config).to("meta")  # training mode: the dropouts draw random numbers too
     loss, terms = total_loss(model(batch), batch, DEFAULT_LOSS_WEIGHTS, 8.0, cdr3_weight=2.0)
     assert loss.device.type == "meta" and all(t.device.type == "meta" for t in terms.values())
+    assert "distogram" in terms
 
 
 def test_cdr_rmsd_after_superposition_matches_the_evaluation_metric_and_ignores_rigid_motion(nanobody_atoms):
@@ -125,3 +127,25 @@ def test_cdr_rmsd_after_superposition_matches_the_evaluation_metric_and_ignores_
     wrong.requires_grad_(True)
     loss(wrong).sum().backward()  # one chain of two slots: the empty slot must not poison the gradient
     assert torch.isfinite(wrong.grad).all() and wrong.grad[in_cdr3].abs().sum() > 0
+
+
+def test_distogram_loss_is_low_on_the_true_bins_and_counts_only_present_residues(nanobody_atoms):
+    from immunofold.model.layers import distogram_bin_edges
+    from immunofold.train.losses import distogram_loss
+
+    atom14, mask, restype = batch_of(nanobody_atoms)
+    residue_mask = torch.ones(restype.shape, dtype=torch.bool)
+    bins = 16
+    beta = torch.where(mask[..., 4:5], atom14[..., 4, :], atom14[..., 1, :])
+    true_bins = torch.bucketize(torch.cdist(beta, beta), distogram_bin_edges(bins))  # [1, N, N]
+    confident = 20.0 * torch.nn.functional.one_hot(true_bins, bins).float()
+    assert distogram_loss(confident, atom14, mask, residue_mask).item() < 1e-3
+    uniform = torch.zeros_like(confident)
+    assert distogram_loss(uniform, atom14, mask, residue_mask).item() == pytest.approx(torch.log(torch.tensor(16.0)).item(), rel=1e-5)
+    shifted = 20.0 * torch.nn.functional.one_hot((true_bins + 3).clamp(max=bins - 1), bins).float()
+    assert distogram_loss(shifted, atom14, mask, residue_mask).item() > 10.0
+    # Wrong logits on residues that are padding (or have no CA/CB) do not count.
+    padded = confident.clone()
+    padded[:, :5] = shifted[:, :5]
+    padded[:, :, :5] = shifted[:, :, :5]
+    assert distogram_loss(padded, atom14, mask, residue_mask & (torch.arange(restype.shape[1]) >= 5)).item() < 1e-3

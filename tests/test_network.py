@@ -117,3 +117,13 @@ def test_pair_bias_at_inference_matches_the_training_computation():
     for a, b in zip(trained, inferred):
         assert a.shape == b.shape == (2, 4, length, length)
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_distogram_head_is_symmetric_and_runs_in_training_only(nanobody_atoms):
+    batch = nanobody_batch(nanobody_atoms)
+    model = trained_like_model(distogram_bins=16)
+    assert "distogram_logits" not in model(batch)  # inference does not pay for it
+    logits = model.train()(batch)["distogram_logits"]
+    n = batch["restype"].shape[1]
+    assert logits.shape == (1, n, n, 16)
+    assert torch.allclose(logits, logits.transpose(1, 2))

@@ -1,4 +1,4 @@
-"""Building blocks: relative-position attention bias, pair-free transformer layer, transition."""
+"""Building blocks: relative-position attention bias, pair-free transformer layer, transition, distogram head."""
 
 from __future__ import annotations
 
@@ -107,6 +107,38 @@ class PairBias(nn.Module):
             pair += right
             bias[:, :, rows] = self.to_bias(pair.relu_()).permute(0, 3, 1, 2)
         return list(bias.split(self.num_heads, dim=1))
+
+
+DISTOGRAM_MIN = 2.0  # Å; lower edge of the second distogram bin (the first holds everything closer)
+DISTOGRAM_MAX = 22.0  # Å; upper edge of the second-last bin (the last holds everything farther)
+
+
+def distogram_bin_edges(num_bins: int, device=None) -> torch.Tensor:
+    """The num_bins - 1 inner bin edges [num_bins - 1] in Å, evenly spaced from DISTOGRAM_MIN to DISTOGRAM_MAX."""
+    return torch.linspace(DISTOGRAM_MIN, DISTOGRAM_MAX, num_bins - 1, device=device)
+
+
+class DistogramHead(nn.Module):
+    """Logits of binned CB-CB distances [B, N, N, bins] from the trunk output s [B, N, C] (training only).
+
+    An auxiliary target (AlphaFold's distogram): it asks the pair-free trunk to encode where every residue sits
+    relative to every other, e.g. which framework residues a CDR3 packs against, before the structure module.
+    z_ij = relu(a_i + b_j + p_i * q_j + r(bucket_ij)) [B, N, N, P] (additive and bilinear terms), logits = W z,
+    symmetrised in i and j.
+    """
+
+    def __init__(self, dim: int, hidden: int, num_bins: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.project = nn.Linear(dim, 4 * hidden)
+        self.relative = nn.Embedding(NUM_RELATIVE_BUCKETS, hidden)
+        self.to_logits = nn.Linear(hidden, num_bins)
+
+    def forward(self, s: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+        a, b, p, q = self.project(self.norm(s)).chunk(4, dim=-1)  # [B, N, P] each
+        pair = a[:, :, None] + b[:, None, :] + p[:, :, None] * q[:, None, :] + self.relative(buckets)  # [B, N, N, P]
+        logits = self.to_logits(F.relu(pair))
+        return 0.5 * (logits + logits.transpose(1, 2))
 
 
 class Transition(nn.Module):

@@ -24,6 +24,7 @@ from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
 from immunofold.model.layers import (
+    DistogramHead,
     PairBias,
     SequenceAttentionLayer,
     Transition,
@@ -51,6 +52,8 @@ class ModelConfig:
     pair_dim: int = 0  # > 0: IPA attention also gets biases from pair features of the trunk output (layers.PairBias)
     language_dim: int = 0  # > 0: the embedding also reads antibody language-model features (data.language), 512 for AntiBERTy
     language_dropout: float = 0.0  # training only: fraction of examples shown without their language features
+    distogram_bins: int = 0  # > 0: training also predicts binned CB-CB distances from the trunk output (layers.DistogramHead)
+    distogram_dim: int = 32  # hidden width of the distogram head's pair features
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,6 +145,8 @@ class ImmunoFoldNet(nn.Module):
         )
         if config.pair_dim > 0:
             self.pair_bias = PairBias(config.dim, config.pair_dim, config.ipa_heads, config.ipa_blocks)
+        if config.distogram_bins > 0:
+            self.distogram_head = DistogramHead(config.dim, config.distogram_dim, config.distogram_bins)
         self.error_head = nn.Sequential(
             nn.LayerNorm(config.dim), nn.Linear(config.dim, config.dim), nn.ReLU(), nn.Linear(config.dim, config.error_bins)
         )
@@ -160,7 +165,8 @@ class ImmunoFoldNet(nn.Module):
         return (torch.arange(self.config.error_bins, device=self.template_atoms.device) + 0.5) * width
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        """Returns frames per block, torsions per block ([B, N, 5, 2]), atom14 [B, N, 14, 3] Å, error logits [B, N, bins]."""
+        """Returns frames per block, torsions per block ([B, N, 5, 2]), atom14 [B, N, 14, 3] Å, error logits [B, N, bins]
+        and, in training with a distogram head, distogram logits [B, N, N, distogram_bins]."""
         mask = batch["residue_mask"]
         buckets = relative_position_buckets(batch["chain_slot"])
         bias_modules = [layer.bias for layer in self.trunk] + [block.ipa.bias for block in self.blocks]
@@ -174,6 +180,7 @@ class ImmunoFoldNet(nn.Module):
             s = layer(s, attn_bias)
         s = self.single_norm(s)
         s_initial = s
+        distogram_logits = self.distogram_head(s, buckets) if self.training and hasattr(self, "distogram_head") else None
         if self.config.pair_dim > 0:
             block_biases = [bias + pair for bias, pair in zip(block_biases, self.pair_bias(s, buckets))]
         frames = self.initial_frames(batch)
@@ -188,10 +195,13 @@ class ImmunoFoldNet(nn.Module):
         atom14 = atom14_from_frames(frames, all_torsions[-1], batch["restype"])
         error_logits = self.error_head(s.detach())  # the error head learns from the structure, not the reverse
         expected_error = (torch.softmax(error_logits, -1) * self.error_bin_centers()).sum(-1)
-        return {
+        output = {
             "frames": all_frames,
             "torsions": all_torsions,
             "atom14": atom14,
             "error_logits": error_logits,
             "predicted_error": expected_error,  # [B, N] Å, expected CA deviation
         }
+        if distogram_logits is not None:
+            output["distogram_logits"] = distogram_logits
+        return output

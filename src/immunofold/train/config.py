@@ -17,6 +17,7 @@ DEFAULT_LOSS_WEIGHTS = {
     "error": 0.1,
     "cdr_rmsd": 0.0,  # CDR RMSD after framework superposition (losses.cdr_rmsd); off in v0.1/v0.2 runs
     "disulfide": 0.0,  # SG-SG distance error of the truth's disulfides (losses.disulfide_loss); from v0.7
+    "distogram": 0.3,  # binned CB-CB distance cross-entropy (losses.distogram_loss); only with model.distogram_bins > 0
 }
 VIOLATION_TERMS = ("bond", "clash")
 
