@@ -3,7 +3,7 @@
 import torch
 
 from immunofold.constants import RESTYPE_INDEX
-from immunofold.ensemble import consensus_structure, member_spread, superpose_members
+from immunofold.ensemble import Ensemble, consensus_structure, member_spread, superpose_members
 from immunofold.geometry import kabsch, quaternion_to_rotation, residue_tables
 
 
@@ -92,3 +92,32 @@ def test_consensus_side_chain_ignores_how_members_name_symmetric_atoms(nanobody_
     oxygens = {tuple(x) for x in consensus[asp, 6:8].round(decimals=0).tolist()}
     truth = {tuple(x) for x in atom14[asp, 6:8].round(decimals=0).tolist()}
     assert oxygens == truth  # both oxygens where they are, not collapsed onto the CG-CB axis
+
+
+def test_members_run_side_by_side_give_the_same_outputs_in_member_order(nanobody_atoms):
+    from immunofold.data.features import collate, featurise
+    from immunofold.model.network import ImmunoFoldNet, ModelConfig
+    from immunofold.sequences import number_chain
+
+    batch = collate([featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])])
+    ensemble = Ensemble.__new__(Ensemble)  # three small, different random members; no weight files needed
+    ensemble.device = torch.device("cpu")
+    ensemble.models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = ImmunoFoldNet(ModelConfig(dim=32, trunk_layers=1, ipa_blocks=1, ipa_heads=4, trunk_heads=4)).eval()
+        model.template_atoms.normal_(std=5.0)
+        torch.nn.init.normal_(model.blocks[0].frame_update.weight, std=0.05)
+        ensemble.models.append(model)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_by_one = ensemble.forward_members(batch)
+        torch.set_num_threads(2)
+        side_by_side = ensemble.forward_members(batch)
+        assert torch.get_num_threads() == 2  # restored after the members ran
+    finally:
+        torch.set_num_threads(threads)
+    for serial, parallel in zip(one_by_one, side_by_side, strict=True):
+        assert torch.allclose(serial["atom14"], parallel["atom14"], atol=1e-5)
+    assert not torch.allclose(one_by_one[0]["atom14"], one_by_one[1]["atom14"])  # members differ: order matters

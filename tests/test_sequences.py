@@ -261,3 +261,12 @@ def test_conserved_cys_of_rhesus_called_kappa():
     # anarcism's rhesus kappa profile numbers this chain one position off (Cys at 24); sequences.py avoids it.
     chain = number_chain(RHESUS_CALLED_KAPPA, "1wz1 L")
     assert dict(zip(chain.positions, chain.sequence))[(23, "")] == "C"
+
+
+def test_chains_numbered_together_report_the_first_slot_with_a_problem():
+    with pytest.raises(InputError) as excinfo:  # both wrong: the heavy slot's problem, as if numbered in turn
+        number_receptor("antibody", {"heavy": HUMAN_KAPPA, "light": HUMAN_HEAVY}, "rec")
+    assert "is a kappa chain, expected heavy" in _one_line_error(excinfo, "rec heavy chain")
+    with pytest.raises(InputError) as excinfo:  # the alpha chain's bad letter comes before the missing beta chain
+        number_receptor("tcr", {"alpha": TCR_ALPHA + "J"}, "rec")
+    _one_line_error(excinfo, "rec alpha chain")

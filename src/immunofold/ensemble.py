@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -105,12 +106,36 @@ class Ensemble:
         release = self.infos[0].get("release", os.path.basename(os.path.dirname(self.files[0])))
         return f"{release}+{digest.hexdigest()[:10]}"
 
+    def forward_members(self, batch: dict[str, torch.Tensor]) -> list[dict]:
+        """Each member's output on `batch` (already on the device), in member order, without gradients.
+
+        On the CPU with n >= 2 torch threads, members run side by side in n Python threads of one torch
+        thread each (torch releases the GIL in its kernels): measured on 2 cores, 10-15 % faster than one
+        member after another on 2 threads at batch 1, 8 and 64, where single small kernels use the cores poorly.
+        """
+        def run(models: list) -> list[dict]:
+            with torch.inference_mode():  # grad mode is per thread: set it in each worker
+                return [model(batch) for model in models]
+
+        threads = torch.get_num_threads()
+        workers = min(threads, len(self.models))
+        if self.device.type != "cpu" or workers < 2:
+            return run(self.models)
+        groups = [self.models[i::workers] for i in range(workers)]  # member k is in group k % workers
+        torch.set_num_threads(max(1, threads // workers))
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                grouped = list(pool.map(run, groups))
+        finally:
+            torch.set_num_threads(threads)
+        return [grouped[k % workers][k // workers] for k in range(len(self.models))]
+
     @torch.no_grad()
     def run(self, batch: dict[str, torch.Tensor]) -> EnsembleOutput:
         if self.needs_language and "language" not in batch:
             batch = {**batch, "language": batch_language_features(batch)}
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        outputs = [model(batch) for model in self.models]
+        outputs = self.forward_members(batch)
         residue_mask = batch["residue_mask"]
         members = superpose_members(torch.stack([o["atom14"] for o in outputs]), residue_mask)
         spread, ranking = member_spread(members, residue_mask)

@@ -8,6 +8,7 @@ Every rejection is an `InputError` whose message is one line naming the record a
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import anarcism
@@ -143,16 +144,23 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     """Number the chains of one receptor of `kind`; `chains` maps slot name -> sequence.
 
     Slots: antibody heavy + light, nanobody heavy, tcr alpha + beta. Returns chains in the
-    output order of `constants.KIND_CHAIN_IDS[kind]`.
+    output order of `constants.KIND_CHAIN_IDS[kind]`. Two chains are numbered at once in two threads
+    (anarcism releases the GIL); a problem is reported for the first slot that has one, as if in turn.
     """
     if kind not in KIND_SLOTS:
         raise InputError(record, f"unknown receptor kind {kind!r} (antibody, nanobody or tcr)")
+    given = {slot: chains.get(slot) for slot, _ in KIND_SLOTS[kind]}
+    given = {slot: sequence for slot, sequence in given.items() if sequence is not None and str(sequence).strip()}
+    with ThreadPoolExecutor(max_workers=len(given) or 1) as pool:
+        jobs = {
+            slot: pool.submit(number_chain, given[slot], f"{record} {slot} chain", allowed)
+            for slot, allowed in KIND_SLOTS[kind] if slot in given
+        }
     numbered = []
-    for slot, allowed in KIND_SLOTS[kind]:
-        sequence = chains.get(slot)
-        if sequence is None or not str(sequence).strip():
+    for slot, _ in KIND_SLOTS[kind]:
+        if slot not in jobs:
             raise InputError(record, f"missing {slot} chain for {_article(kind)} {kind}")
-        numbered.append(number_chain(sequence, f"{record} {slot} chain", allowed))
+        numbered.append(jobs[slot].result())
     extra = sorted(set(k for k, v in chains.items() if v) - {slot for slot, _ in KIND_SLOTS[kind]})
     if extra:
         raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for a {kind}")
