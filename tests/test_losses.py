@@ -139,13 +139,18 @@ def test_distogram_loss_is_low_on_the_true_bins_and_counts_only_present_residues
     beta = torch.where(mask[..., 4:5], atom14[..., 4, :], atom14[..., 1, :])
     true_bins = torch.bucketize(torch.cdist(beta, beta), distogram_bin_edges(bins))  # [1, N, N]
     confident = 20.0 * torch.nn.functional.one_hot(true_bins, bins).float()
-    assert distogram_loss(confident, atom14, mask, residue_mask).item() < 1e-3
+    every = torch.arange(restype.shape[1])
+    assert distogram_loss(confident, every, atom14, mask, residue_mask).item() < 1e-3
     uniform = torch.zeros_like(confident)
-    assert distogram_loss(uniform, atom14, mask, residue_mask).item() == pytest.approx(torch.log(torch.tensor(16.0)).item(), rel=1e-5)
+    assert distogram_loss(uniform, every, atom14, mask, residue_mask).item() == pytest.approx(torch.log(torch.tensor(16.0)).item(), rel=1e-5)
     shifted = 20.0 * torch.nn.functional.one_hot((true_bins + 3).clamp(max=bins - 1), bins).float()
-    assert distogram_loss(shifted, atom14, mask, residue_mask).item() > 10.0
+    assert distogram_loss(shifted, every, atom14, mask, residue_mask).item() > 10.0
     # Wrong logits on residues that are padding (or have no CA/CB) do not count.
     padded = confident.clone()
     padded[:, :5] = shifted[:, :5]
     padded[:, :, :5] = shifted[:, :, :5]
-    assert distogram_loss(padded, atom14, mask, residue_mask & (torch.arange(restype.shape[1]) >= 5)).item() < 1e-3
+    assert distogram_loss(padded, every, atom14, mask, residue_mask & (every >= 5)).item() < 1e-3
+    # A sample of rows is scored against those rows of the truth.
+    rows = torch.tensor([7, 30, 61])
+    assert distogram_loss(confident[:, rows], rows, atom14, mask, residue_mask).item() < 1e-3
+    assert distogram_loss(confident[:, rows + 1], rows, atom14, mask, residue_mask).item() > 1.0

@@ -24,6 +24,7 @@ from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
 from immunofold.model.ipa import InvariantPointAttention
 from immunofold.model.layers import (
+    DISTOGRAM_ROWS,
     DistogramHead,
     PairBias,
     SequenceAttentionLayer,
@@ -166,7 +167,7 @@ class ImmunoFoldNet(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """Returns frames per block, torsions per block ([B, N, 5, 2]), atom14 [B, N, 14, 3] Å, error logits [B, N, bins]
-        and, in training with a distogram head, distogram logits [B, N, N, distogram_bins]."""
+        and, in training with a distogram head, distogram logits [B, R, N, bins] for R sampled rows `distogram_rows`."""
         mask = batch["residue_mask"]
         buckets = relative_position_buckets(batch["chain_slot"])
         bias_modules = [layer.bias for layer in self.trunk] + [block.ipa.bias for block in self.blocks]
@@ -180,7 +181,10 @@ class ImmunoFoldNet(nn.Module):
             s = layer(s, attn_bias)
         s = self.single_norm(s)
         s_initial = s
-        distogram_logits = self.distogram_head(s, buckets) if self.training and hasattr(self, "distogram_head") else None
+        distogram = None
+        if self.training and hasattr(self, "distogram_head"):
+            rows = torch.randperm(s.shape[1], device=s.device)[:DISTOGRAM_ROWS]
+            distogram = (self.distogram_head(s, buckets, rows), rows)
         if self.config.pair_dim > 0:
             block_biases = [bias + pair for bias, pair in zip(block_biases, self.pair_bias(s, buckets))]
         frames = self.initial_frames(batch)
@@ -202,6 +206,6 @@ class ImmunoFoldNet(nn.Module):
             "error_logits": error_logits,
             "predicted_error": expected_error,  # [B, N] Å, expected CA deviation
         }
-        if distogram_logits is not None:
-            output["distogram_logits"] = distogram_logits
+        if distogram is not None:
+            output["distogram_logits"], output["distogram_rows"] = distogram
         return output

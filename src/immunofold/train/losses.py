@@ -142,18 +142,19 @@ def cdr_rmsd(moved_atom14, true_atom14, true_mask, chain_slot, imgt_position) ->
     return total / weight_sum.clamp(min=1e-6) / FAPE_SCALE
 
 
-def distogram_loss(distogram_logits, true_atom14, true_mask, residue_mask) -> torch.Tensor:
-    """Cross-entropy of binned true CB-CB distances (CA for glycine), mean over residue pairs, per example [B].
+def distogram_loss(distogram_logits, rows, true_atom14, true_mask, residue_mask) -> torch.Tensor:
+    """Cross-entropy of binned true CB-CB distances (CA for glycine) from residues `rows` [R] to all, mean over
+    residue pairs, per example [B].
 
-    distogram_logits [B, N, N, bins] (layers.DistogramHead); pairs with a missing CB (and CA) are masked.
+    distogram_logits [B, R, N, bins] (layers.DistogramHead); pairs with a missing CB (and CA) or padding are masked.
     """
     has_cb = true_mask[..., 4]
     beta = torch.where(has_cb[..., None], true_atom14[..., 4, :], true_atom14[..., 1, :])  # [B, N, 3]
     present = (has_cb | true_mask[..., 1]) & residue_mask  # [B, N]
-    distance = torch.cdist(beta, beta)  # [B, N, N]
+    distance = torch.cdist(beta[:, rows], beta)  # [B, R, N]
     target = torch.bucketize(distance, distogram_bin_edges(distogram_logits.shape[-1], distance.device))
-    pair_mask = (present[:, :, None] & present[:, None, :]).to(distance.dtype)
-    ce = F.cross_entropy(distogram_logits.permute(0, 3, 1, 2), target, reduction="none")  # [B, N, N]
+    pair_mask = (present[:, rows, None] & present[:, None, :]).to(distance.dtype)
+    ce = F.cross_entropy(distogram_logits.permute(0, 3, 1, 2), target, reduction="none")  # [B, R, N]
     return (ce * pair_mask).sum((1, 2)) / pair_mask.sum((1, 2)).clamp(min=1)
 
 
@@ -219,7 +220,9 @@ def total_loss(
     target_error = torch.nan_to_num(ca_distance(moved.detach(), true_atom14, true_mask))  # missing CAs: masked by ca_mask
     terms["error"] = error_head_loss(output["error_logits"], target_error, ca_mask, error_max)
     if "distogram_logits" in output:
-        terms["distogram"] = distogram_loss(output["distogram_logits"], true_atom14, true_mask, residue_mask)
+        terms["distogram"] = distogram_loss(
+            output["distogram_logits"], output["distogram_rows"], true_atom14, true_mask, residue_mask
+        )
 
     loss = sum(weights.get(name, 0.0) * value.mean() for name, value in terms.items())
     return loss, {name: value.detach().mean() for name, value in terms.items()}  # tensors: no device sync per step
