@@ -2,7 +2,7 @@
 
 In the spirit of ImmuneBuilder's refinement: PDBFixer completes missing heavy atoms and adds
 hydrogens (pH 7); the Amber14 force field in vacuum is minimised with harmonic
-restraints holding heavy atoms near the prediction. If the result still has a cis non-proline
+restraints holding heavy atoms near the prediction (backbone and CB ten times harder than side chains). If the result still has a cis non-proline
 peptide, a D-amino acid, a steric clash or a broken peptide bond, minimisation continues with
 torsion terms that push every non-proline peptide bond to trans (as ImmuneBuilder does for cis
 peptides) and every CB to the L side (N-CA-C-CB -122°), then with weaker restraints; if problems
@@ -37,6 +37,12 @@ DEFAULT_RESTRAINT_K = 1000.0  # kJ/mol/nm^2 (about 2.4 kcal/mol/Å^2, ImmuneBuil
 # were weakened at the same time (16 val models, all refined either way).
 RESTRAINT_SCALES = (1.0, 1.0, 0.1, 0.01)
 TORSION_K = (0.0, 1000.0, 1000.0, 1000.0)  # kJ/mol, trans-peptide and L-chirality terms
+# Backbone atoms (and CB, which places the side chain) are restrained this many times harder than side-chain
+# atoms: side chains resolve clashes, the predicted fold stays where the model put it. On val (v0.7, 149 models,
+# all refined either way) factor 10 against 1: antibody H3 3.21 vs 3.24 Å, nanobody CDR3 4.20 vs 4.24, TCR CDR3-beta
+# 2.04 vs 2.07, frameworks as unrefined, no slower; 100 gained nothing more and was 40 % slower.
+BACKBONE_RESTRAINT_FACTOR = 10.0
+BACKBONE_ATOMS = frozenset({"N", "CA", "C", "O", "CB"})
 L_CHIRALITY_DIHEDRAL = -122.0  # degrees, N-CA-C-CB of L-amino acids (-122 ± 2 in the test nanobody)
 MINIMISATION_TOLERANCE = 10.0  # kJ/mol/nm, largest force component at convergence
 NONBONDED_CUTOFF = 1.0 * unit.nanometer
@@ -134,13 +140,14 @@ def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
     """
     system = _force_field().createSystem(topology, nonbondedMethod=app.CutoffNonPeriodic,
                                             nonbondedCutoff=NONBONDED_CUTOFF, constraints=None)
-    restraint = openmm.CustomExternalForce("0.5*k*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
+    restraint = openmm.CustomExternalForce("0.5*k*weight*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
     restraint.addGlobalParameter("k", 0.0)
-    for name in ("x0", "y0", "z0"):
+    for name in ("weight", "x0", "y0", "z0"):
         restraint.addPerParticleParameter(name)
     for atom, position in zip(topology.atoms(), positions.value_in_unit(unit.nanometer)):
         if atom.element is not None and atom.element.symbol != "H":
-            restraint.addParticle(atom.index, list(position))
+            weight = BACKBONE_RESTRAINT_FACTOR if atom.name in BACKBONE_ATOMS else 1.0
+            restraint.addParticle(atom.index, [weight, *position])
     system.addForce(restraint)
     system.addForce(_geometry_torsions(topology))
     integrator = openmm.VerletIntegrator(0.001)
