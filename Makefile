@@ -4,9 +4,9 @@ DATA ?= ../shared/data
 BENCH_ARGS ?=
 SPEED_ARGS ?=
 
-.PHONY: bench bench-accuracy bench-speed bench-ensemble bench-errors
+.PHONY: bench bench-accuracy bench-speed bench-ensemble bench-errors bench-geometry
 
-bench: bench-accuracy bench-speed bench-ensemble bench-errors
+bench: bench-accuracy bench-speed bench-ensemble bench-errors bench-geometry
 
 bench-accuracy:
 	$(PYTHON) benchmarks/accuracy.py --data $(DATA) $(BENCH_ARGS)
@@ -19,3 +19,6 @@ bench-ensemble:
 
 bench-errors:  # reads benchmarks/results/val.csv (written by `immunofold evaluate ... --out benchmarks/results/val.json`)
 	$(PYTHON) benchmarks/error_calibration.py
+
+bench-geometry:
+	$(PYTHON) benchmarks/geometry.py --data $(DATA)

@@ -177,3 +177,24 @@ def test_error_calibration_bins_entries_by_predicted_cdr3_error(tmp_path):
     text = (tmp_path / "out.md").read_text()
     assert "## nanobody H3 (Spearman across entries 1.0)" in text and "| >= 3.0 | 1 | 9.0 | 9.0 | 9.0 | 1 |" in text
     assert "## antibody L3" in text and "## tcr" not in text  # a kind without scored entries gets no table
+
+
+def test_geometry_benchmark_counts_a_stretched_peptide_bond(nanobody_example):
+    import geometry
+    from immunofold.ensemble import Ensemble
+    from immunofold.predict import Predictor
+    from immunofold.weights import packaged_weight_files
+
+    sequence = common.example_sequence(nanobody_example)
+    prediction = Predictor(Ensemble(packaged_weight_files()[:2])).predict("nanobody", {"heavy": sequence}, refine=False)
+    before = geometry.structure_stats(prediction, None)
+    assert len(before["bond_deviation"]) == len(sequence) - 1
+    k = 1 + int(np.argmin(before["bond_deviation"][:60]))  # residues k... move away from a well-formed bond k-1 -> k
+    atom14 = prediction.atom14.copy()
+    atom14[k:] += np.array([0.0, 0.0, 1.5])
+    prediction.atom14 = atom14
+    after = geometry.structure_stats(prediction, None)
+    assert after["bond_deviation"][k - 1] > 0.5
+    assert after["problems"]["broken"] == before["problems"]["broken"] + 1
+    summary = geometry.summarise([before, after])
+    assert summary["models"] == 2 and summary["broken_per_model"] == (2 * before["problems"]["broken"] + 1) / 2

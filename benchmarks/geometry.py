@@ -1,0 +1,115 @@
+"""Physical geometry of unrefined models: peptide bonds, clashes, cis peptides and D-amino acids.
+
+    python benchmarks/geometry.py                          # shipped weights, val split of ../shared/data
+    python benchmarks/geometry.py --weights a.safetensors b.safetensors ... --out-name geometry_candidate
+
+Predicts every entry of the split from its sequences (as `immunofold evaluate` does) and checks the unrefined
+consensus and each member alone with `immunofold.refine.find_problems`, the check that decides whether a refined
+model is accepted: peptide bonds C(i)-N(i+1) outside 1.33 ± 0.1 Å, heavy atoms of different residues closer than
+2.0 Å (bonded pairs excluded), non-proline cis peptides, D-amino acids. Also reports how far peptide bonds are
+from 1.329 Å. Refined models have none of these problems by construction (refinement is retried or reported
+failed). Writes <out-dir>/<out-name>.md and .json and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import DEFAULT_DATA_ROOT, RESULTS_DIR, machine_info
+
+from immunofold.constants import PEPTIDE_BOND_LENGTH
+from immunofold.data.sabdab import read_summary
+from immunofold.ensemble import Ensemble
+from immunofold.evaluate import EVAL_BATCH_SIZE, _slot_names
+from immunofold.io import to_pdb_string
+from immunofold.predict import Prediction, Predictor
+from immunofold.refine import find_problems
+from immunofold.sequences import number_receptor
+
+PROBLEM_KINDS = {"broken": "broken peptide bonds", "clash": "clashes", "cis": "cis non-Pro peptides", "D-amino": "D-amino acids"}
+
+
+def peptide_bond_deviations(prediction: Prediction, member: int | None) -> np.ndarray:
+    """|C(i)-N(i+1) - 1.329 Å| for consecutive residues of each chain (predicted chains have no gaps), Å [N_bonds]."""
+    atoms = prediction.atom14 if member is None else prediction.members[member]
+    deviations = [
+        np.abs(np.linalg.norm(chain.atom14[:-1, 2] - chain.atom14[1:, 0], axis=-1) - PEPTIDE_BOND_LENGTH)
+        for chain in prediction._chain_atoms(atoms)
+    ]
+    return np.concatenate(deviations)
+
+
+def structure_stats(prediction: Prediction, member: int | None) -> dict:
+    problems = find_problems(to_pdb_string(prediction.unrefined_structure(member)))
+    counts = Counter(problem.split()[0] for problem in problems)
+    return {"problems": {key: counts.get(key, 0) for key in PROBLEM_KINDS}, "bond_deviation": peptide_bond_deviations(prediction, member)}
+
+
+def summarise(stats: list[dict]) -> dict:
+    deviations = np.concatenate([s["bond_deviation"] for s in stats])
+    return {
+        "models": len(stats),
+        "models_without_problems": sum(not any(s["problems"].values()) for s in stats),
+        **{f"{key}_per_model": round(float(np.mean([s["problems"][key] for s in stats])), 2) for key in PROBLEM_KINDS},
+        "bond_deviation_mean": round(float(deviations.mean()), 3),
+        "bonds_off_0.1_percent": round(100 * float((deviations > 0.1).mean()), 1),
+        "bonds_off_0.5_percent": round(100 * float((deviations > 0.5).mean()), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--weights", nargs="+", default=None, help="member weight files (default: shipped)")
+    parser.add_argument("--limit", type=int, default=None, help="first N entries only")
+    parser.add_argument("--out-dir", default=RESULTS_DIR)
+    parser.add_argument("--out-name", default="geometry")
+    args = parser.parse_args()
+
+    predictor = Predictor(Ensemble(args.weights) if args.weights else None)
+    entries = [e for e in read_summary(args.data) if e.split == args.split][: args.limit]
+    items = [(e.name, e.kind, number_receptor(e.kind, dict(zip(_slot_names(e.kind), e.sequences)), e.name)) for e in entries]
+    stats: dict[str, list[dict]] = {}
+    for start in range(0, len(items), EVAL_BATCH_SIZE):
+        for prediction in predictor.predict_numbered(items[start : start + EVAL_BATCH_SIZE]):
+            choices = {"consensus (returned)": None, **{f"member {m} alone": m for m in range(len(prediction.members))}}
+            for label, member in choices.items():
+                stats.setdefault(label, []).append(structure_stats(prediction, member))
+    summary = {label: summarise(rows) for label, rows in stats.items()}
+
+    lines = [
+        f"# Geometry of unrefined models ({args.split} split, {len(items)} entries, weights {predictor.ensemble.version})",
+        "",
+        "Checked by `immunofold.refine.find_problems` (what refinement must fix): peptide bond C-N outside 1.33 ± 0.1 Å, "
+        "heavy atoms of different residues closer than 2.0 Å, non-proline cis peptides, D-amino acids; per model, mean "
+        "over entries. Refined models have none (by construction).",
+        "",
+        "| structure | models without problems | broken peptide bonds | clashes | cis non-Pro | D-amino acids | mean abs(C-N - 1.329) Å | bonds off > 0.1 Å | > 0.5 Å |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for label, s in summary.items():
+        lines.append(
+            f"| {label} | {s['models_without_problems']} / {s['models']} | {s['broken_per_model']:.1f} | {s['clash_per_model']:.1f} | "
+            f"{s['cis_per_model']:.2f} | {s['D-amino_per_model']:.2f} | {s['bond_deviation_mean']:.3f} | "
+            f"{s['bonds_off_0.1_percent']:.1f} % | {s['bonds_off_0.5_percent']:.2f} % |"
+        )
+    markdown = "\n".join(lines) + "\n"
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, f"{args.out_name}.md"), "w") as handle:
+        handle.write(markdown)
+    with open(os.path.join(args.out_dir, f"{args.out_name}.json"), "w") as handle:
+        json.dump({"weights": predictor.ensemble.version, "split": args.split, "entries": len(items), "summary": summary, "machine": machine_info()}, handle, indent=1)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
