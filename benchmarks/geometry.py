@@ -4,10 +4,10 @@
     python benchmarks/geometry.py --weights a.safetensors b.safetensors ... --out-name geometry_candidate
 
 Predicts every entry of the split from its sequences (as `immunofold evaluate` does) and checks the unrefined
-consensus and each member alone with `immunofold.refine.find_problems`, the check that decides whether a refined
-model is accepted: peptide bonds C(i)-N(i+1) outside 1.33 ± 0.1 Å, heavy atoms of different residues closer than
-2.0 Å (bonded pairs excluded), non-proline cis peptides, D-amino acids. Also reports how far peptide bonds are
-from 1.329 Å. Refined models have none of these problems by construction (refinement is retried or reported
+consensus and each member (ranked per entry, closest to the mean first) with `immunofold.refine.find_problems`,
+the check that decides whether a refined model is accepted: peptide bonds C(i)-N(i+1) outside 1.33 ± 0.1 Å,
+heavy atoms of different residues closer than 2.0 Å (bonded pairs excluded), non-proline cis peptides,
+D-amino acids. Also reports how far peptide bonds are from 1.329 Å. Refined models have none of these problems by construction (refinement is retried or reported
 failed). Writes <out-dir>/<out-name>.md and .json and prints the markdown.
 """
 
@@ -81,7 +81,8 @@ def main() -> None:
     stats: dict[str, list[dict]] = {}
     for start in range(0, len(items), EVAL_BATCH_SIZE):
         for prediction in predictor.predict_numbered(items[start : start + EVAL_BATCH_SIZE]):
-            choices = {"consensus (returned)": None, **{f"member {m} alone": m for m in range(len(prediction.members))}}
+            # Prediction.members is ranked per entry, closest to the mean first
+            choices = {"consensus (returned)": None, **{f"member ranked {m + 1}": m for m in range(len(prediction.members))}}
             for label, member in choices.items():
                 stats.setdefault(label, []).append(structure_stats(prediction, member))
     summary = {label: summarise(rows) for label, rows in stats.items()}
@@ -91,7 +92,7 @@ def main() -> None:
         "",
         "Checked by `immunofold.refine.find_problems` (what refinement must fix): peptide bond C-N outside 1.33 ± 0.1 Å, "
         "heavy atoms of different residues closer than 2.0 Å, non-proline cis peptides, D-amino acids; per model, mean "
-        "over entries. Refined models have none (by construction).",
+        "over entries; members ranked per entry, 1 = closest to the members' mean. Refined models have none (by construction).",
         "",
         "| structure | models without problems | broken peptide bonds | clashes | cis non-Pro | D-amino acids | mean abs(C-N - 1.329) Å | bonds off > 0.1 Å | > 0.5 Å |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
