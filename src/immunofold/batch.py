@@ -556,7 +556,10 @@ def add_batch_parser(commands) -> None:
                         help="worker processes for numbering and refinement (0: none; default 1)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"same-length records handed to the model at once (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--no-refine", action="store_true", help="skip OpenMM refinement")
+    parser.add_argument(
+        "--no-refine", action="store_true",
+        help="skip OpenMM refinement (about 30x faster; raw network geometry: some broken peptide bonds and clashes)",
+    )
     parser.add_argument("--plots", action="store_true", help="write error plots (needs matplotlib: pip install 'immunofold[plots]')")
     parser.add_argument("--format", choices=("pdb", "cif"), default="pdb", help="structure file format (default pdb)")
     parser.add_argument("--numbering", choices=("imgt", "chothia", "kabat"), default="imgt", help="residue numbering (default imgt)")

@@ -61,7 +61,10 @@ def _predict(args: argparse.Namespace) -> int:
 def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="output file (.pdb or .cif)")
     parser.add_argument("--name", default=None, help="model name used in messages (default: output file stem)")
-    parser.add_argument("--no-refine", action="store_true", help="skip OpenMM refinement")
+    parser.add_argument(
+        "--no-refine", action="store_true",
+        help="skip OpenMM refinement (much faster; keeps the network's raw geometry: some broken peptide bonds and clashes)",
+    )
     parser.add_argument("--numbering", choices=("imgt", "chothia", "kabat"), default="imgt", help="residue numbering (default imgt)")
     parser.add_argument("--save-ensemble", metavar="DIR", default=None, help="also write every ensemble member to DIR")
     parser.add_argument("--format", choices=("pdb", "cif"), default=None, help="output format (default: from the suffix)")
