@@ -2,11 +2,11 @@
 
 In the spirit of ImmuneBuilder's refinement: PDBFixer completes missing heavy atoms and adds
 hydrogens (pH 7); the Amber14 force field in vacuum is minimised with harmonic
-restraints holding heavy atoms near the prediction (backbone and CB ten times harder than side chains). If the result still has a cis non-proline
-peptide, a D-amino acid, a steric clash or a broken peptide bond, minimisation continues with
-torsion terms that push every non-proline peptide bond to trans (as ImmuneBuilder does for cis
-peptides) and every CB to the L side (N-CA-C-CB -122°), then with weaker restraints; if problems
-survive every round, the input is returned unrefined.
+restraints holding heavy atoms near the prediction (backbone and CB ten times harder than side
+chains). If the result still has a cis non-proline peptide, a D-amino acid, a steric clash or a
+broken peptide bond, minimisation continues with torsion terms that push every non-proline peptide
+bond to trans (as ImmuneBuilder does for cis peptides) and every CB to the L side (N-CA-C-CB -122°),
+then with weaker restraints; if problems survive every round, the input is returned unrefined.
 
 Nonbonded forces use a 1 nm cutoff with OpenMM's reaction field (CutoffNonPeriodic): about four
 times faster than no cutoff for an Fv, and the reaction field damps vacuum electrostatics.
@@ -40,7 +40,7 @@ TORSION_K = (0.0, 1000.0, 1000.0, 1000.0)  # kJ/mol, trans-peptide and L-chirali
 # Backbone atoms (and CB, which places the side chain) are restrained this many times harder than side-chain
 # atoms: side chains resolve clashes, the predicted fold stays where the model put it. On val (v0.7, 149 models,
 # all refined either way) factor 10 against 1: antibody H3 3.21 vs 3.24 Å, nanobody CDR3 4.20 vs 4.24, TCR CDR3-beta
-# 2.04 vs 2.07, frameworks as unrefined, no slower; 100 gained nothing more and was 40 % slower.
+# 2.04 vs 2.07, frameworks as unrefined, no slower; 100 gained nothing more and was 50 % slower.
 BACKBONE_RESTRAINT_FACTOR = 10.0
 BACKBONE_ATOMS = frozenset({"N", "CA", "C", "O", "CB"})
 L_CHIRALITY_DIHEDRAL = -122.0  # degrees, N-CA-C-CB of L-amino acids (-122 ± 2 in the test nanobody)
@@ -134,7 +134,8 @@ def _force_field() -> app.ForceField:
 
 def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
     """Vacuum Amber14 system (1 nm cutoff) with harmonic restraints (global parameter k,
-    kJ/mol/nm^2) holding each heavy atom at its starting position.
+    kJ/mol/nm^2, times BACKBONE_RESTRAINT_FACTOR for backbone atoms and CB) holding each heavy
+    atom at its starting position.
 
     A one-thread CPU context, or Reference if the CPU platform is unavailable.
     """
