@@ -43,7 +43,8 @@ from common import (
 
 from immunofold.constants import KINDS
 from immunofold.data.sabdab import _load_or_reason, load_example, read_summary
-from immunofold.sequences import KIND_SLOTS, InputError, number_receptor
+from immunofold.evaluate import number_entry
+from immunofold.sequences import InputError
 
 METHODS = ("immunofold", "flashabb", "template")
 METHOD_LABELS = {"immunofold": "immunofold", "flashabb": "FlashABB 0.0.5", "template": "nearest template"}
@@ -91,8 +92,7 @@ def load_inputs(entries):
     loaded = []
     for entry in entries:
         try:
-            slots = dict(zip([slot for slot, _ in KIND_SLOTS[entry.kind]], entry.sequences))
-            numbered = number_receptor(entry.kind, slots, entry.name)
+            numbered = number_entry(entry)
             truth = load_example(entry)
             loaded.append((entry, numbered, truth, None))
         except InputError as error:

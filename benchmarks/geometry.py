@@ -7,8 +7,9 @@ Predicts every entry of the split from its sequences (as `immunofold evaluate` d
 consensus and each member (ranked per entry, closest to the mean first) with `immunofold.refine.find_problems`,
 the check that decides whether a refined model is accepted: peptide bonds C(i)-N(i+1) outside 1.33 ± 0.1 Å,
 heavy atoms of different residues closer than 2.0 Å (bonded pairs excluded), non-proline cis peptides,
-D-amino acids. Also reports how far peptide bonds are from 1.329 Å. Refined models have none of these problems by construction (refinement is retried or reported
-failed). Writes <out-dir>/<out-name>.md and .json and prints the markdown.
+D-amino acids. Also reports how far peptide bonds are from 1.329 Å. Refined models have none of these
+problems by construction (refinement is retried or reported failed). Writes <out-dir>/<out-name>.md and
+.json and prints the markdown.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from common import DEFAULT_DATA_ROOT, RESULTS_DIR, machine_info
 from immunofold.constants import PEPTIDE_BOND_LENGTH
 from immunofold.data.sabdab import read_summary
 from immunofold.ensemble import Ensemble
-from immunofold.evaluate import EVAL_BATCH_SIZE, _slot_names
+from immunofold.evaluate import EVAL_BATCH_SIZE, number_entry
 from immunofold.io import to_pdb_string
 from immunofold.predict import Prediction, Predictor
 from immunofold.refine import find_problems
-from immunofold.sequences import number_receptor
 
-PROBLEM_KINDS = {"broken": "broken peptide bonds", "clash": "clashes", "cis": "cis non-Pro peptides", "D-amino": "D-amino acids"}
+PROBLEM_KINDS = ("broken", "clash", "cis", "D-amino")  # first word of each find_problems message
 
 
 def peptide_bond_deviations(prediction: Prediction, member: int | None) -> np.ndarray:
@@ -77,7 +77,7 @@ def main() -> None:
 
     predictor = Predictor(Ensemble(args.weights) if args.weights else None)
     entries = [e for e in read_summary(args.data) if e.split == args.split][: args.limit]
-    items = [(e.name, e.kind, number_receptor(e.kind, dict(zip(_slot_names(e.kind), e.sequences)), e.name)) for e in entries]
+    items = [(e.name, e.kind, number_entry(e)) for e in entries]
     stats: dict[str, list[dict]] = {}
     for start in range(0, len(items), EVAL_BATCH_SIZE):
         for prediction in predictor.predict_numbered(items[start : start + EVAL_BATCH_SIZE]):

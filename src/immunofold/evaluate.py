@@ -21,7 +21,7 @@ from immunofold.data.sabdab import Entry, load_example, read_summary
 from immunofold.io import read_chains
 from immunofold.metrics import ca_deviation, count_chain_breaks, error_spearman, region_rmsds
 from immunofold.predict import Prediction, Predictor
-from immunofold.sequences import InputError, number_receptor
+from immunofold.sequences import KIND_SLOTS, InputError, NumberedChain, number_receptor
 
 EVAL_BATCH_SIZE = 16
 
@@ -89,8 +89,7 @@ def _evaluate_chunk(entries: list[Entry], predictor: Predictor, refine: bool) ->
     items, truths, rows = [], [], []
     for entry in entries:
         try:
-            slots = dict(zip(_slot_names(entry.kind), entry.sequences))
-            numbered, truth = number_receptor(entry.kind, slots, entry.name), load_example(entry)
+            numbered, truth = number_entry(entry), load_example(entry)
         except InputError as error:
             rows.append({"name": entry.name, "kind": entry.kind, "status": f"skipped: {error}"})
             continue
@@ -107,10 +106,10 @@ def _evaluate_chunk(entries: list[Entry], predictor: Predictor, refine: bool) ->
     return rows
 
 
-def _slot_names(kind: str) -> list[str]:
-    from immunofold.sequences import KIND_SLOTS
-
-    return [slot for slot, _ in KIND_SLOTS[kind]]
+def number_entry(entry: Entry) -> list[NumberedChain]:
+    """The entry's summary.tsv sequences numbered as for prediction; raises InputError."""
+    slots = {slot: sequence for (slot, _), sequence in zip(KIND_SLOTS[entry.kind], entry.sequences)}
+    return number_receptor(entry.kind, slots, entry.name)
 
 
 def summarise(rows: list[dict], weights_version: str, refined: bool) -> dict:
