@@ -8,7 +8,7 @@
 # Here (the GPU machine cannot read ../shared/data, so the featurised cache travels, packed):
 #   python scripts/pack_cache.py pack cache gpu/cache.npz
 #   (wheels of anarcism and gemmi for Python 3.12 in .whl/, see /work/.library/device/README.md)
-#   run(command="bash scripts/gpu_train.sh configs/v0.7/a.yaml+configs/v0.7/a-p2.yaml configs/v0.7/b.yaml",
+#   run(command="bash scripts/gpu_train.sh configs/experiments/v0.7/a.yaml+configs/experiments/v0.7/a-p2.yaml configs/experiments/v0.7/b.yaml",
 #       carry=["gpu", ".whl"], timeout_s=570)
 # Back here: tar -xf <files_at>/<name>.tar -C runs/<release>/, evaluate, ship with scripts/ship_weights.py.
 # KEEP_LAST=1 brings each run's last.pt back too (as <name>.tar.part00, 01, ...: cat them | tar -x), so that a run

@@ -1,12 +1,12 @@
 """Copy the best weights of training runs into the package (src/immunofold/weights/) and document them.
 
-Usage: python scripts/ship_weights.py --release v0.2 --configs configs/v0.2 runs/v0.2/member0 ...
+Usage: python scripts/ship_weights.py --release v0.7 --configs configs runs/v0.7/pair-r1b ...
 
 Each member's safetensors file keeps its metadata (the config as run, epoch, val metrics, wall time,
 hardware, commit) and gains the release name; weights/README.md gets one row per member and each
 member's config is saved beside its weights as <member>.yaml, so `immunofold train --config <member>.yaml`
-reproduces it. With --configs, that file is the committed <configs>/<member>.yaml (for runs made
-elsewhere, e.g. on a GPU with paths of that machine); otherwise the config as run.
+reproduces it. With --configs, that file is the committed config in that folder whose `name:` is the member's
+(for runs made elsewhere, e.g. on a GPU with paths of that machine); otherwise the config as run.
 """
 
 import argparse
@@ -20,11 +20,22 @@ from safetensors import safe_open
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "..", "src", "immunofold", "weights")
 
 
+def committed_config(folder: str, name: str) -> str:
+    """Text of the YAML file in `folder` whose `name:` is `name` (configs/member0.yaml holds pair-r1b)."""
+    for entry in sorted(os.listdir(folder)):
+        if entry.endswith(".yaml"):
+            with open(os.path.join(folder, entry)) as handle:
+                text = handle.read()
+            if (yaml.safe_load(text) or {}).get("name") == name:
+                return text
+    raise SystemExit(f"error: no config named {name} in {folder}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--release", required=True, help="release name written into every member, e.g. v0.1")
     parser.add_argument("--notes", default="", help="free text for the README (how the members were trained)")
-    parser.add_argument("--configs", help="folder of the committed configs (<member>.yaml) to ship beside the weights")
+    parser.add_argument("--configs", help="folder of the committed configs (found by their `name:`) to ship beside the weights")
     parser.add_argument("runs", nargs="+", help="run folders holding best.safetensors")
     args = parser.parse_args()
     os.makedirs(WEIGHTS_DIR, exist_ok=True)
@@ -41,8 +52,7 @@ def main() -> None:
         save_file(load_file(source), os.path.join(WEIGHTS_DIR, f"{name}.safetensors"), metadata={"info": json.dumps(info)})
         with open(os.path.join(WEIGHTS_DIR, f"{name}.yaml"), "w") as handle:
             if args.configs:
-                with open(os.path.join(args.configs, f"{name}.yaml")) as committed:
-                    handle.write(committed.read())
+                handle.write(committed_config(args.configs, name))
             else:
                 yaml.safe_dump(info["config"], handle, sort_keys=False)
         val = info["val"]
@@ -57,7 +67,8 @@ def main() -> None:
 {len(rows)} ensemble members, {size / 1e6:.1f} MB in total (safetensors). Each file's metadata holds its full
 config, the epoch kept, its val metrics, training wall time, hardware and the commit of the training code;
 `<member>.yaml` is the config (reproduce a member with `immunofold train --config <member>.yaml`, then
-`python scripts/ship_weights.py --release NAME --configs configs/NAME runs/NAME/<member> ...`).
+`python scripts/ship_weights.py --release NAME --configs configs runs/NAME/<member> ...`; the shipped members'
+configs are configs/member0-3.yaml).
 
 Data: ../shared/data (SAbDab/STCRDab-like), **train split** (antibody, nanobody and TCR entries released
 before 2021; see its README), plus its aux heavy-chain backbones where a member's config names `aux_kinds`
