@@ -151,7 +151,7 @@ def skipped_row(entry, reason: str) -> dict:
 def run_immunofold(loaded, refine: bool, weights_dir: str | None):
     from immunofold.ensemble import Ensemble
     from immunofold.evaluate import score_entry
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
     from immunofold.weights import packaged_weight_files
 
     if weights_dir:

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     import torch
 
     from immunofold.batch import run_batch
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
 
     sequences = nanobody_sequences(args.summary)
     if not sequences:

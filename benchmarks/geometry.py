@@ -31,7 +31,7 @@ from immunofold.data.sabdab import read_summary
 from immunofold.ensemble import Ensemble
 from immunofold.evaluate import EVAL_BATCH_SIZE, number_entry
 from immunofold.io import to_pdb_string
-from immunofold.predict import Prediction, Predictor
+from immunofold.prediction import Prediction, Predictor
 from immunofold.refine import find_problems
 
 PROBLEM_KINDS = ("broken", "clash", "cis", "D-amino")  # first word of each find_problems message

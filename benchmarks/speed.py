@@ -102,7 +102,7 @@ def batch_sequences(data_root: str, split: str, size: int) -> list[tuple[str, st
 def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
     from immunofold.data.features import collate, featurise
     from immunofold.ensemble import Ensemble, member_spread, superpose_members
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
     from immunofold.sequences import number_receptor
     from immunofold.weights import packaged_weight_files
 

@@ -94,7 +94,7 @@ def weights_env():
 def predictor(weights_env):
     import torch
 
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the machine running the tests may be busy; one thread is predictable

@@ -182,7 +182,7 @@ def test_error_calibration_bins_entries_by_predicted_cdr3_error(tmp_path):
 def test_geometry_benchmark_counts_a_stretched_peptide_bond(nanobody_example):
     import geometry
     from immunofold.ensemble import Ensemble
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
     from immunofold.weights import packaged_weight_files
 
     sequence = common.example_sequence(nanobody_example)

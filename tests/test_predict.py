@@ -7,7 +7,7 @@ import pytest
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
 from immunofold.cli import main
 from immunofold.io import read_chains
-from immunofold.predict import Predictor
+from immunofold.prediction import Predictor
 from immunofold.refine import find_problems
 from immunofold.sequences import InputError
 
@@ -105,7 +105,7 @@ def test_cli_predict_writes_a_file_and_reports_bad_input(tmp_path, capsys):
 
 
 def test_many_receptors_come_back_in_order_and_as_predicted_alone(predictor, monkeypatch):
-    import immunofold.predict
+    import immunofold.prediction
 
     from conftest import NANOBODY_PDB
 
@@ -118,7 +118,7 @@ def test_many_receptors_come_back_in_order_and_as_predicted_alone(predictor, mon
         ("nb2", "nanobody", {"heavy": nanobody}),
     ]
     items = [(name, kind, predictor.number(kind, chains, name)) for name, kind, chains in receptors]
-    monkeypatch.setattr(immunofold.predict, "MAX_FORWARD_BATCH", 2)  # 5 receptors: 3 forward passes
+    monkeypatch.setattr(immunofold.prediction, "MAX_FORWARD_BATCH", 2)  # 5 receptors: 3 forward passes
     passes = []
     run = predictor.ensemble.run
     monkeypatch.setattr(predictor.ensemble, "run", lambda batch: passes.append(batch["restype"].shape) or run(batch))

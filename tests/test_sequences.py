@@ -109,13 +109,32 @@ def test_long_cdr3_insertion_codes():
 # --- cleaning ----------------------------------------------------------------------------------
 
 
-def test_lower_case_whitespace_star_and_digits_accepted():
-    messy = "1 " + " ".join(HUMAN_HEAVY[i : i + 10].lower() for i in range(0, len(HUMAN_HEAVY), 10)) + "\n\t*"
+def test_lower_case_whitespace_gaps_and_a_trailing_stop_accepted_with_a_note():
+    messy = " ".join(HUMAN_HEAVY[i : i + 10].lower() for i in range(0, len(HUMAN_HEAVY), 10)) + "\n\t*"
+    messy = messy[:20] + "--." + messy[20:]
     chain = number_chain(messy, "messy")
     reference = number_chain(HUMAN_HEAVY, "ref")
     assert chain.sequence == HUMAN_HEAVY
     assert chain.positions == reference.positions
     assert chain.trimmed_before == 0 and chain.trimmed_after == 0
+    assert any("trailing stop codon" in note for note in chain.notes)
+    assert not reference.notes
+
+
+@pytest.mark.parametrize(
+    "sequence, expected",
+    [
+        (HUMAN_HEAVY[:30] + "*" + HUMAN_HEAVY[30:], "stop codon '*' at position 31"),
+        (HUMAN_HEAVY[:30] + "7" + HUMAN_HEAVY[30:], "digit '7' at position 31"),
+        ("1 " + HUMAN_HEAVY, "digit '1' at position 1"),
+        (HUMAN_HEAVY + "**", "stop codon '*' at position " + str(len(HUMAN_HEAVY) + 1)),
+        (">my_antibody heavy chain\n" + HUMAN_HEAVY, "looks like a FASTA header"),
+    ],
+)
+def test_stops_digits_and_headers_inside_a_sequence_are_refused_with_their_position(sequence, expected):
+    with pytest.raises(InputError) as excinfo:
+        number_chain(sequence, "input heavy chain")
+    assert expected in _one_line_error(excinfo, "input heavy chain")
 
 
 @pytest.mark.parametrize("letter", ["B", "J", "O", "U", "X", "Z", "#"])

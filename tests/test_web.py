@@ -33,7 +33,7 @@ TRASTUZUMAB = {"kind": "antibody", "name": "trastuzumab", "heavy": TRASTUZUMAB_H
 @pytest.fixture(scope="module")
 def predictor():
     """One real predictor for the module: the shipped weights, else the dev weights if present."""
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
     from immunofold.weights import WEIGHTS_ENV, packaged_weight_files
 
     saved = os.environ.get(WEIGHTS_ENV)

@@ -9,8 +9,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 
 def predict(*args, **kwargs):
-    """Predict one receptor; see `immunofold.predict.predict` (imported lazily to keep start-up fast)."""
-    from immunofold.predict import predict as _predict
+    """Predict one receptor; see `immunofold.prediction.predict` (imported lazily to keep start-up fast)."""
+    from immunofold.prediction import predict as _predict
 
     return _predict(*args, **kwargs)
 

@@ -165,7 +165,7 @@ def _refine_in_worker(prediction):
 
 
 def _refine_task(prediction):
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
 
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -234,7 +234,7 @@ class _Run:
     @property
     def predictor(self):
         if self._predictor is None:
-            from immunofold.predict import Predictor
+            from immunofold.prediction import Predictor
 
             self._predictor = Predictor(device=self.device)
         return self._predictor
@@ -480,7 +480,7 @@ def run_batch(
     records only; the ensemble runs them in groups of at most `predict.MAX_FORWARD_BATCH`).
     workers: processes for numbering and refinement (0: all in this process).
     threads: torch threads for the model pass during the run (default: CPU cores minus workers,
-    at least 1). predictor: a loaded `immunofold.predict.Predictor` to reuse. on_event(event, record) is
+    at least 1). predictor: a loaded `immunofold.prediction.Predictor` to reuse. on_event(event, record) is
     called with "structure_written" and "record_done" (for progress hooks and tests).
     Raises InputError for an unreadable input file and plots.PlotsUnavailable when `plots`
     is asked for without matplotlib; a bad record never raises, it goes to failures.csv.

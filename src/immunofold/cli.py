@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import warnings
 
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
     from immunofold.sequences import InputError
 
     chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
@@ -74,7 +74,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from immunofold.ensemble import Ensemble
     from immunofold.evaluate import evaluate, print_summary, write_results
-    from immunofold.predict import Predictor
+    from immunofold.prediction import Predictor
 
     ensemble = Ensemble(args.weights, args.device) if args.weights else Ensemble.packaged(args.device)
     summary, rows = evaluate(args.data, args.split, Predictor(ensemble), refine=args.refine, limit=args.limit)

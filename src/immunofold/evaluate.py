@@ -20,7 +20,7 @@ from immunofold.constants import KIND_CHAIN_IDS, KINDS
 from immunofold.data.sabdab import Entry, load_example, read_summary
 from immunofold.io import read_chains
 from immunofold.metrics import ca_deviation, count_chain_breaks, error_spearman, region_rmsds
-from immunofold.predict import Prediction, Predictor
+from immunofold.prediction import Prediction, Predictor
 from immunofold.sequences import KIND_SLOTS, InputError, NumberedChain, number_receptor
 
 EVAL_BATCH_SIZE = 16

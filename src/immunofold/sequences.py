@@ -53,21 +53,42 @@ class NumberedChain:
 
 
 def clean_sequence(sequence: str, record: str) -> str:
-    """Upper-case, strip whitespace, digits and stop/gap symbols; refuse other non-amino-acid letters."""
+    """Upper-case, drop whitespace and alignment gaps ('-', '.') and one trailing stop ('*'); refuse anything
+    else that is not one of the 20 amino acids, naming the first offending position (1-based, whitespace ignored)."""
     if sequence is None:
         raise InputError(record, "no sequence given")
-    cleaned = re.sub(r"[\s\d*\-.]", "", str(sequence)).upper()
-    if not cleaned:
+    if not isinstance(sequence, str):
+        raise InputError(record, f"sequence must be text, not {type(sequence).__name__}")
+    text = re.sub(r"\s", "", sequence).upper()
+    if text.startswith(">"):
+        raise InputError(record, "looks like a FASTA header; paste the sequence only (FASTA files go to `immunofold batch`)")
+    if not re.sub(r"[-.*]", "", text):
         raise InputError(record, "empty sequence")
+    if text.endswith("*"):
+        text = text[:-1]
+    for position, letter in enumerate(text, start=1):
+        if letter == "*":
+            raise InputError(record, f"stop codon '*' at position {position} inside the sequence")
+        if letter.isdigit():
+            raise InputError(record, f"digit {letter!r} at position {position} (paste the sequence without numbers)")
+    cleaned = re.sub(r"[-.]", "", text)
     bad = sorted(set(cleaned) - _ALLOWED_LETTERS)
     if bad:
         shown = "".join(bad[:5])
-        raise InputError(record, f"invalid letters {shown!r} (only the 20 standard amino acids are accepted)")
+        first = next(i for i, letter in enumerate(text, start=1) if letter in bad)
+        raise InputError(
+            record, f"invalid letters {shown!r}, first at position {first} (only the 20 standard amino acids are accepted)"
+        )
     if len(cleaned) > MAX_SEQUENCE_LENGTH:
         raise InputError(record, f"sequence of {len(cleaned)} residues is longer than {MAX_SEQUENCE_LENGTH}")
     if len(cleaned) < MIN_DOMAIN_LENGTH:
         raise InputError(record, f"sequence of {len(cleaned)} residues is too short for a V domain (< {MIN_DOMAIN_LENGTH})")
     return cleaned
+
+
+def ends_with_stop(sequence: str) -> bool:
+    """True when the sequence ends with one stop codon '*' (accepted and dropped by `clean_sequence`)."""
+    return isinstance(sequence, str) and sequence.rstrip().endswith("*")
 
 
 # anarcism's rhesus kappa/heavy profiles shift IMGT numbering by one (Cys at 24, Trp at 42);
@@ -128,6 +149,8 @@ def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = N
     if allowed is not None and domain.chain_class not in allowed:
         raise InputError(record, f"is {_article(domain.chain_class)} {domain.chain_class} chain, expected {' or '.join(allowed)}")
     notes = []
+    if ends_with_stop(sequence):
+        notes.append(f"{record}: dropped the trailing stop codon '*'")
     if domain.trimmed_before or domain.trimmed_after:
         notes.append(
             f"{record}: kept the V domain (IMGT 1-128), removed {domain.trimmed_before} residue(s) before "

@@ -220,7 +220,7 @@ class JobRunner:
         with self._predictor_lock:
             if self._predictor is None:
                 if self._predictor_factory is None:
-                    from immunofold.predict import Predictor
+                    from immunofold.prediction import Predictor
 
                     self._predictor = Predictor()
                 else:

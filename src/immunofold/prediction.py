@@ -9,8 +9,8 @@ Data flow: sequences -> numbered chains -> features -> ensemble -> atoms -> refi
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -25,7 +25,7 @@ from immunofold.data.template import is_cdr
 from immunofold.ensemble import Ensemble, EnsembleOutput
 from immunofold.geometry import residue_tables
 from immunofold.io import ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
-from immunofold.numbering import renumber
+from immunofold.numbering import SCHEMES as NUMBERING_SCHEMES, renumber
 from immunofold.refine import refine as refine_structure
 from immunofold.sequences import InputError, NumberedChain, number_receptor
 
@@ -216,9 +216,26 @@ class Predictor:
         return self.refine(prediction) if refine else prediction
 
 
-@functools.lru_cache(maxsize=2)
+DEVICES = ("cpu", "cuda")
+_predictors: dict[str, Predictor] = {}
+_predictors_lock = threading.Lock()
+
+
+def check_device(device: str, record: str = "device") -> str:
+    """`device` if it is "cpu" or "cuda" with a CUDA GPU present; else an InputError with a one-line reason."""
+    if device not in DEVICES:
+        raise InputError(record, f"unknown device {device!r} (cpu or cuda)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(record, "device 'cuda' requested but no CUDA GPU is available (use cpu)")
+    return device
+
+
 def default_predictor(device: str = "cpu") -> Predictor:
-    return Predictor(device=device)
+    """The shared Predictor of the packaged ensemble on `device`, loaded once even when threads ask at once."""
+    with _predictors_lock:
+        if device not in _predictors:
+            _predictors[device] = Predictor(device=device)
+        return _predictors[device]
 
 
 def predict(
@@ -232,10 +249,18 @@ def predict(
     device: str = "cpu",
     name: str = "input",
 ) -> Prediction:
-    """Predict one antibody (heavy + light), nanobody (heavy) or TCR (alpha + beta) from sequence."""
-    kind = kind or infer_kind(heavy, light, alpha, beta)
+    """Predict one antibody (heavy + light), nanobody (heavy) or TCR (alpha + beta) from sequence.
+
+    Raises TypeError for a sequence that is not a string and InputError (one line: '<name>: <reason>') for
+    anything else that cannot be modelled: bad sequences, unknown kind, numbering or device.
+    """
     chains = {"heavy": heavy, "light": light, "alpha": alpha, "beta": beta}
+    for slot, sequence in chains.items():
+        if sequence is not None and not isinstance(sequence, str):
+            raise TypeError(f"{name}: {slot} must be a sequence string, not {type(sequence).__name__}")
     chains = {k: v for k, v in chains.items() if v}
-    if torch.cuda.is_available() is False and device == "cuda":
-        raise InputError(name, "device 'cuda' requested but no CUDA GPU is available")
+    kind = kind or infer_kind(**chains)
+    if numbering not in NUMBERING_SCHEMES:
+        raise InputError(name, f"unknown numbering scheme {numbering!r} ({', '.join(NUMBERING_SCHEMES)})")
+    check_device(device, name)
     return default_predictor(device).predict(kind, chains, name=name, refine=refine, numbering=numbering)

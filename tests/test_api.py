@@ -1,0 +1,84 @@
+"""The README's Python API as a user calls it: twice, from threads, with bad arguments."""
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import immunofold
+import immunofold.prediction
+from immunofold.sequences import InputError
+
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
+
+
+def test_predict_works_twice_in_a_fresh_process_and_after_importing_the_submodule():
+    script = f"""
+import immunofold
+H, L = {TRASTUZUMAB_HEAVY!r}, {TRASTUZUMAB_LIGHT!r}
+first = immunofold.predict(heavy=H, light=L, refine=False)
+second = immunofold.predict(heavy=H, light=L, refine=False)
+import immunofold.prediction
+from immunofold.prediction import Predictor
+third = immunofold.predict(heavy=H, light=L, refine=False)
+assert first.to_pdb_string() == second.to_pdb_string() == third.to_pdb_string()
+print("ok", len(first.error))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    word, residues = result.stdout.split()
+    assert word == "ok" and int(residues) > 200
+    assert callable(immunofold.predict) and immunofold.predict is not immunofold.prediction
+
+
+def test_threads_calling_predict_for_the_first_time_load_the_ensemble_once(monkeypatch):
+    loads = []
+    real_init = immunofold.prediction.Predictor.__init__
+
+    def counting_init(self, *args, **kwargs):
+        loads.append(threading.get_ident())
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(immunofold.prediction, "_predictors", {})
+    monkeypatch.setattr(immunofold.prediction.Predictor, "__init__", counting_init)
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False))
+        except Exception as error:  # noqa: BLE001  (collected and asserted below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 3
+    assert len(loads) == 1
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7", ""])
+def test_unknown_device_is_an_input_error(device):
+    with pytest.raises(InputError) as excinfo:
+        immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, device=device)
+    assert "device" in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_cuda_without_a_gpu_is_an_input_error(monkeypatch):
+    monkeypatch.setattr(immunofold.prediction.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, device="cuda")
+
+
+@pytest.mark.parametrize("heavy", [12345, b"EVQLVESGG", ["EVQL"]])
+def test_a_sequence_that_is_not_a_string_is_a_type_error(heavy):
+    with pytest.raises(TypeError, match="heavy must be a sequence string"):
+        immunofold.predict(heavy=heavy, refine=False)
+
+
+def test_unknown_numbering_is_refused_before_the_model_runs(monkeypatch):
+    monkeypatch.setattr(immunofold.prediction, "default_predictor", lambda device: pytest.fail("model loaded"))
+    with pytest.raises(InputError, match="unknown numbering scheme 'martin'"):
+        immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, numbering="martin")
