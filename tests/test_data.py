@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import NANOBODY_PDB
+from immunofold.constants import is_framework
 from immunofold.data.sabdab import build_examples, cached_examples, read_summary
-from immunofold.data.template import build_template, is_framework
+from immunofold.data.template import build_template
 
 HEADER = "pdb\tHchain\tLchain\tmodel\tantigen_chain\tdate\tresolution\tmethod\theavy_species\tlight_species\tkind\tsplit\tsource\theavy_seq\tlight_seq\n"
 

@@ -54,6 +54,7 @@ from immunofold.inputs import (
     parse_input,
     resolve_or_reason,
 )
+from immunofold.numbering import SCHEMES
 from immunofold.sequences import InputError
 
 STATE_DIR = ".immunofold"
@@ -490,8 +491,8 @@ def run_batch(
         raise InputError("--kind", f"unknown receptor kind {kind!r} ({', '.join(KIND_CHOICES)})")
     if fmt not in ("pdb", "cif"):
         raise InputError("--format", f"unknown format {fmt!r} (pdb or cif)")
-    if numbering not in ("imgt", "chothia", "kabat"):
-        raise InputError("--numbering", f"unknown numbering scheme {numbering!r} (imgt, chothia or kabat)")
+    if numbering not in SCHEMES:
+        raise InputError("--numbering", f"unknown numbering scheme {numbering!r} ({', '.join(SCHEMES)})")
     if int(batch_size) < 1 or int(workers) < 0:
         raise InputError("options", "batch size must be >= 1 and workers >= 0")
     if plots:
@@ -562,7 +563,7 @@ def add_batch_parser(commands) -> None:
     )
     parser.add_argument("--plots", action="store_true", help="write error plots (needs matplotlib: pip install 'immunofold[plots]')")
     parser.add_argument("--format", choices=("pdb", "cif"), default="pdb", help="structure file format (default pdb)")
-    parser.add_argument("--numbering", choices=("imgt", "chothia", "kabat"), default="imgt", help="residue numbering (default imgt)")
+    parser.add_argument("--numbering", choices=SCHEMES, default="imgt", help="residue numbering (default imgt)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the model pass (default: CPU cores minus workers, at least 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -65,7 +65,9 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
         "--no-refine", action="store_true",
         help="skip OpenMM refinement (much faster; keeps the network's raw geometry: some broken peptide bonds and clashes)",
     )
-    parser.add_argument("--numbering", choices=("imgt", "chothia", "kabat"), default="imgt", help="residue numbering (default imgt)")
+    from immunofold.numbering import SCHEMES
+
+    parser.add_argument("--numbering", choices=SCHEMES, default="imgt", help="residue numbering (default imgt)")
     parser.add_argument("--save-ensemble", metavar="DIR", default=None, help="also write every ensemble member to DIR")
     parser.add_argument("--format", choices=("pdb", "cif"), default=None, help="output format (default: from the suffix)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

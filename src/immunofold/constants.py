@@ -107,6 +107,7 @@ KIND_CHAIN_IDS = {"antibody": ("H", "L"), "nanobody": ("H",), "tcr": ("A", "B")}
 
 # --- IMGT regions --------------------------------------------------------------------------
 IMGT_MAX_POSITION = 128
+NUM_IMGT_POSITIONS = IMGT_MAX_POSITION + 1  # rows of a per-position table: IMGT 1..128, row 0 unused
 IMGT_CDRS = {1: (27, 38), 2: (56, 65), 3: (105, 117)}  # inclusive ranges of IMGT positions
 
 
@@ -118,5 +119,17 @@ def imgt_region(position: int) -> str:
     return "FR"
 
 
+def is_cdr(position, cdr: int):
+    """True for IMGT positions inside CDR `cdr` (1, 2 or 3). position [*] (tensor or array) -> [*] bool."""
+    lo, hi = IMGT_CDRS[cdr]
+    return (position >= lo) & (position <= hi)
+
+
+def is_framework(position):
+    """True for IMGT positions 1-128 outside the three CDRs. position [*] (tensor or array) -> [*] bool."""
+    in_cdr = is_cdr(position, 1) | is_cdr(position, 2) | is_cdr(position, 3)
+    return ~in_cdr & (position >= 1) & (position <= IMGT_MAX_POSITION)
+
+
 # Geometry
-PEPTIDE_BOND_LENGTH = 1.329  # C(i)-N(i+1), Å
+PEPTIDE_BOND_LENGTH = 1.329  # C(i)-N(i+1), Å (Engh & Huber); the training loss and refinement's check both use it

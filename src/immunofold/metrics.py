@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS
-from immunofold.data.template import is_cdr, is_framework
+from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, is_cdr, is_framework
 from immunofold.geometry import kabsch
 
 METRIC_ATOMS = [0, 1, 2, 4]  # atom14 slots of N, CA, C, CB
@@ -20,7 +19,7 @@ METRIC_ATOMS = [0, 1, 2, 4]  # atom14 slots of N, CA, C, CB
 
 def region_masks(imgt_position: torch.Tensor) -> dict[str, torch.Tensor]:
     """Boolean residue masks [N] for '1', '2', '3' (CDRs) and 'fr'."""
-    masks = {str(k): (imgt_position >= lo) & (imgt_position <= hi) for k, (lo, hi) in IMGT_CDRS.items()}
+    masks = {str(k): is_cdr(imgt_position, k) for k in IMGT_CDRS}
     masks["fr"] = is_framework(imgt_position)
     return masks
 

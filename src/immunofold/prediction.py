@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from immunofold import __version__
-from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE
+from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE, is_cdr
 from immunofold.data.features import collate, featurise
-from immunofold.data.template import is_cdr
 from immunofold.ensemble import Ensemble, EnsembleOutput
 from immunofold.geometry import residue_tables
 from immunofold.io import ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure

@@ -28,7 +28,7 @@ import openmm
 from openmm import app, unit
 from pdbfixer import PDBFixer
 
-from immunofold.constants import ONE_TO_THREE
+from immunofold.constants import BACKBONE_ATOMS, ONE_TO_THREE, PEPTIDE_BOND_LENGTH
 from immunofold.io import ChainAtoms, atom14_names, read_chains, to_pdb_string
 
 DEFAULT_RESTRAINT_K = 1000.0  # kJ/mol/nm^2 (about 2.4 kcal/mol/Å^2, ImmuneBuilder's first stiffness)
@@ -42,17 +42,16 @@ TORSION_K = (0.0, 1000.0, 1000.0, 1000.0)  # kJ/mol, trans-peptide and L-chirali
 # all refined either way) factor 10 against 1: antibody H3 3.21 vs 3.24 Å, nanobody CDR3 4.20 vs 4.24, TCR CDR3-beta
 # 2.04 vs 2.07, frameworks as unrefined, no slower; 100 gained nothing more and was 50 % slower.
 BACKBONE_RESTRAINT_FACTOR = 10.0
-BACKBONE_ATOMS = frozenset({"N", "CA", "C", "O", "CB"})
+HARD_RESTRAINED_ATOMS = frozenset((*BACKBONE_ATOMS, "CB"))  # restrained BACKBONE_RESTRAINT_FACTOR times harder
 L_CHIRALITY_DIHEDRAL = -122.0  # degrees, N-CA-C-CB of L-amino acids (-122 ± 2 in the test nanobody)
 MINIMISATION_TOLERANCE = 10.0  # kJ/mol/nm, largest force component at convergence
 NONBONDED_CUTOFF = 1.0 * unit.nanometer
 CPU_THREADS = 1  # one thread: minimisation is deterministic and, on 2 cores, about as fast as two
 PH = 7.0
 
-PEPTIDE_BOND_LENGTH = 1.33  # Å
-PEPTIDE_BOND_TOLERANCE = 0.1  # Å
+PEPTIDE_BOND_TOLERANCE = 0.1  # Å around constants.PEPTIDE_BOND_LENGTH
 CIS_OMEGA_LIMIT = 30.0  # degrees: |omega| below this is cis
-CLASH_DISTANCE = 2.0  # Å, non-bonded heavy atoms closer than this clash
+CLASH_CHECK_DISTANCE = 2.0  # Å, non-bonded heavy atoms closer than this clash (the acceptance check)
 # Heavy-atom pairs (atom of residue i, atom of residue i+1) within two bonds across a peptide bond.
 PEPTIDE_NEIGHBOUR_PAIRS = frozenset({("C", "N"), ("O", "N"), ("CA", "N"), ("C", "CA"), ("C", "CD")})
 CLASH_BLOCK_ROWS = 1024  # rows of the pairwise distance matrix computed at once
@@ -147,7 +146,7 @@ def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
         restraint.addPerParticleParameter(name)
     for atom, position in zip(topology.atoms(), positions.value_in_unit(unit.nanometer)):
         if atom.element is not None and atom.element.symbol != "H":
-            weight = BACKBONE_RESTRAINT_FACTOR if atom.name in BACKBONE_ATOMS else 1.0
+            weight = BACKBONE_RESTRAINT_FACTOR if atom.name in HARD_RESTRAINED_ATOMS else 1.0
             restraint.addParticle(atom.index, [weight, *position])
     system.addForce(restraint)
     system.addForce(_geometry_torsions(topology))
@@ -211,7 +210,7 @@ def _with_input_annotations(refined_pdb: str, input_pdb: str) -> str:
 
 # --- geometry checks ---------------------------------------------------------------------------
 
-def find_problems(pdb_string: str, clash_distance: float = CLASH_DISTANCE) -> list[str]:
+def find_problems(pdb_string: str, clash_distance: float = CLASH_CHECK_DISTANCE) -> list[str]:
     """One-line descriptions of geometry problems among heavy atoms of a PDB structure.
 
     Reports non-proline cis peptides (|omega CA-C-N-CA| < 30°), D-amino acids (N-CA-C-CB

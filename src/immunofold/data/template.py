@@ -9,32 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from immunofold.constants import IMGT_CDRS, KINDS
+from immunofold.constants import KINDS, NUM_IMGT_POSITIONS, is_framework
 from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import kabsch
 
-NUM_POSITIONS = 129
 NUM_RANKS = MAX_INSERTION_RANK + 1
-NUM_KEYS = 2 * NUM_POSITIONS * NUM_RANKS
+NUM_KEYS = 2 * NUM_IMGT_POSITIONS * NUM_RANKS
 
 
 def imgt_key(example: dict) -> torch.Tensor:
     """Flat key index [N] of (chain slot, IMGT position, insertion rank)."""
-    return (example["chain_slot"] * NUM_POSITIONS + example["imgt_position"]) * NUM_RANKS + example["imgt_insertion"]
-
-
-def is_cdr(position: torch.Tensor, cdr: int) -> torch.Tensor:
-    """True for IMGT positions inside CDR `cdr` (1, 2 or 3). position [*] (tensor or array) -> [*] bool."""
-    lo, hi = IMGT_CDRS[cdr]
-    return (position >= lo) & (position <= hi)
-
-
-def is_framework(position: torch.Tensor) -> torch.Tensor:
-    """True for IMGT positions 1-128 outside the three CDRs. position [*] -> [*] bool."""
-    inside = torch.zeros_like(position, dtype=torch.bool)
-    for cdr in IMGT_CDRS:
-        inside |= is_cdr(position, cdr)
-    return ~inside & (position >= 1) & (position <= 128)
+    return (example["chain_slot"] * NUM_IMGT_POSITIONS + example["imgt_position"]) * NUM_RANKS + example["imgt_insertion"]
 
 
 def _mean_backbone(examples: list[dict], iterations: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,13 +46,13 @@ def _mean_backbone(examples: list[dict], iterations: int = 3) -> tuple[torch.Ten
 
 def _fill_missing(mean: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Give every unseen key the coordinates of the nearest seen one (lower insertion rank, then nearest position)."""
-    table = mean.view(2, NUM_POSITIONS, NUM_RANKS, 3, 3).clone()
-    seen = (counts > 0).view(2, NUM_POSITIONS, NUM_RANKS)
+    table = mean.view(2, NUM_IMGT_POSITIONS, NUM_RANKS, 3, 3).clone()
+    seen = (counts > 0).view(2, NUM_IMGT_POSITIONS, NUM_RANKS)
     for slot in range(2):
         seen_positions = torch.nonzero(seen[slot, :, 0]).flatten()
         if len(seen_positions) == 0:
             continue
-        for position in range(NUM_POSITIONS):
+        for position in range(NUM_IMGT_POSITIONS):
             if not seen[slot, position, 0]:
                 nearest = seen_positions[(seen_positions - position).abs().argmin()]
                 table[slot, position, 0] = table[slot, nearest, 0]
@@ -78,15 +63,15 @@ def _fill_missing(mean: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 
 def build_template(examples: list[dict]) -> torch.Tensor:
-    """Template table [len(KINDS), 2, 129, NUM_RANKS, 3 (N, CA, C), 3] Å, centred per kind."""
-    template = torch.zeros(len(KINDS), 2, NUM_POSITIONS, NUM_RANKS, 3, 3)
+    """Template table [len(KINDS), 2, NUM_IMGT_POSITIONS, NUM_RANKS, 3 (N, CA, C), 3] Å, centred per kind."""
+    template = torch.zeros(len(KINDS), 2, NUM_IMGT_POSITIONS, NUM_RANKS, 3, 3)
     for kind_index, _ in enumerate(KINDS):
         chosen = [e for e in examples if int(e["kind"]) == kind_index]
         if not chosen:
             continue
         mean, counts = _mean_backbone(chosen)
         table = _fill_missing(mean, counts)
-        seen = (counts > 0).view(2, NUM_POSITIONS, NUM_RANKS)
+        seen = (counts > 0).view(2, NUM_IMGT_POSITIONS, NUM_RANKS)
         center = table[seen][:, 1].mean(0)
         template[kind_index] = (table - center).float()
     return template

@@ -13,8 +13,8 @@ from torch import nn
 
 from immunofold.constants import (
     CHAIN_CLASSES,
-    IMGT_MAX_POSITION,
     KINDS,
+    NUM_IMGT_POSITIONS,
     NUM_RESTYPES,
     NUM_TORSIONS,
     RESTYPE_INDEX,
@@ -33,8 +33,6 @@ from immunofold.model.layers import (
     cysteine_pairs,
     relative_position_buckets,
 )
-
-NUM_POSITIONS = IMGT_MAX_POSITION + 1  # IMGT 1..128, 0 unused
 
 
 @dataclass
@@ -77,14 +75,14 @@ class ResidueEmbedding(nn.Module):
         self.restype = nn.Embedding(NUM_RESTYPES, dim)
         self.chain_class = nn.Embedding(len(CHAIN_CLASSES), dim)
         self.kind = nn.Embedding(len(KINDS), dim)
-        self.position = nn.Embedding(len(CHAIN_CLASSES) * NUM_POSITIONS, dim)
+        self.position = nn.Embedding(len(CHAIN_CLASSES) * NUM_IMGT_POSITIONS, dim)
         self.insertion = nn.Embedding(MAX_INSERTION_RANK + 1, dim)
         if language_dim > 0:
             self.language = nn.Sequential(nn.LayerNorm(language_dim), nn.Linear(language_dim, dim, bias=False))
             nn.init.zeros_(self.language[1].weight)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        position = batch["chain_class"] * NUM_POSITIONS + batch["imgt_position"]
+        position = batch["chain_class"] * NUM_IMGT_POSITIONS + batch["imgt_position"]
         restype = batch["restype"]
         hidden = torch.zeros_like(restype, dtype=torch.bool)
         if self.training and self.restype_dropout > 0:
@@ -153,7 +151,7 @@ class ImmunoFoldNet(nn.Module):
         )
         # Mean backbone (N, CA, C) per [kind, chain slot, IMGT position, insertion rank], Å; filled from training data.
         self.register_buffer(
-            "template_atoms", torch.zeros(len(KINDS), 2, NUM_POSITIONS, MAX_INSERTION_RANK + 1, 3, 3)
+            "template_atoms", torch.zeros(len(KINDS), 2, NUM_IMGT_POSITIONS, MAX_INSERTION_RANK + 1, 3, 3)
         )
 
     def initial_frames(self, batch: dict[str, torch.Tensor]) -> Frames:

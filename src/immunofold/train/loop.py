@@ -20,12 +20,12 @@ import time
 import numpy as np
 import torch
 
-from immunofold.constants import KINDS
+from immunofold.constants import KINDS, is_cdr
 from immunofold.data.features import collate
 from immunofold.data.aux import cached_aux_examples
 from immunofold.data.language import attach_language_features
 from immunofold.data.sabdab import cached_examples
-from immunofold.data.template import build_template, is_cdr
+from immunofold.data.template import build_template
 from immunofold.metrics import region_rmsds
 from immunofold.model.network import ImmunoFoldNet
 from immunofold.train.config import VIOLATION_TERMS, TrainConfig

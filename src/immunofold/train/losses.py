@@ -8,15 +8,16 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX
-from immunofold.data.template import is_cdr, is_framework
+from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX, is_cdr, is_framework
 from immunofold.geometry import Frames, backbone_frames, residue_tables, torsion_angles
 from immunofold.metrics import METRIC_ATOMS, ca_distance, superpose_chains
 from immunofold.model.layers import distogram_bin_edges
 
 FAPE_CLAMP = 10.0  # Å
 FAPE_SCALE = 10.0  # Å
-CLASH_DISTANCE = 3.0  # Å; non-bonded heavy atoms of different residues closer than this (minus tolerance) clash
+# Å; the training penalty starts where non-bonded heavy atoms of different residues come closer than this minus
+# CLASH_TOLERANCE (2.6 Å): a soft margin, stricter than refinement's acceptance check (refine.CLASH_CHECK_DISTANCE).
+CLASH_PENALTY_DISTANCE = 3.0
 CLASH_TOLERANCE = 0.4  # Å
 BOND_TOLERANCE = 0.05  # Å
 CLASH_NEIGHBOURS = 16  # residues per residue considered for clashes
@@ -89,7 +90,7 @@ def disulfide_loss(pred_atom14, true_atom14, true_mask, restype) -> torch.Tensor
 
 
 def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> torch.Tensor:
-    """Penalty on heavy atoms of different, non-adjacent-bonded residues closer than CLASH_DISTANCE - tolerance, per example [B].
+    """Penalty on heavy atoms of different, non-adjacent-bonded residues closer than CLASH_PENALTY_DISTANCE - tolerance, per example [B].
 
     Only the CLASH_NEIGHBOURS nearest residues (by CA) of each residue are checked, which keeps the cost O(N).
     """
@@ -113,7 +114,7 @@ def clash_loss(pred_atom14, atom_exists, residue_mask, chain_slot, restype) -> t
     is_sg[..., 5] = restype == RESTYPE_INDEX["C"]
     other_sg = torch.gather(is_sg.unsqueeze(1).expand(b, n, n, 14), 2, neighbours[..., None].expand(b, n, k, 14))
     valid = valid & ~(is_sg[:, :, None, :, None] & other_sg[:, :, :, None, :])
-    penalty = F.relu(CLASH_DISTANCE - CLASH_TOLERANCE - dist) * valid
+    penalty = F.relu(CLASH_PENALTY_DISTANCE - CLASH_TOLERANCE - dist) * valid
     return penalty.sum((1, 2, 3, 4)) / residue_mask.sum(-1).clamp(min=1) / 2
 
 
