@@ -86,8 +86,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """'immunofold <package version>, weights <release>+<hash>': the weights version is the one predictions report."""
+    from immunofold import __version__
+    from immunofold.weights import packaged_weight_files, weights_version
+
+    files = packaged_weight_files()
+    return f"immunofold {__version__}, weights {weights_version(files) if files else 'none found'}"
+
+
+class _PrintVersion(argparse.Action):
+    """--version, computed only when asked (it hashes the weight files)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the package and weights versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunofold", description=__doc__)
+    parser.add_argument("--version", action=_PrintVersion)
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser("predict", help="predict one receptor structure from sequence")

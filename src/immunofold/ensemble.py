@@ -13,8 +13,6 @@ val split it is 0.02-0.16 Å closer to the truth in CDR3 than the member closest
 
 from __future__ import annotations
 
-import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,7 +20,7 @@ import torch
 
 from immunofold.data.language import batch_language_features
 from immunofold.geometry import Frames, atom14_from_frames, kabsch, residue_tables, torsion_angles
-from immunofold.weights import load_model, packaged_weight_files
+from immunofold.weights import load_model, packaged_weight_files, weights_version
 
 BACKBONE_SLOTS = [0, 1, 2, 3]  # atom14 slots of N, CA, C, O
 
@@ -90,21 +88,12 @@ class Ensemble:
         self.models = [model.to(self.device) for model, _ in loaded]
         self.infos = [info for _, info in loaded]
         self.files = list(weight_files)
-        self.version = self._version()
+        self.version = weights_version(self.files)
         self.needs_language = any(model.config.language_dim > 0 for model in self.models)
 
     @classmethod
     def packaged(cls, device: str = "cpu") -> "Ensemble":
         return cls(packaged_weight_files(), device)
-
-    def _version(self) -> str:
-        """Release name from the weights' metadata, plus a short content hash of all member files."""
-        digest = hashlib.sha256()
-        for path in self.files:
-            with open(path, "rb") as handle:
-                digest.update(handle.read())
-        release = self.infos[0].get("release", os.path.basename(os.path.dirname(self.files[0])))
-        return f"{release}+{digest.hexdigest()[:10]}"
 
     def forward_members(self, batch: dict[str, torch.Tensor]) -> list[dict]:
         """Each member's output on `batch` (already on the device), in member order, without gradients.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from importlib import resources
@@ -22,13 +23,17 @@ def save_weights(model: nn.Module, path: str, info: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_weights(path: str) -> tuple[dict, dict]:
-    """(state dict, info metadata) of a weights file."""
+def load_info(path: str) -> dict:
+    """The info metadata of a weights file (config, epoch, val metrics, release, ...), without its tensors."""
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as handle:
-        info = json.loads((handle.metadata() or {}).get("info", "{}"))
-    return load_file(path), info
+        return json.loads((handle.metadata() or {}).get("info", "{}"))
+
+
+def load_weights(path: str) -> tuple[dict, dict]:
+    """(state dict, info metadata) of a weights file."""
+    return load_file(path), load_info(path)
 
 
 def load_model(path: str) -> tuple[ImmunoFoldNet, dict]:
@@ -39,6 +44,17 @@ def load_model(path: str) -> tuple[ImmunoFoldNet, dict]:
     model.load_state_dict(state)
     model.eval()
     return model, info
+
+
+def weights_version(weight_files: list[str]) -> str:
+    """The version predictions report, e.g. 'v0.7+1a2b3c4d5e': the first member's release name (its folder's name
+    if it has none) plus the first 10 hex digits of the SHA-256 of all member files, in the order given."""
+    digest = hashlib.sha256()
+    for path in weight_files:
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+    release = load_info(weight_files[0]).get("release", os.path.basename(os.path.dirname(weight_files[0])))
+    return f"{release}+{digest.hexdigest()[:10]}"
 
 
 WEIGHTS_ENV = "IMMUNOFOLD_WEIGHTS"  # a folder of *.safetensors members to use instead of the shipped ones
