@@ -3,7 +3,7 @@
 Needs /usr/bin/chromium + /usr/bin/chromedriver (`.ci/install-browser`) and the 3D viewer
 (`immunofold serve --install-assets`). A missing browser or viewer FAILS this test (CI installs both);
 set IMMUNOFOLD_SKIP_BROWSER=1 to skip it on a machine without them. With IMMUNOFOLD_SAVE_SCREENSHOT=1
-the screenshot is also copied to benchmarks/results/web_screenshot.png.
+the screenshot is also copied to docs/web.png (the README shows it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCREENSHOT_COPY = os.path.join(REPO, "benchmarks", "results", "web_screenshot.png")
+SCREENSHOT_COPY = os.path.join(REPO, "docs", "web.png")
 DEV_WEIGHTS = "/tmp/devweights"
 CHROMIUM = os.environ.get("IMMUNOFOLD_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("IMMUNOFOLD_CHROMEDRIVER", "/usr/bin/chromedriver")
