@@ -25,16 +25,40 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """Why the outputs of `immunofold predict` cannot be written (checked before the model runs), else None."""
+    from immunofold.io import prepare_output_folder
+
+    if args.name is not None and (not args.name.strip() or os.path.basename(args.name) != args.name or args.name in (".", "..")):
+        return f"--name {args.name!r}: give a plain name, without folders"
+    if os.path.isdir(args.output):
+        return f"-o {args.output} is a folder; give a file name such as {os.path.join(args.output, 'model.pdb')}"
+    for option, folder in (("-o", os.path.dirname(args.output)), ("--save-ensemble", args.save_ensemble)):
+        if folder is None:
+            continue
+        try:
+            if prepare_output_folder(folder):
+                print(f"note: created folder {folder}", file=sys.stderr)
+        except OSError as error:
+            return f"{option}: {error}"
+    return None
+
+
 def _predict(args: argparse.Namespace) -> int:
     import warnings
 
-    from immunofold.prediction import Predictor
+    from immunofold.prediction import Predictor, check_device
     from immunofold.sequences import InputError
 
     chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
     name = args.name or os.path.splitext(os.path.basename(args.output))[0]
     fmt = args.format or ("cif" if args.output.lower().endswith((".cif", ".mmcif")) else "pdb")
+    problem = _output_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
+        check_device(args.device, "--device")
         predictor = Predictor(device=args.device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -48,6 +72,9 @@ def _predict(args: argparse.Namespace) -> int:
             prediction.save_ensemble(args.save_ensemble, fmt)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. the disk filled up while writing
+        print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
         return 2
     cdr3 = [f"{cid}3 {err:.2f}" for cid, err in prediction.cdr3_errors().items()]
     print(
@@ -152,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{getattr(args, 'resume_hint', '')}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

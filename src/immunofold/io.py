@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import tempfile
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,23 +139,58 @@ def to_cif_string(structure: gemmi.Structure) -> str:
 
 
 def write_structure(structure: gemmi.Structure, path: str | os.PathLike, fmt: str | None = None) -> None:
-    """Write `structure` as fmt "pdb" or "cif" (default: from the suffix .pdb/.cif/.mmcif).
-
-    The file is written atomically: to a temporary file in the same folder, then renamed.
-    """
+    """Write `structure` as fmt "pdb" or "cif" (default: from the suffix .pdb/.cif/.mmcif), atomically."""
     path = Path(path)
     fmt = fmt or FORMAT_BY_SUFFIX.get(path.suffix.lower())
     if fmt not in ("pdb", "cif"):
         raise ValueError(f"{path}: cannot tell the format; give fmt='pdb' or 'cif'")
-    text = to_pdb_string(structure) if fmt == "pdb" else to_cif_string(structure)
-    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_text_atomic(path, to_pdb_string(structure) if fmt == "pdb" else to_cif_string(structure))
+
+
+_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the block succeeds, removed when it
+    fails, so no half-written file ever carries the final name. The file gets the user's umask, as open() does."""
+    path = os.fspath(path)
+    handle, temp_path = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w") as temp_file:
-            temp_file.write(text)
+        os.chmod(temp_path, 0o666 & ~_UMASK)
+        yield temp_path
         os.replace(temp_path, path)
     except BaseException:
-        os.unlink(temp_path)
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
         raise
+
+
+def prepare_output_folder(folder: str | os.PathLike) -> bool:
+    """Make sure files can be written into `folder`, creating it if needed; returns True if it was created.
+
+    Raises OSError (with the folder in its message) when it is not a folder or cannot be written to; the check
+    writes and removes a temporary file, so it holds for root and for read-only file systems alike."""
+    folder = os.fspath(folder) or "."
+    created = not os.path.exists(folder)
+    if created:
+        os.makedirs(folder)
+    elif not os.path.isdir(folder):
+        raise NotADirectoryError(f"{folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write into folder {folder} ({error.strerror or error})") from None
+    return created
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through `atomic_output`."""
+    with atomic_output(path) as temp_path, open(temp_path, "w", newline="") as handle:
+        handle.write(text)
 
 
 def _read_gemmi_structure(path_or_string: str | os.PathLike) -> tuple[gemmi.Structure, str]:

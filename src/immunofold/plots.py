@@ -9,18 +9,14 @@ records finished in earlier runs. Files are written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from immunofold.constants import IMGT_CDRS
+from immunofold.io import atomic_output
 
 CDR_COLOURS = {1: "#f4c7c3", 2: "#c6dbef", 3: "#c7e9c0"}
 KIND_COLOURS = {"antibody": "#1f77b4", "nanobody": "#ff7f0e", "tcr": "#2ca02c"}
 OVERVIEW_FILE = "overview.png"
 _PNG_METADATA = {"Software": None}  # no version string: the same plot gives the same bytes
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class PlotsUnavailable(ImportError):
@@ -42,17 +38,8 @@ def require_matplotlib():
 
 
 def _save(figure, path: str) -> None:
-    folder = os.path.dirname(path) or "."
-    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(handle)
-    os.chmod(temp_path, 0o666 & ~_UMASK)
-    try:
+    with atomic_output(path) as temp_path:
         figure.savefig(temp_path, format="png", dpi=100, metadata=_PNG_METADATA)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
 
 
 def _imgt_number(label: str) -> int:

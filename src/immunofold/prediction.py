@@ -23,6 +23,7 @@ from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE,
 from immunofold.data.features import collate, featurise
 from immunofold.ensemble import Ensemble, EnsembleOutput
 from immunofold.geometry import residue_tables
+from immunofold.inputs import safe_name
 from immunofold.io import ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
 from immunofold.numbering import SCHEMES as NUMBERING_SCHEMES, renumber
 from immunofold.refine import refine as refine_structure
@@ -70,6 +71,12 @@ class Prediction:
     @property
     def mean_error(self) -> float:
         return float(np.mean(self.error))
+
+    def developability(self):
+        """TAP (antibody) or TNP (nanobody) profile of the final structure; see `immunofold.developability`."""
+        from immunofold.developability import profile_prediction
+
+        return profile_prediction(self)
 
     def cdr3_errors(self) -> dict[str, float]:
         """Mean predicted error (Å) of each chain's CDR3 (IMGT 105-117), by chain id."""
@@ -123,11 +130,12 @@ class Prediction:
         write_structure(self.structure(), path, fmt)
 
     def save_ensemble(self, folder: str | os.PathLike, fmt: str = "pdb") -> list[str]:
-        """Write every ensemble member (unrefined) as <name>_member<i>.<fmt>; returns the paths."""
+        """Write every ensemble member (unrefined) as <safe name>_member<i>.<fmt> inside `folder` (a name such as
+        '../x' cannot lead outside it); returns the paths."""
         os.makedirs(folder, exist_ok=True)
         paths = []
         for i in range(len(self.members)):
-            path = os.path.join(folder, f"{self.name}_member{i}.{fmt}")
+            path = os.path.join(folder, f"{safe_name(self.name)}_member{i}.{fmt}")
             write_structure(self.unrefined_structure(i), path, fmt)
             paths.append(path)
         return paths

@@ -1,0 +1,111 @@
+"""`immunofold predict` as a user runs it: a fresh process, bad output paths, a missing GPU, Ctrl-C, the umask."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
+
+ANTIBODY = ["predict", "antibody", "--heavy", TRASTUZUMAB_HEAVY, "--light", TRASTUZUMAB_LIGHT, "--no-refine"]
+
+
+def immunofold(*args, umask=None, timeout=300):
+    """Run the installed command in a fresh process; (exit code, stdout, stderr)."""
+    preexec = (lambda: os.umask(umask)) if umask is not None else None
+    result = subprocess.run(
+        [sys.executable, "-m", "immunofold.cli", *args], capture_output=True, text=True, timeout=timeout, preexec_fn=preexec
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def assert_one_line_error(stderr: str, *words: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for word in words:
+        assert word in lines[0], stderr
+
+
+@pytest.mark.parametrize(
+    "output, words",
+    [
+        ("{tmp}", ["is a folder"]),
+        ("/proc/immunofold_model.pdb", ["-o", "cannot write into folder /proc"]),
+        ("{tmp}/a_file.txt/model.pdb", ["-o", "is a file, not a folder"]),
+    ],
+)
+def test_unwritable_output_is_a_one_line_error_before_the_model_runs(tmp_path, output, words):
+    (tmp_path / "a_file.txt").write_text("x")
+    start = time.perf_counter()
+    code, _, stderr = immunofold(*ANTIBODY, "-o", output.format(tmp=tmp_path))
+    assert code == 2
+    assert_one_line_error(stderr, *words)
+    assert time.perf_counter() - start < 20  # refused before the ensemble is loaded and run
+
+
+def test_unwritable_ensemble_folder_and_a_name_with_folders_are_refused(tmp_path):
+    code, _, stderr = immunofold(*ANTIBODY, "-o", str(tmp_path / "m.pdb"), "--save-ensemble", "/proc/members")
+    assert code == 2
+    assert_one_line_error(stderr, "--save-ensemble")
+    code, _, stderr = immunofold(*ANTIBODY, "-o", str(tmp_path / "m.pdb"), "--name", "../escape")
+    assert code == 2
+    assert_one_line_error(stderr, "--name", "plain name")
+    assert not list(tmp_path.parent.glob("escape*")) and not (tmp_path / "m.pdb").exists()
+
+
+def test_missing_output_folder_is_created_and_said_and_files_follow_the_umask(tmp_path):
+    output = tmp_path / "new" / "deeper" / "model.pdb"
+    code, stdout, stderr = immunofold(*ANTIBODY, "-o", str(output), "--save-ensemble", str(tmp_path / "members"), umask=0o022)
+    assert code == 0, stderr
+    assert f"created folder {output.parent}" in stderr and "wrote" in stdout
+    assert stat.S_IMODE(output.stat().st_mode) == 0o644
+    members = sorted((tmp_path / "members").iterdir())
+    assert members and all(stat.S_IMODE(m.stat().st_mode) == 0o644 for m in members)
+    code, _, stderr = immunofold(*ANTIBODY, "-o", str(tmp_path / "private.pdb"), umask=0o077)
+    assert code == 0, stderr
+    assert stat.S_IMODE((tmp_path / "private.pdb").stat().st_mode) == 0o600
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, _, stderr = immunofold(*ANTIBODY, "-o", str(tmp_path / "m.pdb"), "--device", "cuda")
+    assert code == 2
+    assert_one_line_error(stderr, "no CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "heavy, words",
+    [
+        (TRASTUZUMAB_HEAVY[:40] + "*" + TRASTUZUMAB_HEAVY[40:], ["heavy chain", "stop codon '*' at position 41"]),
+        (TRASTUZUMAB_HEAVY[:40] + "3" + TRASTUZUMAB_HEAVY[40:], ["heavy chain", "digit '3' at position 41"]),
+        (">trastuzumab_H " + TRASTUZUMAB_HEAVY, ["heavy chain", "looks like a FASTA header"]),
+    ],
+)
+def test_typos_inside_a_sequence_are_refused_with_the_chain_and_position(tmp_path, heavy, words):
+    args = ["predict", "antibody", "--heavy", heavy, "--light", TRASTUZUMAB_LIGHT, "--no-refine"]
+    code, _, stderr = immunofold(*args, "-o", str(tmp_path / "m.pdb"))
+    assert code == 2
+    assert_one_line_error(stderr, *words)
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "immunofold.cli", "predict", "antibody", "--heavy", TRASTUZUMAB_HEAVY, "--light",
+         TRASTUZUMAB_LIGHT, "-o", str(tmp_path / "m.pdb")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(3)  # loading the ensemble or predicting
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted"
+    assert not (tmp_path / "m.pdb").exists() and not list(tmp_path.glob(".*.tmp"))
