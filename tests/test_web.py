@@ -12,21 +12,28 @@ from concurrent.futures import ThreadPoolExecutor
 import gemmi
 import pytest
 
-pytest.importorskip("fastapi", reason="the web extra is not installed: pip install -e '.[web,test]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT  # noqa: E402
 from immunofold.cli import build_parser  # noqa: E402
 from immunofold.sequences import InputError, number_receptor  # noqa: E402
 from immunofold.web import assets as web_assets  # noqa: E402
-from immunofold.web.app import MAX_SINGLE_BYTES, MAX_UPLOAD_BYTES, chains_from_fasta, clean_name, download_stem  # noqa: E402
 from immunofold.web.jobs import JobStore  # noqa: E402
-from immunofold.web.server import create_app  # noqa: E402
+from immunofold.web.server import (  # noqa: E402
+    MAX_SINGLE_BYTES,
+    MAX_UPLOAD_BYTES,
+    STATIC_DIR,
+    chains_from_fasta,
+    clean_name,
+    create_app,
+    download_stem,
+)
 
 NANOBODY = (
     "QVQLQESGGGSVQAGGSLRLSCAASGYTYRDYYMGWFRQAPGREREGVASIYTRGSREGSTRYSSSVEGRFTITLDTAKNTLYLQMNSLKPEDTAMYYCAADDRTWLPRVQLGGPRENEYNYWGQGTQVTVSS"
 )
 DEV_WEIGHTS = "/tmp/devweights"
+BASE_URL = "http://127.0.0.1:8000"  # a loopback Host header: the only kind a default app serves
 TRASTUZUMAB = {"kind": "antibody", "name": "trastuzumab", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}
 
 
@@ -56,7 +63,7 @@ def make_client(tmp_path, predictor):
     def make(**options):
         options.setdefault("db_path", str(tmp_path / "jobs.sqlite"))
         options.setdefault("predictor_factory", lambda: predictor)
-        client = TestClient(create_app(**options))
+        client = TestClient(create_app(**options), base_url=BASE_URL)
         client.__enter__()
         clients.append(client)
         return client
@@ -131,8 +138,6 @@ def test_missing_viewer_gives_an_error_page_that_says_how_to_install(client, tmp
 
 
 def test_page_script_never_puts_text_into_html():
-    from immunofold.web.app import STATIC_DIR
-
     script = (STATIC_DIR / "app.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script
@@ -213,8 +218,8 @@ def test_bad_sequences_are_refused_next_to_their_field_with_the_cli_message(clie
 @pytest.mark.parametrize(
     "body, field, needle",
     [
-        ({"kind": "antibody", "fasta": f">a\n{TRASTUZUMAB_HEAVY}\n"}, "fasta", "needs 2 FASTA record(s)"),
-        ({"kind": "antibody", "fasta": f">h\n{TRASTUZUMAB_HEAVY}\n>l\nDIQMTQ1234!!\n"}, "fasta", "invalid letters"),
+        ({"kind": "antibody", "fasta": f">a\n{TRASTUZUMAB_HEAVY}\n"}, "fasta", "needs 2 FASTA chain(s)"),
+        ({"kind": "antibody", "fasta": f">h\n{TRASTUZUMAB_HEAVY}\n>l\nDIQMTQ1234!!\n"}, "fasta", "digit '1' at position 7"),
         ({"kind": "fish", "heavy": TRASTUZUMAB_HEAVY}, "kind", "kind"),
         ({"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT, "refine": "maybe"}, "refine", "refine"),
         ({"kind": "antibody", "heavy": "A" * 10_001, "light": TRASTUZUMAB_LIGHT}, "heavy", "heavy"),

@@ -1,138 +1,40 @@
-"""`immunofold serve`: a local web page — paste sequences, see the structure coloured by its error.
+"""`immunofold serve`: the command that starts the local web page (the app itself is `server.create_app`).
 
-FastAPI app served by uvicorn on 127.0.0.1 by default. Jobs persist in SQLite (see `jobs.py`); the
-3D viewer (3Dmol.js) is installed from npm by `immunofold serve --install-assets` (see `assets.py`).
-
-Endpoints (JSON unless noted):
-    GET  /                          the page (an error page if 3Dmol.js is not installed)
-    GET  /static/{file}             the page's own JS/CSS
-    GET  /vendor/3Dmol-min.js       the installed viewer
-    GET  /api/health                {"status", "viewer_installed", "batch_available", ...}
-    POST /api/predict               {kind, name, heavy, light, alpha, beta, fasta, refine} -> 202 {id}
-    POST /api/batch                 multipart: file (FASTA/CSV), kind, refine -> 202 {id}
-    GET  /api/jobs                  recent jobs
-    GET  /api/jobs/{id}             status, stage, progress, result
-    GET  /api/jobs/{id}/model.pdb   the model (B-factor = predicted error, Å)
-    GET  /api/jobs/{id}/model.cif
-    GET  /api/jobs/{id}/results.zip batch results: structures + summary.csv + failures.csv
-Errors: {"detail": "<one line>", "field": "<form field or null>"} with 4xx status.
+Binds to 127.0.0.1 by default, where no token is needed (anyone on this machine can use the page and
+list every job). Any other `--host` prints a warning, requires an API token (`--token`, else
+$IMMUNOFOLD_TOKEN, else one generated and printed) and keeps the Host-header check: the names served
+are loopback, the bound address and each `--allowed-host`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import secrets
 import sys
-from pathlib import Path
 
 from immunofold.web import assets as web_assets
+from immunofold.web.security import LOOPBACK_HOSTS, host_name, is_loopback
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-MAX_SINGLE_BYTES = 1 * 1024 * 1024  # a single prediction request
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a batch upload
-MAX_SEQUENCE_CHARS = 10_000  # per chain field, before cleaning (the model refuses > 5000 residues anyway)
-MAX_NAME_CHARS = 80
-UPLOAD_SUFFIXES = (".fasta", ".fa", ".faa", ".fas", ".fna", ".seq", ".fsa", ".csv", ".tsv", ".tab", ".txt")  # as immunofold.inputs
-KINDS = ("antibody", "nanobody", "tcr")
-SLOTS = {"antibody": ("heavy", "light"), "nanobody": ("heavy",), "tcr": ("alpha", "beta")}
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-    "worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
-
-MISSING_VIEWER_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>immunofold: viewer not installed</title></head>
-<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
-<h1>The 3D viewer is not installed</h1>
-<p>immunofold serves the 3Dmol.js viewer itself (it is never loaded from the internet), and it has
-not been installed yet. Stop the server and run:</p>
-<pre>immunofold serve --install-assets</pre>
-<p>(it runs <code>npm install 3dmol@{version}</code> into a folder outside the git checkout), then start
-<code>immunofold serve</code> again. The JSON API under <code>/api/</code> works without it.</p>
-</body></html>
-"""
+TOKEN_ENV = "IMMUNOFOLD_TOKEN"
+TOKEN_PATTERN = r"[A-Za-z0-9._~-]{16,200}"  # safe in a URL, a cookie and a header
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 
 
-# --- input handling -------------------------------------------------------------------------
-def clean_name(name: str | None, fallback: str = "model") -> str:
-    """A one-line display name: control characters and runs of whitespace collapsed, length capped."""
-    name = re.sub(r"[\x00-\x1f\x7f\s]+", " ", name or "").strip()[:MAX_NAME_CHARS]
-    return name or fallback
+def served_hosts(host: str, extra: list[str]) -> list[str]:
+    """Host header names the server answers: loopback, the bound address (unless a wildcard) and `extra`."""
+    names = [*LOOPBACK_HOSTS, *(host_name(name) for name in extra)]
+    if host_name(host) not in WILDCARD_ADDRESSES:
+        names.append(host_name(host))
+    return list(dict.fromkeys(names))
 
 
-def download_stem(name: str) -> str:
-    """A safe file name stem for Content-Disposition (the server never writes it to disk)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60] or "model"
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
-def parse_fasta(text: str) -> list[tuple[str, str]]:
-    """(header, sequence) records; text without '>' is one record with an empty header."""
-    records: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(";"):
-            continue
-        if line.startswith(">"):
-            records.append((line[1:].strip(), []))
-        else:
-            if not records:
-                records.append(("", []))
-            records[-1][1].append(line)
-    return [(header, "".join(parts)) for header, parts in records]
-
-
-def chains_from_fasta(kind: str, text: str, name: str) -> dict[str, str]:
-    """Assign FASTA records to the chain slots of `kind`: by chain type when it is clear, else in order."""
-    from immunofold.sequences import KIND_SLOTS, InputError, clean_sequence, find_domains
-
-    slots = SLOTS[kind]
-    records = parse_fasta(text)
-    if not records:
-        raise InputError(name, "no sequences found in the FASTA")
-    if len(records) != len(slots):
-        raise InputError(
-            name, f"a {kind} needs {len(slots)} FASTA record(s) ({' + '.join(slots)}), found {len(records)}"
-        )
-    if len(slots) == 1:
-        return {slots[0]: records[0][1]}
-    allowed = dict(KIND_SLOTS[kind])
-    assigned: dict[str, str] = {}
-    for i, (header, sequence) in enumerate(records):
-        record = f"{name} FASTA record {i + 1}" + (f" ({clean_name(header, '')[:40]})" if header else "")
-        domains = find_domains(clean_sequence(sequence, record), record)
-        chain_class = domains[0].chain_class if domains else None
-        slot = next((s for s in slots if chain_class in allowed[s] and s not in assigned), None)
-        if slot is None:
-            return dict(zip(slots, (seq for _, seq in records)))
-        assigned[slot] = sequence
-    return assigned
-
-
-def input_error_field(error, name: str, from_fasta: bool) -> str | None:
-    """Which form field an InputError concerns (None: the form as a whole)."""
-    if from_fasta:
-        return "fasta"
-    for slot in ("heavy", "light", "alpha", "beta"):
-        if error.record == f"{name} {slot} chain" or error.reason.startswith(f"missing {slot} chain"):
-            return slot
-    if error.reason.startswith("unknown receptor kind"):
-        return "kind"
-    if error.reason.startswith("unexpected chain"):
-        return "kind"
-    return None
-
-
-def create_app(*args, **kwargs):
-    """The FastAPI app (see `immunofold.web.server.create_app`)."""
-    from immunofold.web.server import create_app as _create_app
-
-    return _create_app(*args, **kwargs)
-
-
-# --- command line ---------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
     if args.install_assets:
         try:
@@ -142,18 +44,38 @@ def _serve(args: argparse.Namespace) -> int:
             return 1
         print(f"installed {path}")
         return 0
-    import uvicorn
-
+    if any(name.strip() in ("*", "") for name in args.allowed_host):
+        return _fail("--allowed-host takes a host name (e.g. myserver.lab.example); the Host check cannot be turned off")
+    loopback = is_loopback(args.host)
+    token = args.token or os.environ.get(TOKEN_ENV) or (None if loopback else secrets.token_urlsafe(24))
+    if token is not None and not re.fullmatch(TOKEN_PATTERN, token):
+        return _fail("the token must be 16-200 characters of A-Z a-z 0-9 . _ ~ -")
+    hosts = served_hosts(args.host, args.allowed_host)
+    if not loopback:
+        print(
+            f"warning: --host {args.host} makes the server reachable from other machines, over plain HTTP "
+            "(put a TLS reverse proxy in front for anything but a trusted network). Every API call needs the "
+            f"token; Host headers served: {', '.join(hosts)} (add names with --allowed-host).",
+            file=sys.stderr,
+        )
     if web_assets.find_viewer() is None:
         print(
             f"warning: the 3D viewer is not installed; run `{web_assets.INSTALL_COMMAND}` (the page shows how)",
             file=sys.stderr,
         )
-    allowed = list(LOOPBACK_HOSTS) if args.host in ("127.0.0.1", "localhost", "::1") else None
+    import uvicorn
+
+    from immunofold.web.jobs import StoreUnavailable
     from immunofold.web.server import create_app
 
-    app = create_app(db_path=args.db, workers=args.workers, allowed_hosts=allowed, preload=True)
-    print(f"immunofold: http://{args.host}:{args.port}/  (jobs in {app.state.store.path})", flush=True)
+    try:
+        app = create_app(db_path=args.db, workers=args.workers, allowed_hosts=hosts, api_token=token, preload=True)
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
+    shown_host = next((h for h in hosts if h not in LOOPBACK_HOSTS), hosts[0]) if not loopback else args.host
+    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
+    query = f"?token={token}" if token else ""
+    print(f"immunofold: http://{shown_host}:{args.port}/{query}  (jobs in {app.state.store.path})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -163,8 +85,20 @@ def add_serve_parser(commands) -> None:
     serve = commands.add_parser("serve", help="run the local web page (paste sequences, see the structure)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host header name to serve besides loopback and --host (repeatable), e.g. the machine's DNS name",
+    )
+    serve.add_argument(
+        "--token",
+        default=None,
+        help=f"API token every call must carry (default off loopback: ${TOKEN_ENV}, else generated and printed)",
+    )
     serve.add_argument("--db", default=None, help="SQLite job database (default ~/.local/share/immunofold/jobs.sqlite)")
-    serve.add_argument("--workers", type=int, default=1, help="jobs run at once (default 1; they share one model)")
+    serve.add_argument("--workers", type=int, default=1, help="single predictions run at once (default 1; batches get their own worker)")
     serve.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     serve.add_argument(
         "--install-assets",

@@ -59,31 +59,89 @@ def default_db_path() -> Path:
     return user_data_dir() / "jobs.sqlite"
 
 
-class JobStore:
-    """Thread-safe access to the jobs table (one short connection per operation, WAL mode)."""
+class StoreUnavailable(RuntimeError):
+    """The job database cannot be read or written; str() is one line naming the problem."""
 
-    def __init__(self, path: str | os.PathLike):
+
+def _problem(error: sqlite3.Error, path: str) -> str:
+    """One line saying what is wrong with the job database, from an sqlite3 error."""
+    message = str(error).lower()
+    if "readonly" in message or "read-only" in message:
+        what = "is read-only"
+    elif "unable to open" in message or "no such table" in message:
+        what = "is missing or not a database (deleted or moved while the server ran?)"
+    elif "locked" in message or "busy" in message:
+        what = "is locked by another process"
+    elif "full" in message:
+        what = "cannot grow: the disk is full"
+    elif "not a database" in message or "malformed" in message:
+        what = "is damaged (not an SQLite database)"
+    else:
+        what = f"failed ({str(error).splitlines()[0][:200]})"
+    return f"job database {path} {what}"
+
+
+class JobStore:
+    """Thread-safe access to the jobs table (one short connection per operation, WAL mode).
+
+    Any database fault raises StoreUnavailable. The final state of a job that could not be written
+    (`fail` while the database is read-only) is kept in memory, shown by `get`/`list`, and written
+    as soon as a write succeeds again.
+    """
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 10.0):
         self.path = str(path)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._unsaved: dict[str, dict] = {}  # job id -> final fields not yet written
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        try:
+            db = sqlite3.connect(self.path, timeout=timeout)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            raise StoreUnavailable(_problem(error, self.path)) from None
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
+        if self.path == ":memory:":
+            db = sqlite3.connect(self.path, timeout=self.timeout)
+        else:  # mode=rw: a deleted file is an error, not a new empty database
+            db = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=rw", uri=True, timeout=self.timeout)
         db.row_factory = sqlite3.Row
         return db
 
     def _execute(self, sql: str, params=()) -> list[sqlite3.Row]:
         with self._lock:
-            db = self._connect()
             try:
-                with db:
-                    return db.execute(sql, params).fetchall()
-            finally:
-                db.close()
+                db = self._connect()
+                try:
+                    with db:
+                        rows = db.execute(sql, params).fetchall()
+                        if self._unsaved and not sql.lstrip().upper().startswith("SELECT"):
+                            self._write_unsaved(db)
+                        return rows
+                finally:
+                    db.close()
+            except sqlite3.Error as error:
+                raise StoreUnavailable(_problem(error, self.path)) from None
+
+    def _write_unsaved(self, db: sqlite3.Connection) -> None:
+        for job_id, fields in list(self._unsaved.items()):
+            columns = ", ".join(f"{key} = ?" for key in fields)
+            db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
+        self._unsaved.clear()
+
+    def check(self) -> str | None:
+        """None when the database can be written (and unsaved job states are written now), else the problem."""
+        try:
+            self._execute("UPDATE jobs SET updated = updated WHERE id = ''")  # a real write, changes nothing
+        except StoreUnavailable as error:
+            return str(error)
+        return None
 
     def create(self, job_type: str, name: str, request: dict, upload: bytes | None = None, total: int = 0) -> str:
         job_id = uuid.uuid4().hex
@@ -100,15 +158,31 @@ class JobStore:
         columns = ", ".join(f"{key} = ?" for key in fields)
         self._execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
 
+    def fail(self, job_id: str, message: str) -> None:
+        """Mark a job failed; if the database refuses, keep that in memory until it can be written."""
+        fields = {"status": "failed", "stage": "failed", "error": message[:2000]}
+        try:
+            self.update(job_id, **fields)
+        except StoreUnavailable:
+            with self._lock:
+                self._unsaved[job_id] = {**fields, "updated": time.time()}
+
+    def _overlay(self, job: dict) -> dict:
+        unsaved = self._unsaved.get(job["id"])
+        if unsaved:
+            job.update({k: v for k, v in unsaved.items() if k in job})
+        return job
+
     def get(self, job_id: str) -> dict | None:
         rows = self._execute(f"SELECT {_PUBLIC_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             return None
-        job = dict(rows[0])
+        job = self._overlay(dict(rows[0]))
         job["result"] = json.loads(job["result"]) if job["result"] else None
-        if job["status"] == "queued":
+        if job["status"] == "queued":  # jobs of the same type run in their own queue
             ahead = self._execute(
-                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND created < ?", (job["created"],)
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND type = ? AND created < ?",
+                (job["type"], job["created"]),
             )
             job["queue_position"] = int(ahead[0][0])
         return job
@@ -124,11 +198,15 @@ class JobStore:
             " ORDER BY created DESC LIMIT ?",
             (limit,),
         )
-        return [dict(row) for row in rows]
+        return [self._overlay(dict(row)) for row in rows]
 
-    def unfinished(self) -> list[str]:
-        rows = self._execute("SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created")
-        return [row[0] for row in rows]
+    def unfinished(self, job_type: str | None = None) -> list[str]:
+        """Ids of queued or running jobs (of one type, if given), oldest first."""
+        rows = self._execute(
+            "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND (? IS NULL OR type = ?) ORDER BY created",
+            (job_type, job_type),
+        )
+        return [row[0] for row in rows if row[0] not in self._unsaved]
 
 
 def cdr_ranges() -> dict[str, list[int]]:
@@ -196,7 +274,8 @@ def count_records(data: bytes, suffix: str) -> int:
 
 
 class JobRunner:
-    """Runs jobs in a thread pool; the model is loaded once, on first use, and shared."""
+    """Runs jobs in two thread pools, so a long batch never holds up single predictions: single jobs use
+    `workers` threads, batches one thread of their own. The model is loaded once, on first use, and shared."""
 
     def __init__(
         self,
@@ -211,7 +290,10 @@ class JobRunner:
         self._predictor = None
         self._predictor_lock = threading.Lock()
         self._batch_runner = batch_runner
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="immunofold-job")
+        self._pools = {
+            "single": ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="immunofold-single"),
+            "batch": ThreadPoolExecutor(max_workers=1, thread_name_prefix="immunofold-batch"),
+        }
         self._work_dir = Path(work_dir) if work_dir else None
         self._closed = False
 
@@ -227,6 +309,10 @@ class JobRunner:
                     self._predictor = self._predictor_factory()
             return self._predictor
 
+    def preload(self) -> None:
+        """Start loading the model in the background (the first job then does not wait for it)."""
+        self._pools["single"].submit(self.predictor)
+
     def batch_runner(self) -> Callable | None:
         if self._batch_runner is not None:
             return self._batch_runner
@@ -237,35 +323,36 @@ class JobRunner:
         return run_batch
 
     # --- scheduling ------------------------------------------------------------------------
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, job_type: str) -> None:
+        """Queue a job of type "single" or "batch" in its own pool."""
         if not self._closed:
-            self._pool.submit(self._run, job_id)
+            self._pools[job_type].submit(self._run, job_id, job_type)
 
     def resume(self) -> int:
         """Queue again the jobs a previous server left unfinished; returns how many."""
-        ids = self.store.unfinished()
-        for job_id in ids:
-            self.store.update(job_id, status="queued", stage="queued (restarted)")
-            self.submit(job_id)
-        return len(ids)
+        count = 0
+        for job_type in self._pools:
+            for job_id in self.store.unfinished(job_type):
+                self.store.update(job_id, status="queued", stage="queued (restarted)")
+                self.submit(job_id, job_type)
+                count += 1
+        return count
 
     def shutdown(self, wait: bool = False) -> None:
         self._closed = True
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=wait, cancel_futures=True)
 
-    def _run(self, job_id: str) -> None:
-        job_type = self.store.get_field(job_id, "type")
-        if job_type is None:
-            return
-        self.store.update(job_id, status="running", stage="starting")
+    def _run(self, job_id: str, job_type: str) -> None:
         try:
+            self.store.update(job_id, status="running", stage="starting")
             if job_type == "single":
                 self._run_single(job_id)
             else:
                 self._run_batch(job_id)
         except Exception as error:  # noqa: BLE001 - a job failure is reported to the user, not raised
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            self.store.update(job_id, status="failed", stage="failed", error=message[:2000])
+            self.store.fail(job_id, message)
 
     def _run_single(self, job_id: str) -> None:
         request = json.loads(self.store.get_field(job_id, "request"))
@@ -354,6 +441,7 @@ class JobRunner:
                 job_id,
                 status="done",
                 stage="done",
+                upload=None,  # the upload is needed only to run the job (again, after a restart)
                 done=int(getattr(report, "total", n_ok + n_failed)),
                 total=int(getattr(report, "total", n_ok + n_failed)),
                 result=json.dumps(result),

@@ -1,10 +1,31 @@
-"""The FastAPI app of `immunofold serve` (imported only when the server runs: FastAPI is the `web` extra)."""
+"""The web server of `immunofold serve`: its limits and the FastAPI app factory `create_app`.
+
+Jobs persist in SQLite (see `jobs.py`); the 3D viewer (3Dmol.js) is installed from npm by
+`immunofold serve --install-assets` (see `assets.py`); the HTTP guards (Host check, API token, CSRF,
+security headers, body limits) are in `security.py`; the command line is in `app.py`.
+
+Endpoints (JSON unless noted):
+    GET  /                          the page (an error page if 3Dmol.js is not installed)
+    GET  /static/{file}             the page's own JS/CSS
+    GET  /vendor/3Dmol-min.js       the installed viewer
+    GET  /api/health                {"status": "ok"|"unhealthy", "problem", "viewer_installed", ...}; 503 if unhealthy
+    POST /api/predict               {kind, name, heavy, light, alpha, beta, fasta, refine} -> 202 {id}
+    POST /api/batch                 multipart: file (FASTA/CSV), kind, refine -> 202 {id}
+    GET  /api/jobs                  recent jobs (every job of every user of this server)
+    GET  /api/jobs/{id}             status, stage, progress, result
+    GET  /api/jobs/{id}/model.pdb   the model (B-factor = predicted error, Å)
+    GET  /api/jobs/{id}/model.cif
+    GET  /api/jobs/{id}/results.zip batch results: structures + summary.csv + failures.csv
+    GET  /api/openapi.json          the API schema (no Swagger UI: it would load from a CDN)
+Errors: {"detail": "<one line>", "field": "<form field or null>"} with a 4xx status, or 503 when the
+job database cannot be used.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -13,25 +34,101 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from immunofold.sequences import InputError, number_receptor
+from immunofold.inputs import FASTA_SUFFIXES, TSV_SUFFIXES, CSV_SUFFIXES, parse_fasta
+from immunofold.sequences import KIND_SLOTS, InputError, clean_sequence, find_domains, number_receptor
 from immunofold.web import assets as web_assets
-from immunofold.web.app import (
-    CSP,
-    JOB_ID_PATTERN,
-    MAX_SEQUENCE_CHARS,
-    MAX_SINGLE_BYTES,
-    MAX_UPLOAD_BYTES,
-    MISSING_VIEWER_PAGE,
-    STATIC_DIR,
-    UPLOAD_SUFFIXES,
-    chains_from_fasta,
-    clean_name,
-    download_stem,
-    input_error_field,
-    parse_fasta,
+from immunofold.web.jobs import JobRunner, JobStore, StoreUnavailable, count_records, default_db_path
+from immunofold.web.security import (
+    LOOPBACK_HOSTS,
+    SECURITY_HEADERS,
+    BodyLimit,
+    RequestGuard,
+    SecurityHeaders,
 )
-from immunofold.web.jobs import JobRunner, JobStore, count_records, default_db_path
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_SINGLE_BYTES = 1 * 1024 * 1024  # a single prediction request
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a batch upload
+MAX_SEQUENCE_CHARS = 10_000  # per chain field, before cleaning (the model refuses > 5000 residues anyway)
+MAX_NAME_CHARS = 80
+MAX_QUEUED_JOBS = 100  # unfinished jobs of one type; more are refused (429) until some finish
+UPLOAD_SUFFIXES = FASTA_SUFFIXES + CSV_SUFFIXES + TSV_SUFFIXES
+SLOTS = {"antibody": ("heavy", "light"), "nanobody": ("heavy",), "tcr": ("alpha", "beta")}
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+CSRF_PLACEHOLDER = "__CSRF_TOKEN__"  # in static/index.html, replaced by the server's page token
+
+MISSING_VIEWER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>immunofold: viewer not installed</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>The 3D viewer is not installed</h1>
+<p>immunofold serves the 3Dmol.js viewer itself (it is never loaded from the internet), and it has
+not been installed yet. Stop the server and run:</p>
+<pre>immunofold serve --install-assets</pre>
+<p>(it runs <code>npm install 3dmol@{version}</code> into a folder outside the git checkout), then start
+<code>immunofold serve</code> again. The JSON API under <code>/api/</code> works without it.</p>
+</body></html>
+"""
+
+
+# --- input handling -------------------------------------------------------------------------
+def clean_name(name: str | None, fallback: str = "model") -> str:
+    """A one-line display name: control characters and runs of whitespace collapsed, length capped."""
+    name = re.sub(r"[\x00-\x1f\x7f\s]+", " ", name or "").strip()[:MAX_NAME_CHARS]
+    return name or fallback
+
+
+def download_stem(name: str) -> str:
+    """A safe file name stem for Content-Disposition (the server never writes it to disk)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60] or "model"
+
+
+def chains_from_fasta(kind: str, text: str, name: str) -> tuple[str, dict[str, str]]:
+    """(first record's name, {slot: sequence}) of the form's FASTA box, read by `immunofold.inputs.parse_fasta`.
+
+    Chains labelled in the header (`>x|H`) go to their slot; unlabelled ones by chain type when it is
+    clear, else in order. Text without any '>' is one unnamed sequence. `name` labels errors.
+    """
+    records = parse_fasta(text if ">" in text else f">{name}\n{text}")
+    for record in records:
+        if record.error:
+            raise InputError(name, f"FASTA {record.source}: {record.error}")
+    parts = [part for record in records for part in record.chains]
+    slots = SLOTS[kind]
+    if not any(sequence.strip() for _, sequence in parts):
+        raise InputError(name, "no sequences found in the FASTA")
+    if len(parts) != len(slots):
+        raise InputError(name, f"a {kind} needs {len(slots)} FASTA chain(s) ({' + '.join(slots)}), found {len(parts)}")
+    assigned = {slot: sequence for slot, sequence in parts if slot is not None}
+    for slot in assigned:
+        if slot not in slots:
+            raise InputError(name, f"the FASTA labels a {slot} chain, which a {kind} does not have")
+    allowed = dict(KIND_SLOTS[kind])
+    free = [sequence for slot, sequence in parts if slot is None]
+    for i, sequence in enumerate(free):
+        record = f"{name} FASTA chain {i + 1}"
+        domains = find_domains(clean_sequence(sequence, record), record)
+        chain_class = domains[0].chain_class if domains else None
+        slot = next((s for s in slots if chain_class in allowed[s] and s not in assigned), None)
+        if slot is None:
+            slot = next(s for s in slots if s not in assigned)
+        assigned[slot] = sequence
+    return records[0].name, {slot: assigned[slot] for slot in slots}
+
+
+def input_error_field(error, name: str, from_fasta: bool) -> str | None:
+    """Which form field an InputError concerns (None: the form as a whole)."""
+    if from_fasta:
+        return "fasta"
+    for slot in ("heavy", "light", "alpha", "beta"):
+        if error.record == f"{name} {slot} chain" or error.reason.startswith(f"missing {slot} chain"):
+            return slot
+    if error.reason.startswith("unknown receptor kind"):
+        return "kind"
+    if error.reason.startswith("unexpected chain"):
+        return "kind"
+    return None
 
 
 class PredictRequest(BaseModel):
@@ -45,116 +142,72 @@ class PredictRequest(BaseModel):
     refine: bool = False
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over a size limit (413), whether or not Content-Length is sent."""
-
-    def __init__(self, app, default_limit: int, limits: dict[str, int]):
-        self.app = app
-        self.default_limit = default_limit
-        self.limits = limits
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        limit = self.limits.get(scope["path"], self.default_limit)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                if int(length) > limit:
-                    return await self._refuse(send, limit)
-            except ValueError:
-                return await self._refuse(send, limit, status=400, message="invalid Content-Length")
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            total += len(body)
-            if total > limit:
-                return await self._refuse(send, limit)
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        payload = b"".join(chunks)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _refuse(send, limit: int, status: int = 413, message: str | None = None):
-        detail = message or f"request too large (limit {limit // (1024 * 1024)} MB)"
-        body = json.dumps({"detail": detail, "field": None}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+def error(status: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape of the API."""
+    return JSONResponse({"detail": detail, "field": field}, status_code=status, headers=headers)
 
 
+# --- the app ----------------------------------------------------------------------------------
 def create_app(
     db_path: str | None = None,
     predictor_factory=None,
     batch_runner=None,
     workers: int = 1,
-    allowed_hosts: list[str] | None = None,
+    allowed_hosts: tuple[str, ...] | list[str] = LOOPBACK_HOSTS,
+    api_token: str | None = None,
+    max_queued: int = MAX_QUEUED_JOBS,
     preload: bool = False,
-):
-    """The FastAPI app. `predictor_factory` and `batch_runner` replace the real ones (tests)."""
+) -> FastAPI:
+    """The FastAPI app. `predictor_factory` and `batch_runner` replace the real ones (tests).
+
+    allowed_hosts: Host header names served (default loopback only; never empty). api_token: required from
+    every API call when set (see `security.RequestGuard`). app.state holds store, runner and csrf_token.
+    """
     store = JobStore(db_path or default_db_path())
     runner = JobRunner(store, predictor_factory=predictor_factory, batch_runner=batch_runner, workers=workers)
+    csrf_token = secrets.token_urlsafe(32)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         runner.resume()
         if preload:
-            runner._pool.submit(runner.predictor)
+            runner.preload()
         yield
         runner.shutdown(wait=False)
 
-    app = FastAPI(title="immunofold", lifespan=lifespan, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(title="immunofold", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.store = store
     app.state.runner = runner
-
-    def error(status: int, detail: str, field: str | None = None) -> JSONResponse:
-        return JSONResponse({"detail": detail, "field": field}, status_code=status)
+    app.state.csrf_token = csrf_token
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
         field = loc[0] if loc else None
-        message = first.get("msg", "invalid request")
+        message = " ".join(str(first.get("msg", "invalid request")).split())
         return error(422, f"{field}: {message}" if field else message, field)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        if request.url.path.startswith("/api/"):
-            response.headers["Cache-Control"] = "no-store"
-        return response
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, " ".join(str(exc.detail).split()), headers=exc.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable):
+        return error(503, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        # sent outside the middleware stack (Starlette's ServerErrorMiddleware): add the headers here
+        return error(500, f"internal error ({type(exc).__name__}); see the server log", headers=SECURITY_HEADERS)
 
     # --- pages -----------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
     def index():
         if web_assets.find_viewer() is None:
             return HTMLResponse(MISSING_VIEWER_PAGE.replace("{version}", web_assets.THREEDMOL_VERSION), status_code=503)
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        page = (STATIC_DIR / "index.html").read_text().replace(CSRF_PLACEHOLDER, csrf_token)
+        return HTMLResponse(page)
 
     @app.get("/vendor/3Dmol-min.js")
     def viewer_js():
@@ -167,32 +220,43 @@ def create_app(
 
     @app.get("/api/health")
     def health():
-        return {
-            "status": "ok",
+        problem = store.check()
+        body = {
+            "status": "unhealthy" if problem else "ok",
+            "problem": problem,
             "viewer_installed": web_assets.find_viewer() is not None,
             "viewer_install_command": web_assets.INSTALL_COMMAND,
             "batch_available": runner.batch_runner() is not None,
             "limits": {"single_bytes": MAX_SINGLE_BYTES, "upload_bytes": MAX_UPLOAD_BYTES},
         }
+        return JSONResponse(body, status_code=503 if problem else 200)
 
     # --- jobs ------------------------------------------------------------------------------
+    def queue_full(job_type: str) -> JSONResponse | None:
+        if len(store.unfinished(job_type)) >= max_queued:
+            return error(429, f"too many {job_type} jobs waiting ({max_queued}); try again when some have finished")
+        return None
+
     @app.post("/api/predict", status_code=202)
     def submit_prediction(body: PredictRequest):
         from_fasta = bool(body.fasta.strip())
-        fasta_name = parse_fasta(body.fasta)[0][0].split(" ")[0] if from_fasta and parse_fasta(body.fasta) else ""
-        name = clean_name(body.name or fasta_name)
+        name = clean_name(body.name)
         try:
             if from_fasta:
-                chains = chains_from_fasta(body.kind, body.fasta, name)
+                fasta_name, chains = chains_from_fasta(body.kind, body.fasta, name)
+                name = clean_name(body.name or fasta_name)
             else:
                 given = {slot: getattr(body, slot) for slot in ("heavy", "light", "alpha", "beta")}
                 chains = {slot: seq for slot, seq in given.items() if seq.strip()}
             number_receptor(body.kind, chains, name)  # validate now, so errors go next to their field
         except InputError as exc:
-            return error(422, str(exc), input_error_field(exc, name, from_fasta))
+            return error(422, " ".join(str(exc).split()), input_error_field(exc, name, from_fasta))
+        full = queue_full("single")
+        if full:
+            return full
         request = {"kind": body.kind, "name": name, "chains": chains, "refine": body.refine}
         job_id = store.create("single", name, request, total=1)
-        runner.submit(job_id)
+        runner.submit(job_id, "single")
         return {"id": job_id, "status": "queued", "name": name}
 
     @app.post("/api/batch", status_code=202)
@@ -219,12 +283,15 @@ def create_app(
         try:
             total = count_records(data, suffix)
         except InputError as exc:
-            return error(422, f"file: {exc.reason}", "file")
+            return error(422, f"file: {' '.join(exc.reason.split())}", "file")
         if total == 0:
             return error(422, "file: no records found", "file")
+        full = queue_full("batch")
+        if full:
+            return full
         request = {"kind": kind, "refine": refine, "suffix": suffix, "batch_size": 8}
         job_id = store.create("batch", name, request, upload=data, total=total)
-        runner.submit(job_id)
+        runner.submit(job_id, "batch")
         return {"id": job_id, "status": "queued", "name": name}
 
     @app.get("/api/jobs")
@@ -268,10 +335,9 @@ def create_app(
     def download_zip(job_id: str):
         return job_file(job_id, "archive", "application/zip", "_results.zip")
 
+    # middleware: the last added runs first
     limits = {"/api/predict": MAX_SINGLE_BYTES, "/api/batch": MAX_UPLOAD_BYTES + 64 * 1024}
-    app.add_middleware(BodyLimitMiddleware, default_limit=MAX_SINGLE_BYTES, limits=limits)
-    if allowed_hosts:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(BodyLimit, default_limit=MAX_SINGLE_BYTES, limits=limits)
+    app.add_middleware(RequestGuard, allowed_hosts=list(allowed_hosts), csrf_token=csrf_token, api_token=api_token)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -11,6 +11,8 @@ const EXAMPLE = {
 const SCALE_MAX = 4.0;
 const STOPS = [[0.0, [0x00, 0x53, 0xd6]], [0.25, [0x65, 0xcb, 0xf3]], [0.5, [0xff, 0xdb, 0x13]], [1.0, [0xff, 0x7d, 0x45]]];
 const POLL_MS = 400;
+// The server's page token: sent with every POST (the server refuses cross-site requests without it).
+const CSRF_TOKEN = document.querySelector("meta[name=csrf-token]").content;
 
 const $ = (id) => document.getElementById(id);
 const svgNS = "http://www.w3.org/2000/svg";
@@ -102,7 +104,7 @@ async function submitSingle(event) {
   $("submit").disabled = true;
   try {
     const response = await fetch("/api/predict", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF_TOKEN }, body: JSON.stringify(body),
     });
     if (response.status !== 202) {
       const { field, message } = await readError(response);
@@ -310,7 +312,7 @@ async function submitBatch(event) {
   $("batch-submit").disabled = true;
   $("batch-result").hidden = true;
   try {
-    const response = await fetch("/api/batch", { method: "POST", body: form });
+    const response = await fetch("/api/batch", { method: "POST", headers: { "X-CSRF-Token": CSRF_TOKEN }, body: form });
     if (response.status !== 202) {
       const { field, message } = await readError(response);
       showFieldError(field, message, "error-batch-form");
