@@ -82,6 +82,27 @@ def _predict(args: argparse.Namespace) -> int:
         f"mean error {prediction.mean_error:.2f} Å ({', '.join(cdr3)} Å), "
         f"{'refined' if prediction.refined else 'unrefined'}, weights {prediction.weights_version}"
     )
+    if args.developability:
+        return _write_developability(prediction, args.output)
+    return 0
+
+
+def _write_developability(prediction, output: str) -> int:
+    """Print the TAP/TNP profile and write it as <output stem>.developability.json beside the model."""
+    import json
+
+    from immunofold.sequences import InputError
+
+    try:
+        profile = prediction.developability()
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    path = os.path.splitext(output)[0] + ".developability.json"
+    with open(path, "w") as handle:
+        json.dump(profile.to_dict(), handle, indent=1)
+    print(profile)
+    print(f"wrote {path}")
     return 0
 
 
@@ -98,6 +119,10 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-ensemble", metavar="DIR", default=None, help="also write every ensemble member to DIR")
     parser.add_argument("--format", choices=("pdb", "cif"), default=None, help="output format (default: from the suffix)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--developability", action="store_true",
+        help="also print the TAP (antibody) / TNP (nanobody) developability profile and write <output stem>.developability.json",
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -1,0 +1,142 @@
+"""Developability metrics on hand-made structures whose hydrophobicity, charges and distances give known values."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gemmi
+import pytest
+
+from immunofold.developability import HYDROPHOBICITY, TAP_BANDS, TNP_BANDS, profile_structure
+from immunofold.sequences import InputError
+
+# Side-chain atoms laid out on a line, 1.5 Å apart: every atom is exposed, so each residue is on the surface.
+ATOMS = {
+    "LYS": ["N", "CA", "C", "O", "CB", "CG", "CD", "CE", "NZ"],
+    "ASP": ["OD1", "OD2", "CG", "CB", "CA", "N", "C", "O"],
+    "GLY": ["N", "CA", "C", "O"],
+}
+
+
+def _structure(residues):
+    """residues: (chain, IMGT number, name, x of the first atom, direction +1/-1, z) -> gemmi.Structure."""
+    structure = gemmi.Structure()
+    model = gemmi.Model("1")
+    chains = {}
+    for chain_id, number, name, x0, direction, z in residues:
+        residue = gemmi.Residue()
+        residue.name, residue.seqid = name, gemmi.SeqId(number, " ")
+        for k, atom_name in enumerate(ATOMS[name]):
+            atom = gemmi.Atom()
+            atom.name, atom.element = atom_name, gemmi.Element(atom_name[0])
+            atom.pos = gemmi.Position(x0 + direction * 1.5 * k, 0.0, z)
+            residue.add_atom(atom)
+        chains.setdefault(chain_id, gemmi.Chain(chain_id)).add_residue(residue)
+    for chain in chains.values():
+        model.add_chain(chain)
+    structure.add_model(model)
+    return structure
+
+
+def _two_lysines(distance):
+    # Two CDR-H3/CDR-L3 lysines in parallel planes `distance` Å apart: their closest atoms are exactly that far.
+    return _structure([("H", 107, "LYS", 0.0, 1, 0.0), ("L", 107, "LYS", 0.0, 1, distance)])
+
+
+def test_patches_and_charge_symmetry_of_two_lysines():
+    profile = profile_structure(_two_lysines(5.0), ("H", "L"))
+    h_k = (-3.9 + 4.5) / 9 + 1  # Kyte-Doolittle rescaled to 1-2
+    assert profile.profiler == "TAP"
+    assert profile["cdr_length"].value == 2
+    # each pair counted in both orders: 2 * (1 * 1) / 5^2
+    assert profile["ppc"].value == pytest.approx(2 * 1.0 / 25)
+    assert profile["pnc"].value == 0
+    assert profile["psh"].value == pytest.approx(2 * h_k * h_k / 25)
+    assert profile["sfvcsp"].value == pytest.approx(1.0)  # (+1 on VH) x (+1 on VL)
+    assert set(profile["ppc"].residues) == {"H107", "L107"}
+
+
+def test_pairs_beyond_7_5_angstrom_do_not_count():
+    profile = profile_structure(_two_lysines(8.0), ("H", "L"))
+    assert profile["ppc"].value == 0 and profile["psh"].value == 0
+    assert profile["sfvcsp"].value == pytest.approx(1.0)  # charge symmetry is not distance-limited
+
+
+def _lysine_and_aspartate(gap):
+    # Lys along -x ending with NZ at x=0; Asp along +x starting with OD1 at x=gap: NZ-OD1 is the closest pair.
+    return _structure([("H", 107, "LYS", -12.0, 1, 0.0), ("L", 107, "ASP", gap, 1, 0.0)])
+
+
+def test_salt_bridge_neutralises_charges_and_hydrophobicity():
+    profile = profile_structure(_lysine_and_aspartate(3.0), ("H", "L"))
+    assert profile["sfvcsp"].value == 0  # both charges zeroed
+    assert profile["psh"].value == pytest.approx(2 * HYDROPHOBICITY["G"] ** 2 / 9.0)
+
+
+def test_no_salt_bridge_beyond_3_2_angstrom():
+    profile = profile_structure(_lysine_and_aspartate(3.5), ("H", "L"))
+    assert profile["sfvcsp"].value == pytest.approx(-1.0)
+    assert profile["psh"].value == pytest.approx(2 * HYDROPHOBICITY["K"] * HYDROPHOBICITY["D"] / 3.5**2)
+    assert profile["ppc"].value == 0 and profile["pnc"].value == 0  # one residue of each sign: no pair
+
+
+def test_cdr_vicinity_takes_framework_residues_within_4_angstrom():
+    # A framework lysine (IMGT 80) near a CDR lysine joins the vicinity only when its closest atom is < 4 Å away.
+    near = profile_structure(_structure([("H", 107, "LYS", 0, 1, 0.0), ("H", 80, "LYS", 0, 1, 3.9), ("L", 20, "GLY", 0, 1, 50)]), ("H", "L"))
+    far = profile_structure(_structure([("H", 107, "LYS", 0, 1, 0.0), ("H", 80, "LYS", 0, 1, 4.1), ("L", 20, "GLY", 0, 1, 50)]), ("H", "L"))
+    assert near["ppc"].value == pytest.approx(2 / 3.9**2)
+    assert far["ppc"].value == 0
+
+
+def test_nanobody_cdr3_length_and_compactness():
+    # Anchors' backbone centroid at z=0, CDR3 backbone centroid at z=10 Å: compactness = 13 residues / 10 Å.
+    residues = [("H", n, "GLY", -2.25, 1, 0.0) for n in (102, 103, 118, 119)]
+    residues += [("H", n, "GLY", -2.25, 1, 10.0 + 0.01 * (n - 111)) for n in range(105, 118)]
+    profile = profile_structure(_structure(residues), ("H",))
+    assert profile.profiler == "TNP"
+    assert profile["cdr3_length"].value == 13
+    assert profile["cdr3_compactness"].value == pytest.approx(13 / 10.0, rel=1e-6)
+    assert "sfvcsp" not in {m.name for m in profile.metrics}
+
+
+def test_missing_chain_is_a_one_line_error():
+    with pytest.raises(InputError, match="no chain L"):
+        profile_structure(_structure([("H", 107, "LYS", 0, 1, 0.0)]), ("H", "L"), name="model_x")
+
+
+@pytest.mark.parametrize(
+    "band, value, flag",
+    [
+        (TAP_BANDS["cdr_length"], 54, "green"), (TAP_BANDS["cdr_length"], 55, "amber"),
+        (TAP_BANDS["cdr_length"], 63, "amber"), (TAP_BANDS["cdr_length"], 64, "red"),
+        (TAP_BANDS["cdr_length"], 42, "amber"), (TAP_BANDS["cdr_length"], 36, "red"),
+        (TAP_BANDS["psh"], 110.12, "green"), (TAP_BANDS["psh"], 110.11, "amber"), (TAP_BANDS["psh"], 95.57, "red"),
+        (TAP_BANDS["psh"], 168.06, "amber"), (TAP_BANDS["psh"], 201.6, "red"),
+        (TAP_BANDS["ppc"], 1.31, "green"), (TAP_BANDS["ppc"], 1.32, "amber"), (TAP_BANDS["ppc"], 4.23, "red"),
+        (TAP_BANDS["pnc"], 1.99, "green"), (TAP_BANDS["pnc"], 4.42, "amber"), (TAP_BANDS["pnc"], 4.43, "red"),
+        (TAP_BANDS["sfvcsp"], -5.99, "green"), (TAP_BANDS["sfvcsp"], -6.0, "amber"), (TAP_BANDS["sfvcsp"], -30.61, "red"),
+        (TNP_BANDS["cdr3_compactness"], 0.82, "green"), (TNP_BANDS["cdr3_compactness"], 0.81, "amber"),
+        (TNP_BANDS["cdr3_compactness"], 0.55, "red"), (TNP_BANDS["ppc"], 0.38, "green"), (TNP_BANDS["ppc"], 0.39, "amber"),
+        (TNP_BANDS["ppc"], 1.19, "red"), (TNP_BANDS["pnc"], 1.88, "amber"), (TNP_BANDS["pnc"], 1.89, "red"),
+        (TNP_BANDS["psh"], 126.82, "green"), (TNP_BANDS["psh"], 155.47, "amber"), (TNP_BANDS["psh"], 73.39, "red"),
+    ],
+)  # fmt: skip
+def test_flags_at_threshold_boundaries(band, value, flag):
+    assert band.flag(value) == flag
+
+
+def test_cli_predict_writes_developability_json(tmp_path):
+    heavy = "EVQLVESGGGLVQPGGSLRLSCAASGFNIKDTYIHWVRQAPGKGLEWVARIYPTNGYTRYADSVKGRFTISADTSKNTAYLQMNSLRAEDTAVYYCSRWGGDGFYAMDYWGQGTLVTVSS"
+    light = "DIQMTQSPSSLSASVGDRVTITCRASQDVNTAVAWYQQKPGKAPKLLIYSASFLYSGVPSRFSGSRSGTDFTLTISSLQPEDFATYYCQQHYTTPPTFGQGTKVEIK"
+    output = tmp_path / "tz.pdb"
+    result = subprocess.run(
+        [sys.executable, "-m", "immunofold.cli", "predict", "antibody", "--heavy", heavy, "--light", light, "-o", str(output),
+         "--no-refine", "--developability"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "TAP developability profile" in result.stdout and "PSH" in result.stdout
+    profile = json.loads((tmp_path / "tz.developability.json").read_text())
+    assert profile["profiler"] == "TAP" and profile["metrics"]["cdr_length"]["value"] == 47
+    assert set(profile["metrics"]) == {"cdr_length", "psh", "ppc", "pnc", "sfvcsp"}
