@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
+import subprocess
 import threading
 import time
 import zipfile
@@ -319,6 +321,97 @@ def test_refined_prediction(client):
     job = wait_done(client, job_id, timeout=120)
     assert job["status"] == "done" and job["result"]["refined"] is True, job["result"]["refine_message"]
     assert "REFINED YES" in client.get(f"/api/jobs/{job_id}/model.pdb").text
+
+
+def test_full_queue_refuses_new_jobs_with_429(make_client, predictor, tmp_path):
+    blocking = BlockingPredictor(predictor)
+    client = make_client(db_path=str(tmp_path / "full.sqlite"), predictor_factory=lambda: blocking, max_queued=2)
+    first = client.post("/api/predict", json=TRASTUZUMAB).json()["id"]
+    assert client.post("/api/predict", json=TRASTUZUMAB).status_code == 202
+    refused = client.post("/api/predict", json=TRASTUZUMAB)
+    assert refused.status_code == 429 and "too many single jobs waiting (2)" in refused.json()["detail"]
+    blocking.release.set()
+    assert wait_done(client, first)["status"] == "done"
+
+
+# --- database faults ---------------------------------------------------------------------------------
+def set_immutable(path, on: bool) -> bool:
+    """chattr +i / -i: the kernel then refuses to open the file for writing, even to root (ext4, xfs, btrfs)."""
+    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+def test_read_only_database_gives_503_fails_the_running_job_and_recovers(make_client, predictor, tmp_path):
+    db = tmp_path / "ro.sqlite"
+    blocking = BlockingPredictor(predictor)
+    client = make_client(db_path=str(db), predictor_factory=lambda: blocking)
+    job_id = client.post("/api/predict", json=TRASTUZUMAB).json()["id"]
+    assert blocking.started.wait(30)
+    if not set_immutable(db, True):
+        pytest.skip("chattr +i is not available here (needs root on ext4/xfs/btrfs): no way to make the file read-only to root")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):  # writes really fail, also for root
+            with sqlite3.connect(db) as other:
+                other.execute("UPDATE jobs SET name = 'x'")
+        health = client.get("/api/health")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert health.json()["problem"] == f"job database {db} is read-only"
+        refused = client.post("/api/predict", json=TRASTUZUMAB)
+        assert refused.status_code == 503 and refused.json() == {"detail": f"job database {db} is read-only", "field": None}
+        blocking.release.set()
+        job = wait_done(client, job_id)
+        assert job["status"] == "failed" and job["error"] == f"job database {db} is read-only"
+        assert client.get("/api/jobs").json()["jobs"][0]["status"] == "failed"
+    finally:
+        set_immutable(db, False)
+    assert client.get("/api/health").json()["status"] == "ok"
+    assert JobStore(db).get(job_id)["status"] == "failed"  # the failure reached the file once it was writable
+    again = client.post("/api/predict", json=TRASTUZUMAB)
+    assert again.status_code == 202 and wait_done(client, again.json()["id"])["status"] == "done"
+
+
+def test_deleted_database_gives_503_and_recovers_when_restored(make_client, tmp_path):
+    db = tmp_path / "gone.sqlite"
+    client = make_client(db_path=str(db))
+    job_id = client.post("/api/predict", json=TRASTUZUMAB).json()["id"]
+    assert wait_done(client, job_id)["status"] == "done"
+    moved = tmp_path / "moved.sqlite"
+    db.rename(moved)
+    missing = f"job database {db} is missing or not a database (deleted or moved while the server ran?)"
+    assert client.get("/api/health").json()["problem"] == missing
+    for response in (client.get("/api/jobs"), client.get(f"/api/jobs/{job_id}"), client.post("/api/predict", json=TRASTUZUMAB)):
+        assert response.status_code == 503 and response.json()["detail"] == missing
+    assert not db.exists()  # no empty database was created in its place
+    moved.rename(db)
+    assert client.get("/api/health").status_code == 200
+    assert client.get(f"/api/jobs/{job_id}").json()["status"] == "done"
+
+
+# --- a big batch does not hold up single predictions ----------------------------------------------------
+def test_single_job_behind_a_200_record_batch_finishes_in_seconds(make_client, tmp_path):
+    from immunofold.inputs import parse_input
+
+    release, started = threading.Event(), threading.Event()
+
+    def slow_batch(input_path, outdir, on_event=None, **options):
+        """Stands in for run_batch: the 200 records take as long as the test says."""
+        for record in parse_input(input_path):
+            started.set()
+            assert release.wait(60)
+            on_event("record_done", record)
+        with open(os.path.join(outdir, "summary.csv"), "w") as handle:
+            handle.write("name\n")
+
+    client = make_client(db_path=str(tmp_path / "busy.sqlite"), batch_runner=slow_batch)
+    fasta = "".join(f">nb{i}\n{NANOBODY}\n" for i in range(200)).encode()
+    batch = client.post("/api/batch", files={"file": ("many.fasta", fasta)}).json()
+    assert started.wait(30) and client.get(f"/api/jobs/{batch['id']}").json()["total"] == 200
+    t0 = time.monotonic()
+    single = wait_done(client, client.post("/api/predict", json=TRASTUZUMAB).json()["id"], timeout=30)
+    elapsed = time.monotonic() - t0
+    assert single["status"] == "done" and elapsed < 20, elapsed
+    assert client.get(f"/api/jobs/{batch['id']}").json()["status"] == "running"  # the batch was still going
+    release.set()
+    assert wait_done(client, batch["id"])["status"] == "done"
 
 
 # --- batch uploads --------------------------------------------------------------------------------
