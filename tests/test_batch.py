@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -280,3 +281,161 @@ def test_plots_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch, capsys
     fasta.write_text(f">nb1\n{NB1}\n")
     assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--plots", "-q"]) == 2
     assert "pip install 'immunofold[plots]'" in capsys.readouterr().err
+
+
+# --- hardening: identity of a record, one run per folder, faults of the machine, CSV cells, Ctrl-C ----------
+
+
+def read_summary(outdir):
+    with open(outdir / "summary.csv", newline="") as handle:
+        return {row["name"]: row for row in csv.DictReader(handle)}
+
+
+def test_inputs_sharing_a_record_name_never_leave_a_stale_structure(tmp_path, predictor):
+    """A (ab00 = H+L), then B (ab00 = heavy only), then A again into one folder: the file always matches the summary."""
+    a_input, b_input, outdir = tmp_path / "A.fasta", tmp_path / "B.fasta", tmp_path / "out"
+    a_input.write_text(f">ab00|H\n{AB1_H}\n>ab00|L\n{AB1_L}\n")
+    b_input.write_text(f">ab00\n{NB1}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    first = run_batch(a_input, outdir, **options)
+    a_structure = (outdir / "ab00.pdb").read_text()
+    second = run_batch(b_input, outdir, **options)
+    assert second.done == 1 and read_summary(outdir)["ab00"]["kind"] == "nanobody"
+    third = run_batch(a_input, outdir, **options)
+    assert (first.done, third.done, third.skipped) == (1, 1, 0)  # recomputed, not "already finished"
+    assert read_summary(outdir)["ab00"]["kind"] == "antibody"
+    assert (outdir / "ab00.pdb").read_text() == a_structure
+    chains = {line[21] for line in a_structure.splitlines() if line.startswith("ATOM")}
+    assert chains == {"H", "L"}
+    assert run_batch(a_input, outdir, **options).skipped == 1  # unchanged: finished
+
+
+def test_a_changed_sequence_or_option_is_recomputed(tmp_path, predictor):
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb\n{NB1}\n")
+    run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1)
+    fasta.write_text(f">nb\n{NB2}\n")
+    assert run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1).done == 1
+    assert run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1, numbering="kabat").done == 1
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path, predictor, capsys):
+    from immunofold.batch import BatchStopped, folder_lock
+
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb\n{NB1}\n")
+    (outdir / STATE_DIR).mkdir(parents=True)
+    with folder_lock(str(outdir)):
+        with pytest.raises(BatchStopped, match="another immunofold batch"):
+            run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1)
+        assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 1
+        assert "another immunofold batch (pid" in capsys.readouterr().err
+    assert not (outdir / "nb.pdb").exists()
+    assert run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1).done == 1
+
+
+class _FailingEnsemble:
+    """Stands in for the ensemble of a machine that runs out of memory."""
+
+    version = "test"
+
+    def run(self, batch):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_machine_faults_stop_the_run_and_mark_no_record(tmp_path, predictor, monkeypatch):
+    from immunofold.batch import BatchStopped
+    from immunofold.prediction import Predictor
+
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB2}\n")
+    broken = Predictor(ensemble=_FailingEnsemble())
+    with pytest.raises(BatchStopped, match="out of memory"):
+        run_batch(fasta, outdir, refine=False, workers=0, predictor=broken, threads=1)
+    assert not os.listdir(outdir / STATE_DIR / "records")
+
+    import immunofold.batch as batch
+
+    real_write = batch.write_text_atomic
+
+    def disk_full(path, text):
+        if str(path).endswith(".pdb"):
+            raise OSError(28, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(batch, "write_text_atomic", disk_full)
+    with pytest.raises(BatchStopped, match="No space left on device"):
+        run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1)
+    assert not os.listdir(outdir / STATE_DIR / "records")
+    monkeypatch.setattr(batch, "write_text_atomic", real_write)
+    report = run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1)
+    assert (report.done, report.skipped, report.ok_total) == (2, 0, 2)
+
+
+def test_cuda_without_a_gpu_stops_before_any_record(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--device", "cuda", "-q"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (outdir / STATE_DIR / "records").exists() or not os.listdir(outdir / STATE_DIR / "records")
+
+
+def test_a_run_where_every_record_failed_exits_non_zero(tmp_path, capsys):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">lyso\n{LYSOZYME}\n>short\nEVQLVESGG\n")
+    assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--no-refine", "--workers", "0", "-q"]) == 1
+    assert "no record could be modelled" in capsys.readouterr().err
+
+
+def test_a_heavy_only_table_says_once_that_it_is_read_as_nanobodies(tmp_path, predictor, capsys):
+    table = tmp_path / "in.csv"
+    table.write_text(f"name,heavy\nnb1,{NB1}\nnb2,{NB2}\n")
+    notes = []
+    run_batch(table, tmp_path / "out", refine=False, workers=0, predictor=predictor, threads=1, on_note=notes.append)
+    assert notes == ["no light column: treating heavy chains as nanobodies (use --kind antibody to require light chains)"]
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    notes.clear()
+    run_batch(fasta, tmp_path / "out2", refine=False, workers=0, predictor=predictor, threads=1, on_note=notes.append)
+    assert notes == []
+
+
+def test_summary_cells_cannot_run_as_spreadsheet_formulas(tmp_path, predictor):
+    names = ["=HYPERLINK(\"http://x\")", "+1+2", "-cmd", "@SUM(A1)", "plain"]
+    table = tmp_path / "in.csv"
+    table.write_text("name,heavy\n" + "".join(f"\"{n.replace(chr(34), chr(34) * 2)}\",{NB1 if i % 2 else 'BAD'}\n"
+                                             for i, n in enumerate(names)))
+    run_batch(table, tmp_path / "out", refine=False, workers=0, predictor=predictor, threads=1)
+    summary = read_summary(tmp_path / "out")
+    assert set(summary) == {"'" + n for n in names[:4]} | {"plain"}
+    with open(tmp_path / "out" / "failures.csv", newline="") as handle:
+        failures = list(csv.DictReader(handle))
+    assert failures and all(not row["name"].startswith(("=", "+", "-", "@")) for row in failures)
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in summary.values() for cell in row.values())
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">nb{i}\n{NB1 if i % 2 else NB2}\n" for i in range(40)))
+    outdir = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "immunofold.cli", "batch", str(fasta), "-o", str(outdir),
+                                "--no-refine", "--workers", "1", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    records = outdir / STATE_DIR / "records"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (records.exists() and any(records.glob("*.json"))):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group, workers included
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted; finished records are kept, resume with: immunofold batch ")
+    finished = len(list(records.glob("*.json")))
+    assert 1 <= finished < 40 and len(read_summary(outdir)) == 40
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 0
+    assert len(list(records.glob("*.json"))) == 40

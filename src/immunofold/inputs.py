@@ -136,6 +136,15 @@ def parse_input(path: str | os.PathLike, fmt: str | None = None) -> list[Record]
     return records
 
 
+def input_notes(records: list[Record], kind: str = "auto") -> list[str]:
+    """What the user should hear once about the input as a whole (not about one record)."""
+    slots = {slot for record in records for slot, _ in record.chains}
+    from_table = any(record.source.startswith("row") for record in records)
+    if from_table and slots == {"heavy"} and kind == "auto":
+        return ["no light column: treating heavy chains as nanobodies (use --kind antibody to require light chains)"]
+    return []
+
+
 # --------------------------------------------------------------------------------------------
 # FASTA
 # --------------------------------------------------------------------------------------------

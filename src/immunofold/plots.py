@@ -103,12 +103,12 @@ def plot_overview(rows: list[dict], path: str) -> str:
     return path
 
 
-def write_plots(ok_rows: list[dict], stems: dict, records, run, folder: str) -> list[str]:
+def write_plots(ok_rows: list[dict], stems: dict, records, store, folder: str) -> list[str]:
     """Per-record PNGs (only those missing) and the overview PNG (always remade); returns the paths."""
     os.makedirs(folder, exist_ok=True)
     paths = []
     for record in records:
-        data = run.load_sidecar(record)
+        data = store.load(record)  # a batch.RecordStore
         if data is None or data.get("status") != "ok":
             continue
         path = os.path.join(folder, f"{stems[record.index]}.png")
