@@ -8,6 +8,7 @@ the screenshot is also copied to docs/web.png (the README shows it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -233,3 +234,46 @@ def test_batch_upload_shows_progress_then_a_zip(server, browser, tmp_path):
         assert response.headers["Content-Type"] == "application/zip" and response.read(2) == b"PK"
     cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#batch-failures tbody td")]
     assert cells[0] == "junk"
+
+
+def test_another_origin_cannot_submit_jobs(server, browser, tmp_path):
+    """A page of another web server on this machine uploads a batch as any hostile page can (no-cors
+    multipart POST, the issue's attack); the server refuses it and no job appears. A same-origin POST
+    without the page's token is refused too."""
+    fasta = f">cross_site\n{TRASTUZUMAB_HEAVY}\n"
+    (tmp_path / "evil.html").write_text(
+        "<!doctype html><title>loading</title><script>"
+        f"const form = new FormData(); form.append('file', new Blob([{json.dumps(fasta)}]), 'x.fasta');"
+        f"fetch('{server}/api/batch', {{method: 'POST', mode: 'no-cors', body: form}})"
+        ".then(() => { document.title = 'sent'; }, (e) => { document.title = String(e); });"
+        "</script>"
+    )
+    port = free_port()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        before = json.loads(urllib.request.urlopen(f"{server}/api/jobs").read())["jobs"]
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/evil.html", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        browser.get(f"http://127.0.0.1:{port}/evil.html")
+        assert wait_for(browser, "return document.title !== 'loading' && document.title", 15, "the hostile POST") == "sent"
+    finally:
+        other.terminate()
+        other.wait(10)
+    time.sleep(0.5)
+    after = json.loads(urllib.request.urlopen(f"{server}/api/jobs").read())["jobs"]
+    assert [job["id"] for job in after] == [job["id"] for job in before]
+    browser.get(server + "/")
+    status = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const form = new FormData(); form.append('file', new Blob([arguments[0]]), 'x.fasta');"
+        "fetch('/api/batch', {method: 'POST', body: form}).then((r) => done(r.status), (e) => done(String(e)));",
+        fasta,
+    )
+    assert status == 403
