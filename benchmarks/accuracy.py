@@ -171,7 +171,7 @@ def run_immunofold(loaded, refine: bool, weights_dir: str | None):
             if refine:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    predictor.refine(prediction)
+                    prediction = predictor.refine(prediction)
             row = {"name": entry.name, "kind": entry.kind, "status": "ok"}
             scored = score_entry(prediction, truth, refine and prediction.refined)
             row.update({k: v for k, v in scored.items() if k != "error_spearman"})

@@ -152,7 +152,7 @@ def main() -> int:
             crystal = crystal_profile(entry)
             prediction = predictor.predict_numbered([(entry.name, entry.kind, number_entry(entry))])[0]
             if not args.no_refine:
-                predictor.refine(prediction)
+                prediction = predictor.refine(prediction)
             predicted = profile_prediction(prediction)
         except InputError as error:
             skipped.append(str(error))

@@ -124,11 +124,11 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
 
     def end_to_end(items, refine=False, out=tmp):
         predictions = predictor.predict_numbered(number(items))
+        if refine:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                predictions = [predictor.refine(p) for p in predictions]
         for p in predictions:
-            if refine:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    predictor.refine(p)
             p.save(os.path.join(out, f"immunofold_{p.name}.pdb"))
         return predictions
 

@@ -130,3 +130,12 @@ def test_many_receptors_come_back_in_order_and_as_predicted_alone(predictor, mon
         assert len(prediction.atom14) == sum(len(c) for c in item[2])
         np.testing.assert_allclose(prediction.atom14, alone.atom14, atol=1e-3)
         np.testing.assert_allclose(prediction.error, alone.error, atol=1e-3)
+
+
+def test_refining_returns_a_new_prediction_and_leaves_the_unrefined_one_as_it_was(predictor):
+    unrefined = predictor.predict("nanobody", {"heavy": LONG_CDR3_NANOBODY}, name="nb", refine=False)
+    before = unrefined.to_pdb_string()
+    refined = predictor.refine(unrefined)
+    assert refined is not unrefined and refined.refined and not unrefined.refined
+    assert unrefined.to_pdb_string() == before
+    assert " H" in refined.to_pdb_string() and refined.to_pdb_string() != before

@@ -193,12 +193,12 @@ def _refine_in_worker(prediction):
 
 
 def _refine_task(prediction):
-    from immunofold.prediction import Predictor
+    from immunofold.prediction import refine_prediction
 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        refined = Predictor.__new__(Predictor).refine(prediction)  # refine() needs no loaded ensemble
+        refined = refine_prediction(prediction)
     return refined, time.perf_counter() - start
 
 

@@ -99,7 +99,7 @@ def _evaluate_chunk(entries: list[Entry], predictor: Predictor, refine: bool) ->
         return rows
     for prediction, truth in zip(predictor.predict_numbered(items), truths):
         if refine:
-            predictor.refine(prediction)
+            prediction = predictor.refine(prediction)
         row = {"name": prediction.name, "kind": prediction.kind, "status": "ok", "refined": prediction.refined}
         row.update(score_entry(prediction, truth, refine and prediction.refined))
         rows.append(row)

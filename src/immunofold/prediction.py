@@ -9,6 +9,7 @@ Data flow: sequences -> numbered chains -> features -> ensemble -> atoms -> refi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -141,6 +142,24 @@ class Prediction:
         return paths
 
 
+def refine_prediction(prediction: Prediction) -> Prediction:
+    """A refined copy of `prediction` (the input is left as it is): the consensus refined, else the members from
+    the one closest to the mean on, else an unrefined copy with the reason in `refine_message` and a warning."""
+    message = ""
+    for member in [None, *range(len(prediction.members))]:
+        candidate = dataclasses.replace(prediction, refined=True)  # the remarks written into the refined file say so
+        if member is not None:
+            candidate = dataclasses.replace(candidate, atom14=prediction.members[member])
+        result = refine_structure(to_pdb_string(candidate.unrefined_structure()))
+        if result.refined:
+            return dataclasses.replace(candidate, _refined_pdb=result.pdb_string)
+        message = result.message
+    failed = dataclasses.replace(prediction, refined=False,
+                                 refine_message=f"refinement failed, unrefined model returned: {message}")
+    warnings.warn(f"{prediction.name}: {failed.refine_message}", stacklevel=2)
+    return failed
+
+
 def infer_kind(heavy=None, light=None, alpha=None, beta=None) -> str:
     """Receptor kind from which chains were given."""
     if alpha or beta:
@@ -197,23 +216,8 @@ class Predictor:
         )
 
     def refine(self, prediction: Prediction) -> Prediction:
-        """Refine in place: the consensus, else the members from the one closest to the mean on, else keep it
-        unrefined with a warning."""
-        message = ""
-        for member in [None, *range(len(prediction.members))]:
-            prediction.refined = True  # the remarks written into the refined file say so
-            candidate = to_pdb_string(prediction.unrefined_structure(member))
-            result = refine_structure(candidate)
-            if result.refined:
-                if member is not None:
-                    prediction.atom14 = prediction.members[member]
-                prediction._refined_pdb = result.pdb_string
-                return prediction
-            message = result.message
-        prediction.refined = False
-        prediction.refine_message = f"refinement failed, unrefined model returned: {message}"
-        warnings.warn(f"{prediction.name}: {prediction.refine_message}", stacklevel=2)
-        return prediction
+        """`refine_prediction(prediction)` (needs no loaded ensemble)."""
+        return refine_prediction(prediction)
 
     def predict(
         self, kind: str, chains: dict[str, str], name: str = "input", refine: bool = True, numbering: str = "imgt"
