@@ -289,3 +289,19 @@ def test_chains_numbered_together_report_the_first_slot_with_a_problem():
     with pytest.raises(InputError) as excinfo:  # the alpha chain's bad letter comes before the missing beta chain
         number_receptor("tcr", {"alpha": TCR_ALPHA + "J"}, "rec")
     _one_line_error(excinfo, "rec alpha chain")
+
+
+@pytest.mark.parametrize(
+    "kind, chains, field",
+    [
+        ("antibody", {"heavy": HUMAN_HEAVY, "light": "EVQL"}, "light"),
+        ("antibody", {"heavy": "NOTASEQUENCE1", "light": HUMAN_HEAVY}, "heavy"),
+        ("antibody", {"heavy": HUMAN_HEAVY}, "light"),
+        ("scfv", {"heavy": HUMAN_HEAVY}, "kind"),
+        ("nanobody", {"heavy": HUMAN_HEAVY, "alpha": HUMAN_HEAVY}, "kind"),
+    ],
+)
+def test_input_errors_name_the_field_they_concern(kind, chains, field):
+    with pytest.raises(InputError) as excinfo:
+        number_receptor(kind, chains, "rec")
+    assert excinfo.value.field == field

@@ -235,9 +235,9 @@ _predictors_lock = threading.Lock()
 def check_device(device: str, record: str = "device") -> str:
     """`device` if it is "cpu" or "cuda" with a CUDA GPU present; else an InputError with a one-line reason."""
     if device not in DEVICES:
-        raise InputError(record, f"unknown device {device!r} (cpu or cuda)")
+        raise InputError(record, f"unknown device {device!r} (cpu or cuda)", field="device")
     if device == "cuda" and not torch.cuda.is_available():
-        raise InputError(record, "device 'cuda' requested but no CUDA GPU is available (use cpu)")
+        raise InputError(record, "device 'cuda' requested but no CUDA GPU is available (use cpu)", field="device")
     return device
 
 
@@ -272,6 +272,6 @@ def predict(
     chains = {k: v for k, v in chains.items() if v}
     kind = kind or infer_kind(**chains)
     if numbering not in NUMBERING_SCHEMES:
-        raise InputError(name, f"unknown numbering scheme {numbering!r} ({', '.join(NUMBERING_SCHEMES)})")
+        raise InputError(name, f"unknown numbering scheme {numbering!r} ({', '.join(NUMBERING_SCHEMES)})", field="numbering")
     check_device(device, name)
     return default_predictor(device).predict(kind, chains, name=name, refine=refine, numbering=numbering)

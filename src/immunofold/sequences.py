@@ -27,11 +27,15 @@ KIND_SLOTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 
 
 class InputError(ValueError):
-    """A record that cannot be modelled; str(error) is one line: '<record>: <reason>'."""
+    """A record that cannot be modelled; str(error) is one line: '<record>: <reason>'.
 
-    def __init__(self, record: str, reason: str):
+    `field` names the input it concerns where one does: a chain slot ("heavy", "light", "alpha", "beta"),
+    "kind", "device" or "numbering"; None for the record as a whole."""
+
+    def __init__(self, record: str, reason: str, field: str | None = None):
         self.record = record
         self.reason = reason
+        self.field = field
         super().__init__(f"{record}: {reason}")
 
 
@@ -171,7 +175,7 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     (anarcism releases the GIL); a problem is reported for the first slot that has one, as if in turn.
     """
     if kind not in KIND_SLOTS:
-        raise InputError(record, f"unknown receptor kind {kind!r} (antibody, nanobody or tcr)")
+        raise InputError(record, f"unknown receptor kind {kind!r} (antibody, nanobody or tcr)", field="kind")
     given = {slot: chains.get(slot) for slot, _ in KIND_SLOTS[kind]}
     given = {slot: sequence for slot, sequence in given.items() if sequence is not None and str(sequence).strip()}
     with ThreadPoolExecutor(max_workers=len(given) or 1) as pool:
@@ -182,10 +186,13 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     numbered = []
     for slot, _ in KIND_SLOTS[kind]:
         if slot not in jobs:
-            raise InputError(record, f"missing {slot} chain for {_article(kind)} {kind}")
-        numbered.append(jobs[slot].result())
+            raise InputError(record, f"missing {slot} chain for {_article(kind)} {kind}", field=slot)
+        try:
+            numbered.append(jobs[slot].result())
+        except InputError as error:
+            raise InputError(error.record, error.reason, field=slot) from None
     extra = sorted(set(k for k, v in chains.items() if v) - {slot for slot, _ in KIND_SLOTS[kind]})
     if extra:
-        raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for a {kind}")
+        raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for a {kind}", field="kind")
     assert len(numbered) == len(KIND_CHAIN_IDS[kind])
     return numbered
