@@ -376,7 +376,7 @@ def test_deleted_database_gives_503_and_recovers_when_restored(make_client, tmp_
     assert wait_done(client, job_id)["status"] == "done"
     moved = tmp_path / "moved.sqlite"
     db.rename(moved)
-    missing = f"job database {db} is missing or not a database (deleted or moved while the server ran?)"
+    missing = f"job database {db} is missing (deleted or moved while the server ran?): restore it, or restart the server for a new one"
     assert client.get("/api/health").json()["problem"] == missing
     for response in (client.get("/api/jobs"), client.get(f"/api/jobs/{job_id}"), client.post("/api/predict", json=TRASTUZUMAB)):
         assert response.status_code == 503 and response.json()["detail"] == missing

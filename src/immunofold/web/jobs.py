@@ -1,9 +1,12 @@
-"""Jobs for the web app: persisted in SQLite, run in a worker pool with one model loaded once.
+"""Jobs for the web app: persisted in SQLite, run in worker threads that share one model loaded once.
 
-A job is a single prediction ("single") or a batch upload ("batch"). Finished results (PDB, mmCIF,
-per-residue error and numbering; or a zip archive for a batch) are stored in the database, so a
-restart of the server loses nothing; jobs that were queued or running when the server stopped are
-run again at the next start. Job ids are server-generated UUIDs and never become file paths.
+A job is a single prediction ("single") or a batch upload ("batch"); each type has its own worker
+pool, so a long batch never holds up single predictions. Finished results (PDB, mmCIF, per-residue
+error and numbering; or a zip archive for a batch) are stored in the database, so a restart of the
+server loses nothing; jobs that were queued or running when the server stopped are run again at the
+next start. Job ids are server-generated UUIDs and never become file paths. A database that cannot
+be used (deleted, read-only, locked, disk full) raises StoreUnavailable with a one-line reason; a job
+running then ends as failed.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _problem(error: sqlite3.Error, path: str) -> str:
     if "readonly" in message or "read-only" in message:
         what = "is read-only"
     elif "unable to open" in message or "no such table" in message:
-        what = "is missing or not a database (deleted or moved while the server ran?)"
+        what = "is missing (deleted or moved while the server ran?): restore it, or restart the server for a new one"
     elif "locked" in message or "busy" in message:
         what = "is locked by another process"
     elif "full" in message:

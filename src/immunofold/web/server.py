@@ -36,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from immunofold.inputs import FASTA_SUFFIXES, TSV_SUFFIXES, CSV_SUFFIXES, parse_fasta
+from immunofold.inputs import CSV_SUFFIXES, FASTA_SUFFIXES, TSV_SUFFIXES, parse_fasta
 from immunofold.sequences import KIND_SLOTS, InputError, clean_sequence, find_domains, number_receptor
 from immunofold.web import assets as web_assets
 from immunofold.web.jobs import JobRunner, JobStore, StoreUnavailable, count_records, default_db_path
