@@ -58,6 +58,12 @@ def _serve(args: argparse.Namespace) -> int:
             f"token; Host headers served: {', '.join(hosts)} (add names with --allowed-host).",
             file=sys.stderr,
         )
+        if all(is_loopback(name) for name in hosts):
+            print(
+                "warning: no --allowed-host given: other machines are refused (400) until they use a name "
+                "given with --allowed-host NAME (the machine's DNS name or IP address)",
+                file=sys.stderr,
+            )
     if web_assets.find_viewer() is None:
         print(
             f"warning: the 3D viewer is not installed; run `{web_assets.INSTALL_COMMAND}` (the page shows how)",
