@@ -124,7 +124,7 @@ def read_csv(path):
 
 
 def outputs(outdir):
-    """Every output file's content, with the timing column of summary.csv blanked."""
+    """Every output file's content, with the timing column of summary.csv and summary.parquet left out."""
     result = {}
     for root, _, files in os.walk(outdir):
         for name in files:
@@ -137,6 +137,10 @@ def outputs(outdir):
             if rel == "summary.csv":
                 rows = read_csv(path)
                 data = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+            if rel == "summary.parquet":
+                import pyarrow.parquet as pq
+
+                data = pq.read_table(path).drop_columns(["seconds"]).to_pylist()
             result[rel] = data
     return result
 

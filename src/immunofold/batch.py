@@ -1,9 +1,19 @@
 """Batch prediction: `immunofold batch INPUT -o OUTDIR` and `run_batch(...)`.
 
-INPUT is FASTA or CSV/TSV (see `immunofold.inputs`). OUTDIR receives one structure file per
-record (`<safe name>.pdb`), `summary.csv` (every record, in input order), `failures.csv` (one
-line per record that could not be modelled, with its one-line reason) and, with `plots=True`,
+INPUT is FASTA, CSV/TSV or an AIRR rearrangement TSV (see `immunofold.inputs`). OUTDIR receives one
+structure file per record (`<safe name>.pdb`; `structures/<2 hex>/<safe name>.pdb` in runs of more than
+SHARD_THRESHOLD records), `summary.csv` and `summary.parquet` (every record, in input order), `failures.csv`
+(one line per record that could not be modelled, with its one-line reason) and, with `plots=True`,
 `plots/<safe name>.png` plus `plots/overview.png`.
+
+Streaming
+    The input is read as a stream, several times (count, predict, reports): memory does not grow with
+    the number of records beyond 8 bytes per name (duplicate names, unique file names).
+
+Engines
+    local (default): the processes of this machine (below). ray: Ray actors on this machine or a
+    cluster (`immunofold.ray_engine`). Both write every outcome through one `Recorder`, so the files,
+    sidecars and summary are the same whichever engine predicted a record.
 
 Resumable and atomic
     Every record's outcome is a JSON sidecar `OUTDIR/.immunofold/records/<fingerprint>.json`,
@@ -25,7 +35,7 @@ Independent of batch composition
     changes float rounding at the 1e-5 Å level, enough to flip the third decimal of a PDB
     coordinate). See tests/test_batch.py.
 
-Work split
+Work split (local engine)
     Numbering (anarcism) and refinement (OpenMM) run in `workers` worker processes; the
     ensemble pass runs batched in the main process.
 """
@@ -36,8 +46,9 @@ import argparse
 import csv
 import errno
 import fcntl
+import glob
 import hashlib
-import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -48,25 +59,25 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from immunofold.inputs import (
     KIND_CHOICES,
     Record,
     Resolved,
-    assign_file_stems,
+    StemAssigner,
     input_error_reason,
     input_notes,
+    iter_records,
     one_line,
-    parse_input,
     resolve_or_reason,
 )
 from immunofold.numbering import SCHEMES
-from immunofold.io import write_text_atomic
+from immunofold.io import atomic_output, write_text_atomic
 from immunofold.sequences import InputError
 
 STATE_DIR = ".immunofold"
@@ -86,6 +97,11 @@ SUMMARY_COLUMNS = (
     + ["refined", "seconds"]
 )
 FAILURE_COLUMNS = ["name", "source", "reason"]
+PARQUET_FILE = "summary.parquet"
+PARQUET_ROWS = 50_000  # rows per Parquet row group (and per write)
+STRUCTURES_DIR = "structures"
+SHARD_THRESHOLD = 10_000  # records: larger runs write structures/<2 hex>/<stem>.<format>
+ENGINES = ("local", "ray")
 SIDECAR_VERSION = 2  # 2: options include the weights version; successes hold their file's SHA-256
 
 
@@ -106,11 +122,18 @@ class BatchReport:
     seconds: float
     plots: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    engine: str = "local"
+
+    @property
+    def records_per_second(self) -> float:
+        """Records finished in this run (predicted or failed) per second of the run."""
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
         return (
             f"{self.total} records: {self.done} predicted, {self.failed} failed, {self.skipped} already finished "
-            f"({self.ok_total} ok, {self.failed_total} failed in total) in {self.seconds:.1f} s"
+            f"({self.ok_total} ok, {self.failed_total} failed in total) in {self.seconds:.1f} s, "
+            f"{self.records_per_second:.1f} records/s ({self.engine} engine)"
         )
 
 
@@ -248,16 +271,44 @@ class RecordStore:
     numbering, refinement, format, file name, weights version), so a changed record is a new record. A success
     also holds the SHA-256 of its structure file: when another input wrote a different structure under the same
     file name, the record counts as unfinished and is predicted again.
+
+    The store reads the input as a stream: `scan` names each record as it passes (the same names on every pass over
+    the same input) and `forget` drops a finished record's names, so memory does not grow with the input. A run of
+    more than SHARD_THRESHOLD records writes `structures/<2 hex digits>/<stem>.<format>`: 256 folders, none with
+    more than about 40,000 files at 10^7 records.
     """
 
-    def __init__(self, records: list[Record], outdir: str, options: dict):
+    def __init__(self, outdir: str, options: dict, total: int):
         self.outdir = outdir
+        self.options = options
         self.folder = os.path.join(outdir, STATE_DIR, RECORDS_DIR)
-        good = [r for r in records if r.error is None]
-        self.stems = dict(zip((r.index for r in good), assign_file_stems([r.name for r in good])))
-        self.fingerprints = {
-            r.index: r.fingerprint(**options, stem=self.stems.get(r.index), version=SIDECAR_VERSION) for r in records
-        }
+        self.sharded = total > SHARD_THRESHOLD
+        self.stems: dict[int, str] = {}  # index -> file stem, for the records passing now
+        self.fingerprints: dict[int, str] = {}
+
+    def scan(self, records: Iterable[Record]) -> Iterator[Record]:
+        """Pass `records` through, naming each one (file stem, fingerprint) before it is given out."""
+        assign = StemAssigner()
+        for record in records:
+            stem = None
+            if record.error is None:
+                stem = self.stems[record.index] = assign(record.name)
+            self.fingerprints[record.index] = record.fingerprint(
+                **self.options, stem=self.file_stem(stem) if stem else None, version=SIDECAR_VERSION)
+            yield record
+
+    def forget(self, record: Record) -> None:
+        self.stems.pop(record.index, None)
+        self.fingerprints.pop(record.index, None)
+
+    def file_stem(self, stem: str) -> str:
+        """The structure file's path under OUTDIR, without the format suffix."""
+        if not self.sharded:
+            return stem
+        return f"{STRUCTURES_DIR}/{hashlib.sha1(stem.encode()).hexdigest()[:2]}/{stem}"
+
+    def structure_file(self, record: Record) -> str:
+        return f"{self.file_stem(self.stems[record.index])}.{self.options['fmt']}"
 
     def path(self, record: Record) -> str:
         return os.path.join(self.folder, f"{self.fingerprints[record.index]}.json")
@@ -279,19 +330,132 @@ class RecordStore:
 
 
 # --------------------------------------------------------------------------------------------
-# prediction: numbering in workers, same-length groups through the ensemble, refinement in workers
+# one record's work, the same for both engines (local processes or Ray actors)
 # --------------------------------------------------------------------------------------------
-class _Pipeline:
-    def __init__(self, store: RecordStore, kind, batch_size, workers, refine, fmt, numbering, device, predictor,
-                 on_event, threads):
+def check_numbering(record: Record, resolved: Resolved, numbering: str) -> str | None:
+    """Why the record's chains cannot be written in `numbering`, or None."""
+    from immunofold.constants import KIND_CHAIN_IDS
+    from immunofold.numbering import renumber
+
+    try:
+        for chain, chain_id in zip(resolved.chains, KIND_CHAIN_IDS[resolved.kind]):
+            renumber(chain, numbering, f"{record.name} chain {chain_id}")
+    except InputError as error:
+        return input_error_reason(error, record.name)
+    return None
+
+
+def predict_group(predictor, items: list[tuple[str, str, list]], numbering: str) -> list:
+    """Predictions of same-length (name, kind, chains) items, in order; an item that breaks the model pass gets its
+    exception instead (the others still run). Raises BatchStopped for a fault of the machine."""
+    try:
+        return predictor.predict_numbered(items, numbering)
+    except Exception as error:  # noqa: BLE001
+        if _is_environment_fault(error):
+            raise BatchStopped(f"the model pass failed: {type(error).__name__}: {one_line(error)}") from None
+    predictions = []
+    for item in items:  # find the record that breaks the pass
+        try:
+            predictions.append(predictor.predict_numbered([item], numbering)[0])
+        except Exception as error:  # noqa: BLE001
+            if _is_environment_fault(error):
+                raise BatchStopped(f"the model pass failed: {type(error).__name__}: {one_line(error)}") from None
+            predictions.append(error)
+    return predictions
+
+
+def render(prediction, fmt: str) -> tuple[str, dict]:
+    """(structure file text, the success sidecar's fields that depend on the prediction) of one prediction."""
+    text = prediction.to_pdb_string() if fmt == "pdb" else prediction.to_cif_string()
+    chains, offset = [], 0
+    for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
+        n = len(chain)
+        chains.append({
+            "id": chain_id, "class": chain.chain_class, "length": n,
+            "imgt": [_position_label(p) for p in chain.positions],
+            "error": [round(float(e), 3) for e in prediction.error[offset : offset + n]],
+        })
+        offset += n
+    data = {
+        "status": "ok", "kind": prediction.kind, "mean_error": round(prediction.mean_error, 6),
+        "cdr3_error": {k: (None if math.isnan(v) else round(v, 6)) for k, v in prediction.cdr3_errors().items()},
+        "chains": chains, "refined": bool(prediction.refined), "refine_message": prediction.refine_message,
+        "notes": list(prediction.notes), "weights": prediction.weights_version,
+    }
+    return text, data
+
+
+class Recorder:
+    """Writes outcomes through the RecordStore (structure file, then sidecar), counts them and moves the progress
+    bar. Both engines record through it, so a record's files do not depend on where it was predicted."""
+
+    def __init__(self, store: RecordStore, on_event=None):
         self.store = store
-        self.outdir = store.outdir
-        self.kind, self.batch_size, self.workers = kind, batch_size, workers
-        self.refine, self.fmt, self.numbering, self.device = refine, fmt, numbering, device
-        self._predictor = predictor
         self.on_event = on_event or (lambda event, record: None)
-        self.done = self.failed = 0
+        self.done = self.failed = self.skipped = 0
         self.bar = None
+
+    def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0) -> None:
+        data = {"status": "failed", "name": record.name, "source": record.source, "kind": kind or "",
+                "reason": one_line(reason), "seconds": round(seconds, 4)}
+        self.store.save(record, data)
+        self.failed += 1
+        self._finish(record)
+
+    def succeed(self, record: Record, prediction, seconds: float) -> None:
+        start = time.perf_counter()
+        text, data = render(prediction, self.store.options["fmt"])
+        self.write(record, text, data, seconds + time.perf_counter() - start)
+
+    def write(self, record: Record, text: str, data: dict, seconds: float) -> None:
+        """Record a success from `render`'s output; seconds: time spent on the record (numbering to text)."""
+        file_name = self.store.structure_file(record)
+        start = time.perf_counter()
+        path = os.path.join(self.store.outdir, file_name)
+        try:
+            if self.store.sharded:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_text_atomic(path, text)
+        except OSError as error:  # the folder's problem (full, read-only, gone), not the record's
+            raise BatchStopped(f"cannot write {path}: {error.strerror or error}") from None
+        self.on_event("structure_written", record)
+        data = {**data, "name": record.name, "source": record.source, "file": file_name,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "seconds": round(seconds + time.perf_counter() - start, 4)}
+        self.store.save(record, data)
+        self.done += 1
+        self._finish(record)
+
+    def skip(self, record: Record) -> None:
+        """A record finished by an earlier run: leaves this run's count (and ETA)."""
+        self.skipped += 1
+        self.store.forget(record)
+        if self.bar is not None:
+            self.bar.total -= 1
+
+    def _finish(self, record: Record) -> None:
+        self.store.forget(record)
+        self.on_event("record_done", record)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"ok={self.done} failed={self.failed} skipped={self.skipped}", refresh=False)
+
+
+# --------------------------------------------------------------------------------------------
+# local engine: numbering in workers, same-length groups through the ensemble, refinement in workers
+# --------------------------------------------------------------------------------------------
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+class _Pipeline:
+    def __init__(self, recorder: Recorder, kind, batch_size, workers, refine, numbering, device, predictor, threads):
+        self.recorder = recorder
+        self.kind, self.batch_size, self.workers = kind, batch_size, workers
+        self.refine, self.numbering, self.device = refine, numbering, device
+        self._predictor = predictor
         # The model pass gets the cores the workers leave free: on a busy machine, torch threads
         # fighting the numbering workers (or each other) cost more than they give.
         self.threads = threads or max(1, (os.cpu_count() or 1) - workers)
@@ -304,69 +468,21 @@ class _Pipeline:
             self._predictor = Predictor(device=self.device)
         return self._predictor
 
-    # --- outcomes --------------------------------------------------------------------------
-    def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0) -> None:
-        data = {"status": "failed", "name": record.name, "source": record.source, "kind": kind or "",
-                "reason": one_line(reason), "seconds": round(seconds, 4)}
-        self.store.save(record, data)
-        self.failed += 1
-        self.on_event("record_done", record)
-        self._tick()
-
-    def succeed(self, record: Record, prediction, seconds: float) -> None:
-        stem = self.store.stems[record.index]
-        file_name = f"{stem}.{self.fmt}"
-        start = time.perf_counter()
-        text = prediction.to_pdb_string() if self.fmt == "pdb" else prediction.to_cif_string()
-        try:
-            write_text_atomic(os.path.join(self.outdir, file_name), text)
-        except OSError as error:  # the folder's problem (full, read-only, gone), not the record's
-            raise BatchStopped(f"cannot write {os.path.join(self.outdir, file_name)}: {error.strerror or error}") from None
-        self.on_event("structure_written", record)
-        seconds += time.perf_counter() - start
-        chains, offset = [], 0
-        for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
-            n = len(chain)
-            chains.append({
-                "id": chain_id, "class": chain.chain_class, "length": n,
-                "imgt": [_position_label(p) for p in chain.positions],
-                "error": [round(float(e), 3) for e in prediction.error[offset : offset + n]],
-            })
-            offset += n
-        data = {
-            "status": "ok", "name": record.name, "source": record.source, "kind": prediction.kind,
-            "file": file_name, "sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "mean_error": round(prediction.mean_error, 6),
-            "cdr3_error": {k: (None if math.isnan(v) else round(v, 6)) for k, v in prediction.cdr3_errors().items()},
-            "chains": chains, "refined": bool(prediction.refined), "refine_message": prediction.refine_message,
-            "notes": list(prediction.notes), "weights": prediction.weights_version, "seconds": round(seconds, 4),
-        }
-        self.store.save(record, data)
-        self.done += 1
-        self.on_event("record_done", record)
-        self._tick()
-
-    def _tick(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"ok={self.done} failed={self.failed}", refresh=False)
-
-    # --- stages ----------------------------------------------------------------------------
-    def _numbered(self, records: list[Record], executor):
+    def _numbered(self, records: Iterable[Record], executor):
         """(record, Resolved | reason, seconds) in input order; numbering runs ahead in the workers."""
         if executor is None:
             for record in records:
                 (result, seconds), = _number_chunk([record], self.kind)
                 yield record, result, seconds
             return
-        chunks = [records[i : i + NUMBERING_CHUNK] for i in range(0, len(records), NUMBERING_CHUNK)]
+        chunks = _chunks(records, NUMBERING_CHUNK)
         pending: deque = deque()
         ahead = max(4, 4 * self.workers)
-        next_chunk = 0
-        while next_chunk < len(chunks) or pending:
-            while next_chunk < len(chunks) and len(pending) < ahead:
-                pending.append((chunks[next_chunk], executor.submit(_number_chunk, chunks[next_chunk], self.kind)))
-                next_chunk += 1
+        while True:
+            while len(pending) < ahead and (chunk := next(chunks, None)) is not None:
+                pending.append((chunk, executor.submit(_number_chunk, chunk, self.kind)))
+            if not pending:
+                return
             chunk, future = pending.popleft()
             try:
                 results = future.result()
@@ -375,45 +491,22 @@ class _Pipeline:
             for record, (result, seconds) in zip(chunk, results):
                 yield record, result, seconds
 
-    def _check_numbering(self, record: Record, resolved: Resolved) -> str | None:
-        from immunofold.constants import KIND_CHAIN_IDS
-        from immunofold.numbering import renumber
-
-        try:
-            for chain, chain_id in zip(resolved.chains, KIND_CHAIN_IDS[resolved.kind]):
-                renumber(chain, self.numbering, f"{record.name} chain {chain_id}")
-        except InputError as error:
-            return input_error_reason(error, record.name)
-        return None
-
     def _predict_group(self, group, executor, refining: list) -> None:
         start = time.perf_counter()
         items = [(record.name, resolved.kind, resolved.chains) for record, resolved, _ in group]
-        try:
-            predictions = self.predictor.predict_numbered(items, self.numbering)
-        except Exception as error:  # noqa: BLE001
-            if _is_environment_fault(error):
-                raise BatchStopped(f"the model pass failed: {type(error).__name__}: {one_line(error)}") from None
-            predictions = []
-            for item in items:  # find the record that breaks the pass; the others still run
-                try:
-                    predictions.append(self.predictor.predict_numbered([item], self.numbering)[0])
-                except Exception as error:  # noqa: BLE001
-                    if _is_environment_fault(error):
-                        raise BatchStopped(f"the model pass failed: {type(error).__name__}: {one_line(error)}") from None
-                    predictions.append(error)
+        predictions = predict_group(self.predictor, items, self.numbering)
         share = (time.perf_counter() - start) / len(group)
         for (record, resolved, seconds), prediction in zip(group, predictions):
             if isinstance(prediction, Exception):
-                self.fail(record, f"prediction failed ({type(prediction).__name__}: {one_line(prediction)})",
-                          resolved.kind, seconds + share)
+                self.recorder.fail(record, f"prediction failed ({type(prediction).__name__}: {one_line(prediction)})",
+                                   resolved.kind, seconds + share)
             elif not self.refine:
-                self.succeed(record, prediction, seconds + share)
+                self.recorder.succeed(record, prediction, seconds + share)
             elif executor is not None:
                 refining.append((record, seconds + share, executor.submit(_refine_in_worker, prediction)))
             else:
                 refined, refine_seconds = _refine_task(prediction)
-                self.succeed(record, refined, seconds + share + refine_seconds)
+                self.recorder.succeed(record, refined, seconds + share + refine_seconds)
 
     def _collect_refined(self, refining: list, wait: bool) -> None:
         still = []
@@ -426,15 +519,14 @@ class _Pipeline:
             except Exception as error:  # noqa: BLE001
                 if _is_environment_fault(error):
                     raise BatchStopped(f"refinement stopped: {type(error).__name__}: {one_line(error)}") from None
-                self.fail(record, f"refinement crashed ({type(error).__name__}: {one_line(error)})", seconds=seconds)
+                self.recorder.fail(record, f"refinement crashed ({type(error).__name__}: {one_line(error)})",
+                                   seconds=seconds)
                 continue
-            self.succeed(record, refined, seconds + refine_seconds)
+            self.recorder.succeed(record, refined, seconds + refine_seconds)
         refining[:] = still
 
-    def run(self, pending: list[Record]) -> None:
+    def run(self, pending: Iterable[Record]) -> None:
         """Predict `pending` (records whose `error` is None), saving each outcome as it is known."""
-        if not pending:
-            return
         executor = None
         if self.workers > 0:
             executor = futures.ProcessPoolExecutor(
@@ -452,17 +544,17 @@ class _Pipeline:
                 executor.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(previous_threads)
 
-    def _stream(self, pending: list[Record], executor) -> None:
+    def _stream(self, pending: Iterable[Record], executor) -> None:
         buckets: dict[int, list] = {}  # total length -> [(record, resolved, numbering seconds)]
         held = 0
         refining: list = []
         for record, result, seconds in self._numbered(pending, executor):
             if isinstance(result, str):
-                self.fail(record, result, seconds=seconds)
+                self.recorder.fail(record, result, seconds=seconds)
                 continue
-            problem = self._check_numbering(record, result)
+            problem = check_numbering(record, result, self.numbering)
             if problem:
-                self.fail(record, problem, result.kind, seconds)
+                self.recorder.fail(record, problem, result.kind, seconds)
                 continue
             length = sum(len(chain) for chain in result.chains)
             bucket = buckets.setdefault(length, [])
@@ -483,35 +575,69 @@ class _Pipeline:
 # --------------------------------------------------------------------------------------------
 # reports: summary.csv and failures.csv, rebuilt from the record store
 # --------------------------------------------------------------------------------------------
-def write_reports(records: list[Record], store: RecordStore) -> tuple[int, int, list[dict]]:
-    """Write summary.csv (every record, in input order) and failures.csv; (ok, failed, ok sidecars)."""
-    summary, failures, ok_rows = io.StringIO(), io.StringIO(), []
-    summary_writer = csv.DictWriter(summary, SUMMARY_COLUMNS, lineterminator="\n")
-    failure_writer = csv.DictWriter(failures, FAILURE_COLUMNS, lineterminator="\n")
-    summary_writer.writeheader()
-    failure_writer.writeheader()
+PARQUET_TYPES = {"mean_error": "float64", "refined": "bool", "seconds": "float64",
+                 **{f"cdr3_error_{c}": "float64" for c in CHAIN_COLUMNS}, **{f"length_{c}": "int32" for c in CHAIN_COLUMNS}}
+
+
+def _summary_row(record: Record, data: dict) -> dict:
+    """One summary row as typed values (None: empty)."""
+    row = {"name": record.name, "kind": data.get("kind", ""), "status": data["status"], "seconds": data.get("seconds"),
+           "file": None, "mean_error": None, "refined": None}
+    if data["status"] == "ok":
+        row.update(file=data["file"], mean_error=data["mean_error"], refined=bool(data["refined"]))
+        for chain in data["chains"]:
+            row[f"length_{chain['id']}"] = chain["length"]
+            row[f"cdr3_error_{chain['id']}"] = data["cdr3_error"].get(chain["id"])
+    return row
+
+
+def _csv_cell(column: str, value) -> str:
+    if column == "refined" and value is not None:
+        return "yes" if value else "no"
+    return spreadsheet_safe(value) if isinstance(value, str) else _fmt(value)
+
+
+def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool = False) -> tuple[int, int, list[dict]]:
+    """Write summary.csv, summary.parquet (every record, in input order) and failures.csv from the record store,
+    streaming: one Parquet row group per PARQUET_ROWS records. (ok, failed, ok sidecars if keep_ok else [])."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(column, PARQUET_TYPES.get(column, "string")) for column in SUMMARY_COLUMNS])
     n_ok = n_failed = 0
-    for record in records:
-        data = store.load(record) or {
-            "status": "failed", "kind": "", "reason": "not finished (run interrupted)", "seconds": None,
-        }
-        row = {"name": spreadsheet_safe(record.name), "kind": data.get("kind", ""), "status": data["status"],
-               "seconds": _fmt(data.get("seconds"))}
-        if data["status"] == "ok":
-            n_ok += 1
-            ok_rows.append(data)
-            row.update(file=spreadsheet_safe(data["file"]), mean_error=_fmt(data["mean_error"]),
-                       refined="yes" if data["refined"] else "no")
-            for chain in data["chains"]:
-                row[f"length_{chain['id']}"] = chain["length"]
-                row[f"cdr3_error_{chain['id']}"] = _fmt(data["cdr3_error"].get(chain["id"]))
-        else:
-            n_failed += 1
-            failure_writer.writerow({name: spreadsheet_safe(value) for name, value in
-                                     (("name", record.name), ("source", record.source), ("reason", data["reason"]))})
-        summary_writer.writerow(row)
-    write_text_atomic(os.path.join(store.outdir, SUMMARY_FILE), summary.getvalue())
-    write_text_atomic(os.path.join(store.outdir, FAILURES_FILE), failures.getvalue())
+    ok_rows: list[dict] = []
+    with ExitStack() as stack:
+        paths = [stack.enter_context(atomic_output(os.path.join(store.outdir, name)))
+                 for name in (SUMMARY_FILE, FAILURES_FILE, PARQUET_FILE)]
+        summary = stack.enter_context(open(paths[0], "w", newline=""))
+        failures = stack.enter_context(open(paths[1], "w", newline=""))
+        parquet = stack.enter_context(pq.ParquetWriter(paths[2], schema))
+        summary_writer = csv.DictWriter(summary, SUMMARY_COLUMNS, lineterminator="\n")
+        failure_writer = csv.DictWriter(failures, FAILURE_COLUMNS, lineterminator="\n")
+        summary_writer.writeheader()
+        failure_writer.writeheader()
+        rows: list[dict] = []
+        for record in store.scan(records):
+            data = store.load(record) or {
+                "status": "failed", "kind": "", "reason": "not finished (run interrupted)", "seconds": None,
+            }
+            store.forget(record)
+            row = _summary_row(record, data)
+            if data["status"] == "ok":
+                n_ok += 1
+                if keep_ok:
+                    ok_rows.append(data)
+            else:
+                n_failed += 1
+                failure_writer.writerow({name: spreadsheet_safe(value) for name, value in
+                                         (("name", record.name), ("source", record.source), ("reason", data["reason"]))})
+            summary_writer.writerow({column: _csv_cell(column, value) for column, value in row.items()})
+            rows.append(row)
+            if len(rows) == PARQUET_ROWS:
+                parquet.write_table(pa.Table.from_pylist(rows, schema))
+                rows = []
+        if rows:
+            parquet.write_table(pa.Table.from_pylist(rows, schema))
     return n_ok, n_failed, ok_rows
 
 
@@ -539,8 +665,11 @@ def run_batch(
     on_event: Callable[[str, Record], None] | None = None,
     threads: int | None = None,
     on_note: Callable[[str], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    ray_workers: int | None = None,
 ) -> BatchReport:
-    """Predict every record of a FASTA/CSV/TSV file into `outdir`; resumable (see module docs).
+    """Predict every record of a FASTA/CSV/TSV/AIRR file into `outdir`; resumable (see module docs).
 
     kind: auto | antibody | nanobody | tcr. batch_size: records handed to the model at once (same-length
     records only; the ensemble runs them in groups of at most `prediction.MAX_FORWARD_BATCH`).
@@ -553,6 +682,8 @@ def run_batch(
     is asked for without matplotlib, and BatchStopped when the machine, not a record, stops the run
     (no GPU, out of memory, disk full, another run on the folder). A bad record never raises: it goes to
     failures.csv. summary.csv and failures.csv are written even when the run is interrupted.
+    engine: local (this machine's processes) or ray (`immunofold.ray_engine`: a local Ray runtime, or the cluster
+    at `address`, with `ray_workers` actors; `workers` and `threads` are the local engine's).
     """
     start = time.perf_counter()
     if kind not in KIND_CHOICES:
@@ -563,6 +694,12 @@ def run_batch(
         raise InputError("--numbering", f"unknown numbering scheme {numbering!r} ({', '.join(SCHEMES)})")
     if int(batch_size) < 1 or int(workers) < 0:
         raise InputError("options", "batch size must be >= 1 and workers >= 0")
+    if engine not in ENGINES:
+        raise InputError("--engine", f"unknown engine {engine!r} ({', '.join(ENGINES)})")
+    if engine == "ray":
+        from immunofold.ray_engine import require_ray
+
+        require_ray()
     if predictor is None:
         from immunofold.prediction import check_device
 
@@ -572,8 +709,11 @@ def run_batch(
 
         require_matplotlib()
     outdir = os.fspath(outdir)
-    records = parse_input(input_path)
-    notes = input_notes(records, kind)
+
+    def records() -> Iterator[Record]:  # one pass over the input file; each pass gives the same records
+        return iter_records(input_path)
+
+    total, notes = _count_and_notes(records(), kind)
     for note in notes:
         (on_note or (lambda text: None))(note)
     try:
@@ -582,37 +722,66 @@ def run_batch(
         raise BatchStopped(f"{outdir}: cannot create the output folder ({error.strerror or error})") from None
     options = {"kind": kind, "numbering": numbering, "refine": bool(refine), "fmt": fmt,
                "weights": _weights_version(predictor)}
-    store = RecordStore(records, outdir, options)
-    pipeline = _Pipeline(store, kind, int(batch_size), int(workers), bool(refine), fmt, numbering, device, predictor,
-                         on_event, threads)
+    store = RecordStore(outdir, options, total)
+    recorder = Recorder(store, on_event)
+    if engine == "ray":
+        from immunofold.ray_engine import RayEngine
+
+        runner = RayEngine(recorder, kind=kind, batch_size=int(batch_size), refine=bool(refine), numbering=numbering,
+                           device=device, address=address, workers=ray_workers)
+    else:
+        runner = _Pipeline(recorder, kind, int(batch_size), int(workers), bool(refine), numbering, device, predictor,
+                           threads)
+
+    def pending() -> Iterator[Record]:
+        for record in store.scan(records()):
+            if store.load(record) is not None:
+                recorder.skip(record)
+            elif record.error is not None:
+                recorder.fail(record, record.error)
+            else:
+                yield record
+
     with folder_lock(outdir):
-        _remove_stale_temp_files(outdir, store.folder, os.path.join(outdir, PLOTS_DIR))
-        pending = [record for record in records if store.load(record) is None]
-        skipped = len(records) - len(pending)
+        _remove_stale_temp_files(outdir, store.folder, os.path.join(outdir, PLOTS_DIR),
+                                 *glob.glob(os.path.join(outdir, STRUCTURES_DIR, "*")))
         if progress:
             from tqdm import tqdm
 
-            pipeline.bar = tqdm(total=len(records), initial=skipped, unit="rec", desc="immunofold batch",
-                                file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
+            recorder.bar = tqdm(total=total, unit="rec", desc=f"immunofold batch ({engine})", file=sys.stderr,
+                                dynamic_ncols=True, smoothing=0.05)
         try:
-            for record in [r for r in pending if r.error is not None]:
-                pipeline.fail(record, record.error)
-            pipeline.run([r for r in pending if r.error is None])
+            runner.run(pending())
         finally:
-            if pipeline.bar is not None:
-                pipeline.bar.close()
-            n_ok, n_failed, ok_rows = write_reports(records, store)  # also when interrupted: disk matches the summary
+            if recorder.bar is not None:
+                recorder.bar.close()
+            n_ok, n_failed, ok_rows = write_reports(records(), store, keep_ok=plots)  # also when interrupted
         plot_paths = []
         if plots:
             from immunofold.plots import write_plots
 
-            plot_paths = write_plots(ok_rows, store.stems, records, store, os.path.join(outdir, PLOTS_DIR))
+            plot_paths = write_plots(ok_rows, store.stems, store.scan(records()), store,
+                                     os.path.join(outdir, PLOTS_DIR))
     return BatchReport(
-        total=len(records), done=pipeline.done, failed=pipeline.failed, skipped=skipped, ok_total=n_ok,
+        total=total, done=recorder.done, failed=recorder.failed, skipped=recorder.skipped, ok_total=n_ok,
         failed_total=n_failed, outdir=outdir, summary_path=os.path.join(outdir, SUMMARY_FILE),
         failures_path=os.path.join(outdir, FAILURES_FILE), seconds=time.perf_counter() - start, plots=plot_paths,
-        notes=notes,
+        notes=notes, engine=engine,
     )
+
+
+def _count_and_notes(records: Iterable[Record], kind: str) -> tuple[int, list[str]]:
+    """(number of records, notes about the input as a whole) in one pass."""
+    count = 0
+
+    def counted():
+        nonlocal count
+        for record in records:
+            count += 1
+            yield record
+
+    notes = input_notes(counted(), kind)
+    return count, notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,9 +795,11 @@ def _batch_command(args: argparse.Namespace) -> int:
 
     try:
         report = run_batch(
-            args.input, args.outdir, kind=args.kind, batch_size=args.batch_size, workers=args.workers,
+            args.input, args.outdir, kind=args.kind, batch_size=args.batch_size,
+            workers=1 if args.workers is None or args.engine == "ray" else args.workers,
             refine=not args.no_refine, plots=args.plots, fmt=args.format, numbering=args.numbering,
             device=args.device, progress=not args.quiet, threads=args.threads, on_note=note,
+            engine=args.engine, address=args.address, ray_workers=args.workers if args.engine == "ray" else None,
         )
     except (InputError, PlotsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -650,18 +821,26 @@ def _batch_command(args: argparse.Namespace) -> int:
 def add_batch_parser(commands) -> None:
     """Register `immunofold batch` on the CLI's subcommands."""
     parser = commands.add_parser(
-        "batch", help="predict many receptors from a FASTA/CSV/TSV file (resumable)",
-        description="Predict every record of INPUT into OUTDIR: <name>.pdb per record, summary.csv, failures.csv. "
+        "batch", help="predict many receptors from a FASTA/CSV/TSV/AIRR file (resumable)",
+        description="Predict every record of INPUT into OUTDIR: <name>.pdb per record (structures/<xx>/<name>.pdb "
+        f"above {SHARD_THRESHOLD} records), summary.csv, summary.parquet, failures.csv. "
         "FASTA: NAME|H + NAME|L (NAME|A + NAME|B for TCRs), or one record HEAVY:LIGHT, or a lone heavy chain "
-        "(nanobody), or an scFv. CSV/TSV: columns name + heavy, light or alpha, beta. "
+        "(nanobody), or an scFv. CSV/TSV: columns name + heavy, light or alpha, beta. AIRR rearrangement TSV: "
+        "sequence_id, locus, productive, sequence_alignment_aa or sequence_aa; chains paired by cell_id. "
         "Re-running the same command resumes: finished records are skipped.",
     )
-    parser.add_argument("input", help="FASTA, CSV or TSV file")
+    parser.add_argument("input", help="FASTA, CSV, TSV or AIRR rearrangement TSV file")
     parser.add_argument("-o", "--outdir", required=True, help="output folder")
     parser.add_argument("--kind", choices=KIND_CHOICES, default="auto",
                         help="receptor kind (default auto: TCR chains -> tcr, heavy+light -> antibody, lone heavy -> nanobody)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes for numbering and refinement (0: none; default 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local engine: worker processes for numbering and refinement (0: none; default 1); "
+                        "ray engine: actors, each predicting on one CPU (default: one per CPU of the cluster)")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local (default): this machine; ray: Ray actors (pip install 'immunofold[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="ray engine: the cluster to join ('auto', 'ray://host:10001' or host:port); "
+                        "default: start a Ray runtime on this machine")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"same-length records handed to the model at once (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Batch input: FASTA / CSV / TSV records -> receptors with numbered V domains.
+"""Batch input: FASTA / CSV / TSV / AIRR records -> receptors with numbered V domains.
 
 Parsing never raises for a bad record: each `Record` either holds its chains or a one-line
 `error`. Only a file that cannot be read as a whole (missing, not text, no usable columns)
@@ -10,6 +10,12 @@ FASTA
     >NAME   SEQUENCE        one chain: a nanobody, or an scFv (both domains are found)
 CSV / TSV
     columns `name` plus `heavy`, `light` and/or `alpha`, `beta` (optionally `kind`).
+AIRR rearrangement TSV (AIRR Community standard; a TSV whose header has `sequence_id` and `locus`)
+    one row per chain: `sequence_id`, `locus` (IGH, IGK, IGL, TRA, TRB), `productive`, and
+    `sequence_alignment_aa` or `sequence_aa`. Rows sharing a `cell_id` are one receptor; a heavy chain
+    without a partner is modelled as a nanobody only when it is VHH-like (`VHH_HALLMARKS`).
+
+Files are read as a stream (`iter_records`): a receptor's chains must lie within PAIRING_WINDOW entries.
 
 `resolve_record` numbers a record's chains and decides its kind: every V domain in every
 sequence is found (an scFv gives two, constant regions, tags and signal peptides are cut off),
@@ -25,6 +31,8 @@ import io
 import json
 import os
 import re
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from immunofold.constants import KINDS
@@ -47,6 +55,12 @@ NAME_COLUMNS = ("name", "id", "record", "sequence_id")
 KIND_COLUMNS = ("kind", "type")
 MAX_NAME_LENGTH = 200
 MAX_REASON_LENGTH = 300
+PAIRING_WINDOW = 10_000  # entries: a receptor whose partner chain comes later than this is given out alone
+AIRR_LOCI = {"IGH": "heavy", "IGK": "light", "IGL": "light", "TRA": "alpha", "TRB": "beta"}
+AIRR_SEQUENCE_COLUMNS = ("sequence_alignment_aa", "sequence_aa")
+# VHH hallmark residues at IMGT 42, 49, 50, 52 (the data README's nanobody definition).
+VHH_HALLMARKS = {42: "FY", 49: "EQ", 50: "RC", 52: "FGL"}
+MIN_HALLMARKS = 2
 _SLOT_CLASSES = {"heavy": ("heavy",), "light": ("kappa", "lambda"), "alpha": ("alpha",), "beta": ("beta",)}
 
 
@@ -60,10 +74,12 @@ class Record:
     kind: str | None = None  # per-record kind from a CSV `kind` column, else None
     source: str = ""  # where it came from: "line 12", "row 3"
     error: str | None = None  # one-line reason when the record is unusable as read
+    vhh_only: bool = False  # an unpaired AIRR heavy chain: modelled only if VHH-like, never as a VH without its VL
 
     def fingerprint(self, **options) -> str:
         """A stable hash of the record and the options that shape its output."""
-        payload = json.dumps([self.name, self.chains, self.kind, self.error, sorted(options.items())], default=str)
+        fields = [self.name, self.chains, self.kind, self.error] + (["vhh_only"] if self.vhh_only else [])
+        payload = json.dumps([*fields, sorted(options.items())], default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -74,6 +90,12 @@ class Resolved:
     kind: str
     chains: list[NumberedChain]
     notes: list[str] = field(default_factory=list)
+
+
+def count_vhh_hallmarks(positions: tuple[tuple[int, str], ...], sequence: str) -> int:
+    """Number of IMGT hallmark positions (42, 49, 50, 52) holding a VHH-type residue."""
+    residue_at = {number: aa for (number, code), aa in zip(positions, sequence) if not code}
+    return sum(residue_at.get(number, "") in allowed for number, allowed in VHH_HALLMARKS.items())
 
 
 def one_line(text: str, limit: int = MAX_REASON_LENGTH) -> str:
@@ -87,29 +109,39 @@ def _clean_name(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# file reading
+# file reading: line by line, so a file of any size is read in bounded memory
 # --------------------------------------------------------------------------------------------
-def read_text(path: str | os.PathLike) -> str:
+def _open_text(path: str | os.PathLike):
+    """The file as text lines (UTF-8, BOM dropped, bad bytes replaced); InputError if it cannot be read or is binary."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            head = handle.read(4096)
+        text = open(path, encoding="utf-8-sig", errors="replace", newline="")
     except FileNotFoundError:
         raise InputError(str(path), "input file not found") from None
     except IsADirectoryError:
         raise InputError(str(path), "is a folder, not an input file") from None
     except OSError as error:
         raise InputError(str(path), f"cannot read input file ({one_line(error.strerror or error)})") from None
-    if b"\x00" in data[:4096]:
+    if b"\x00" in head:
+        text.close()
         raise InputError(str(path), "is a binary file, not FASTA/CSV/TSV text")
-    return data.decode("utf-8-sig", errors="replace")
+    return text
 
 
-def detect_format(path: str | os.PathLike, text: str) -> str:
-    """'fasta', 'csv' or 'tsv': from the suffix, else from the content."""
+def _first_line(path: str | os.PathLike) -> str:
+    with _open_text(path) as handle:
+        return next((line for line in handle if line.strip()), "")
+
+
+def detect_format(path: str | os.PathLike, first: str) -> str:
+    """'fasta', 'csv', 'tsv' or 'airr' from the suffix and the first non-empty line."""
     suffix = os.path.splitext(str(path))[1].lower()
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    header = {cell.strip().lower() for cell in first.split("\t")}
     if suffix in FASTA_SUFFIXES or first.lstrip().startswith(">"):
         return "fasta"
+    if {"sequence_id", "locus"} <= header:
+        return "airr"
     if suffix in CSV_SUFFIXES:
         return "csv"
     if suffix in TSV_SUFFIXES or "\t" in first:
@@ -119,30 +151,117 @@ def detect_format(path: str | os.PathLike, text: str) -> str:
     raise InputError(str(path), "cannot tell the input format: expected FASTA ('>' headers) or a CSV/TSV with a header row")
 
 
-def parse_input(path: str | os.PathLike, fmt: str | None = None) -> list[Record]:
-    """Records of a FASTA/CSV/TSV file, in input order (bad ones carry `error`)."""
-    text = read_text(path)
-    if not text.strip():
+def iter_records(path: str | os.PathLike, fmt: str | None = None) -> Iterator[Record]:
+    """Records of a FASTA/CSV/TSV/AIRR file, in input order (bad ones carry `error`), read as a stream.
+
+    Memory is bounded: at most PAIRING_WINDOW receptors wait for a partner chain, plus 8 bytes per name for the
+    duplicate check. Raises InputError for a file that cannot be read as a whole (when iteration starts)."""
+    first = _first_line(path)
+    if not first.strip():
         raise InputError(str(path), "input file is empty")
-    fmt = fmt or detect_format(path, text)
-    if fmt == "fasta":
-        records = parse_fasta(text)
-    elif fmt in ("csv", "tsv"):
-        records = parse_table(text, "\t" if fmt == "tsv" else ",", label=str(path))
-    else:
-        raise InputError(str(path), f"unknown input format {fmt!r} (fasta, csv or tsv)")
-    if not records:
+    fmt = fmt or detect_format(path, first)
+    readers = {"fasta": lambda h: _fasta_records(_lines(h)), "csv": lambda h: _table_records(h, ",", str(path)),
+               "tsv": lambda h: _table_records(h, "\t", str(path)), "airr": lambda h: _airr_records(h, str(path))}
+    if fmt not in readers:
+        raise InputError(str(path), f"unknown input format {fmt!r} (fasta, csv, tsv or airr)")
+    count = 0
+    with _open_text(path) as handle:
+        for record in readers[fmt](handle):
+            count += 1
+            yield record
+    if not count:
         raise InputError(str(path), f"no records found in this {fmt.upper()} file")
-    return records
 
 
-def input_notes(records: list[Record], kind: str = "auto") -> list[str]:
-    """What the user should hear once about the input as a whole (not about one record)."""
-    slots = {slot for record in records for slot, _ in record.chains}
-    from_table = any(record.source.startswith("row") for record in records)
+def parse_input(path: str | os.PathLike, fmt: str | None = None) -> list[Record]:
+    """Every record of a FASTA/CSV/TSV/AIRR file, in input order (`iter_records` as a list)."""
+    return list(iter_records(path, fmt))
+
+
+def input_notes(records: Iterable[Record], kind: str = "auto") -> list[str]:
+    """What the user should hear once about the input as a whole (not about one record); one pass over `records`."""
+    slots, from_table = set(), False
+    for record in records:
+        slots.update(slot for slot, _ in record.chains if not record.vhh_only)
+        from_table = from_table or (record.source.startswith("row") and not record.vhh_only)
     if from_table and slots == {"heavy"} and kind == "auto":
         return ["no light column: treating heavy chains as nanobodies (use --kind antibody to require light chains)"]
     return []
+
+
+def _lines(handle) -> Iterator[str]:
+    """Lines as str.splitlines() cuts them, read from a file handle."""
+    for raw in handle:
+        yield from raw.splitlines() or [""]
+
+
+def _name_key(name: str) -> int:
+    """8-byte digest of a name: the duplicate check holds these, not the names."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+class _Pairing:
+    """Joins entries that share a name (FASTA NAME|H + NAME|L, AIRR rows of one cell) into one record each, in order
+    of first appearance. A receptor is complete with two labelled chains (or one unlabelled one); one that waits
+    longer than PAIRING_WINDOW entries for its partner is given out as it is, and a later entry of the same name
+    becomes a record of its own with `clash` as its error."""
+
+    def __init__(self, clash: str, heavy_alone_vhh_only: bool = False):
+        self.clash = clash
+        self.heavy_alone_vhh_only = heavy_alone_vhh_only
+        self.waiting: deque[dict] = deque()  # groups in order of first appearance, not given out yet
+        self.open: dict[str, dict] = {}  # name -> group that may still take a chain
+        self.seen: set[int] = set()
+        self.entries = 0
+        self.index = 0
+
+    def add(self, name: str, slot: str | None, sequence: str, source: str, error: str | None = None,
+            alone: bool = False) -> Iterator[Record]:
+        """Take one entry; give out the records that are complete. alone: the entry is a record by itself."""
+        self.entries += 1
+        group = self.open.get(name) if name and error is None else None
+        if group is not None and (slot is None or slot in [s for s, _ in group["parts"]]):
+            group = None
+            error = self.clash
+        elif group is None and error is None and name and _name_key(name) in self.seen:
+            error = self.clash
+        if group is not None:
+            group["parts"].append((slot, sequence))
+            if len(group["parts"]) == 2:
+                del self.open[name]
+        else:
+            group = {"name": name, "parts": [(slot, sequence)], "source": source, "error": error, "entry": self.entries}
+            if error is None and name:
+                self.seen.add(_name_key(name))
+                if slot is not None and not alone:
+                    self.open[name] = group
+            self.waiting.append(group)
+        return self._give_out(final=False)
+
+    def _give_out(self, final: bool) -> Iterator[Record]:
+        while self.waiting:
+            group = self.waiting[0]
+            if not final and self.open.get(group["name"]) is group and self.entries - group["entry"] < PAIRING_WINDOW:
+                return
+            self.waiting.popleft()
+            if self.open.get(group["name"]) is group:
+                del self.open[group["name"]]
+            yield self._record(group)
+
+    def finish(self) -> Iterator[Record]:
+        return self._give_out(final=True)
+
+    def _record(self, group: dict) -> Record:
+        parts = []
+        for slot, sequence in group["parts"]:
+            if slot is None and ":" in sequence:
+                parts += [(None, piece) for piece in sequence.split(":")]
+            else:
+                parts.append((slot, sequence))
+        vhh_only = self.heavy_alone_vhh_only and [slot for slot, _ in parts] == ["heavy"]
+        record = Record(self.index, group["name"], tuple(parts), None, group["source"], group["error"], vhh_only)
+        self.index += 1
+        return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,72 +286,67 @@ def _split_header(header: str) -> tuple[str, str | None]:
 
 
 def parse_fasta(text: str) -> list[Record]:
-    entries: list[dict] = []  # raw FASTA entries in file order
+    """Records of FASTA text (see the module docs)."""
+    return list(_fasta_records(text.splitlines()))
+
+
+def _fasta_records(lines: Iterable[str]) -> Iterator[Record]:
+    pairing = _Pairing("duplicate name")
     stray: list[int] = []
-    current = None
-    for number, line in enumerate(text.splitlines(), start=1):
+    entry = None  # [name, slot, sequence lines, line number] of the entry being read
+
+    def close(entry) -> Iterator[Record]:
+        name, slot, pieces, number = entry
+        error = None if name else "FASTA header without a name"
+        return pairing.add(name, slot, "".join(pieces), f"line {number}", error)
+
+    for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith(";"):
             continue
         if stripped.startswith(">"):
-            name, slot = _split_header(stripped[1:])
-            current = {"name": name, "slot": slot, "lines": [], "line": number}
-            entries.append(current)
-        elif current is None:
+            if entry is None and stray:
+                shown = ", ".join(str(n) for n in stray[:5]) + (" ..." if len(stray) > 5 else "")
+                yield from pairing.add(f"line {stray[0]}", None, "", f"line {stray[0]}",
+                                       f"{len(stray)} sequence line(s) before the first '>' header (line {shown})")
+            if entry is not None:
+                yield from close(entry)
+            entry = [*_split_header(stripped[1:]), [], number]
+        elif entry is None:
             stray.append(number)
         else:
-            current["lines"].append(stripped)
-
-    groups: list[dict] = []  # one per receptor, in order of first appearance
-    by_name: dict[str, dict] = {}
-    for entry in entries:
-        sequence = "".join(entry["lines"])
-        source = f"line {entry['line']}"
-        name, slot = entry["name"], entry["slot"]
-        if not name:
-            groups.append({"name": "", "parts": [], "source": source, "error": "FASTA header without a name"})
-            continue
-        group = by_name.get(name)
-        if group is not None:
-            used = [s for s, _ in group["parts"]]
-            clash = slot is None or None in used or slot in used or group["error"]
-            if clash:
-                groups.append({"name": name, "parts": [(slot, sequence)], "source": source, "error": "duplicate name"})
-                continue
-            group["parts"].append((slot, sequence))
-            continue
-        group = {"name": name, "parts": [(slot, sequence)], "source": source, "error": None}
-        by_name[name] = group
-        groups.append(group)
-
-    records = []
-    if stray:
-        shown = ", ".join(str(n) for n in stray[:5]) + (" ..." if len(stray) > 5 else "")
-        records.append(Record(0, f"line {stray[0]}", source=f"line {stray[0]}",
-                              error=f"{len(stray)} sequence line(s) before the first '>' header (line {shown})"))
-    for group in groups:
-        parts = []
-        for slot, sequence in group["parts"]:
-            if slot is None and ":" in sequence:
-                parts += [(None, piece) for piece in sequence.split(":")]
-            else:
-                parts.append((slot, sequence))
-        records.append(Record(len(records), group["name"], tuple(parts), None, group["source"], group["error"]))
-    return records
+            entry[2].append(stripped)
+    if entry is not None:
+        yield from close(entry)
+    yield from pairing.finish()
 
 
 # --------------------------------------------------------------------------------------------
 # CSV / TSV
 # --------------------------------------------------------------------------------------------
 def parse_table(text: str, delimiter: str, label: str = "input") -> list[Record]:
+    """Records of CSV/TSV text (see the module docs)."""
+    return list(_table_records(io.StringIO(text), delimiter, label))
+
+
+def _rows(handle, delimiter: str, label: str) -> Iterator[tuple[int, list[str]]]:
+    """(row number among non-blank rows, cells) of a CSV/TSV stream; the header is row 1."""
+    number = 0
     try:
-        rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+        for row in csv.reader(handle, delimiter=delimiter):
+            if any(cell.strip() for cell in row):
+                number += 1
+                yield number, row
     except csv.Error as error:
         raise InputError(label, f"cannot read as {'TSV' if delimiter == chr(9) else 'CSV'} ({one_line(error)})") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if not rows:
+
+
+def _table_records(handle, delimiter: str, label: str) -> Iterator[Record]:
+    rows = _rows(handle, delimiter, label)
+    first = next(rows, None)
+    if first is None:
         raise InputError(label, "input file is empty")
-    header = [cell.strip().lower() for cell in rows[0]]
+    header = [cell.strip().lower() for cell in first[1]]
     name_col = next((header.index(c) for c in NAME_COLUMNS if c in header), None)
     kind_col = next((header.index(c) for c in KIND_COLUMNS if c in header), None)
     slot_cols = [(i, SLOT_ALIASES[c]) for i, c in enumerate(header) if c in SLOT_ALIASES]
@@ -245,9 +359,8 @@ def parse_table(text: str, delimiter: str, label: str = "input") -> list[Record]
     if len(set(seen_slots)) != len(seen_slots):
         raise InputError(label, "the header names the same chain in more than one column")
 
-    records: list[Record] = []
-    names: set[str] = set()
-    for row_number, row in enumerate(rows[1:], start=2):
+    names: set[int] = set()
+    for index, (row_number, row) in enumerate(rows):
         source = f"row {row_number}"
         name = _clean_name(row[name_col]) if name_col < len(row) else ""
         error = None
@@ -255,7 +368,7 @@ def parse_table(text: str, delimiter: str, label: str = "input") -> list[Record]
             error = f"has {len(row)} fields, the header has {len(header)}"
         elif not name:
             error = "empty name"
-        elif name in names:
+        elif _name_key(name) in names:
             error = "duplicate name"
         kind = row[kind_col].strip().lower() if kind_col is not None and kind_col < len(row) else ""
         if error is None and kind and kind not in KIND_CHOICES:
@@ -264,11 +377,53 @@ def parse_table(text: str, delimiter: str, label: str = "input") -> list[Record]
         if error is None and not chains:
             error = "no sequence in any chain column"
         if error is None:
-            names.add(name)
-        records.append(Record(len(records), name or source, chains, kind if kind not in ("", "auto") else None, source, error))
-    return records
+            names.add(_name_key(name))
+        yield Record(index, name or source, chains, kind if kind not in ("", "auto") else None, source, error)
 
 
+# --------------------------------------------------------------------------------------------
+# AIRR Community rearrangement TSV
+# --------------------------------------------------------------------------------------------
+def _airr_records(handle, label: str) -> Iterator[Record]:
+    """One record per cell (rows joined by `cell_id`) or per row without a cell_id; each row is checked against the
+    AIRR schema (airr library) and must be productive. A lone heavy chain must be VHH-like (see `vhh_only`)."""
+    from airr.schema import RearrangementSchema, ValidationError
+
+    rows = _rows(handle, "\t", label)
+    first = next(rows, None)
+    header = [cell.strip() for cell in first[1]] if first else []
+    sequence_column = next((c for c in AIRR_SEQUENCE_COLUMNS if c in header), None)
+    missing = [c for c in ("sequence_id", "locus", "productive") if c not in header]
+    if missing or sequence_column is None:
+        missing += [] if sequence_column else [" or ".join(AIRR_SEQUENCE_COLUMNS)]
+        raise InputError(label, f"AIRR rearrangement file without the column(s) {', '.join(missing)}")
+    pairing = _Pairing("duplicate name (a second row with this sequence_id, or a second chain of this locus in the "
+                       "cell)", heavy_alone_vhh_only=True)
+    for row_number, cells in rows:
+        source = f"row {row_number}"
+        if len(cells) != len(header):
+            yield from pairing.add("", None, "", source, f"has {len(cells)} fields, the header has {len(header)}")
+            continue
+        row = dict(zip(header, cells))
+        name = _clean_name(row["sequence_id"]) or source
+        locus = row["locus"].strip().upper()
+        error = None
+        try:
+            RearrangementSchema.validate_row(row)
+        except ValidationError as invalid:
+            error = f"not a valid AIRR row ({one_line(invalid)})"
+        if error is None and RearrangementSchema.to_bool(row["productive"]) is False:
+            error = "not productive (productive = F)"
+        if error is None and locus not in AIRR_LOCI:
+            error = f"locus {locus or 'empty'!r} is not one of {', '.join(AIRR_LOCI)}"
+        if error is None and not row[sequence_column].strip():
+            error = f"empty {sequence_column}"
+        cell = row.get("cell_id", "").strip()
+        if error is not None or not cell:
+            yield from pairing.add(name, AIRR_LOCI.get(locus), row[sequence_column], source, error, alone=True)
+        else:
+            yield from pairing.add(_clean_name(cell), AIRR_LOCI[locus], row[sequence_column], source)
+    yield from pairing.finish()
 # --------------------------------------------------------------------------------------------
 # numbering and kind
 # --------------------------------------------------------------------------------------------
@@ -325,6 +480,12 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
             + (f" (missing {', '.join(missing)})" if missing else "")
         )
 
+    if record.vhh_only and kind == "nanobody":
+        heavy = by_class["heavy"][0][1]
+        hallmarks = count_vhh_hallmarks(heavy.positions, heavy.sequence)
+        if hallmarks < MIN_HALLMARKS:
+            raise InputError(name, f"unpaired heavy chain that is not VHH-like ({hallmarks} of 4 VHH hallmarks at IMGT "
+                             "42/49/50/52): a conventional VH needs its light chain (same cell_id)")
     chains, notes = [], []
     for slot in wanted:
         label, domain = by_class[slot][0]
@@ -377,16 +538,25 @@ def safe_name(name: str, max_length: int = 100) -> str:
     return stem
 
 
-def assign_file_stems(names: list[str]) -> list[str]:
-    """Unique safe file stems for names (in order); a name whose stem collides, case-insensitively,
-    with an earlier one, or that had to be changed, gets a short hash of the original appended."""
-    stems, used = [], set()
-    for name in names:
+class StemAssigner:
+    """Unique safe file stems for names given one at a time, in order: a name whose stem collides, case-insensitively,
+    with an earlier one, or that had to be changed, gets a short hash of the original appended. Holds 8 bytes per
+    stem given out, so a stream of any length is named in bounded memory."""
+
+    def __init__(self):
+        self.used: set[int] = set()
+
+    def __call__(self, name: str) -> str:
         stem = safe_name(name)
-        if stem != name or stem.lower() in used:
+        if stem != name or _name_key(stem.lower()) in self.used:
             stem = f"{stem[:90]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-        while stem.lower() in used:
+        while _name_key(stem.lower()) in self.used:
             stem = f"{stem}_{hashlib.sha1(stem.encode()).hexdigest()[:4]}"
-        used.add(stem.lower())
-        stems.append(stem)
-    return stems
+        self.used.add(_name_key(stem.lower()))
+        return stem
+
+
+def assign_file_stems(names: Iterable[str]) -> list[str]:
+    """`StemAssigner` over a list of names."""
+    assign = StemAssigner()
+    return [assign(name) for name in names]

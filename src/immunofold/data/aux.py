@@ -20,19 +20,11 @@ import torch
 from immunofold.constants import ATOM14_NAMES, IMGT_CDRS, KINDS, ONE_TO_THREE
 from immunofold.data.features import featurise
 from immunofold.data.sabdab import MIN_BACKBONE_FRACTION, cached, cached_examples, read_summary
+from immunofold.inputs import MIN_HALLMARKS, count_vhh_hallmarks
 from immunofold.sequences import InputError, clean_sequence, find_domains
 
 BACKBONE_WITH_O = ("N", "CA", "C", "O")  # the atoms a record holds, atom14 slots 0-3 for every residue type
-# VHH hallmark residues at IMGT 42, 49, 50, 52 (the data README's nanobody definition).
-VHH_HALLMARKS = {42: "FY", 49: "EQ", 50: "RC", 52: "FGL"}
-MIN_HALLMARKS = 2
 MAX_IDENTITY_TO_VAL = 0.95  # fraction of shared IMGT positions; the data README's redundancy rule
-
-
-def count_vhh_hallmarks(positions: tuple[tuple[int, str], ...], sequence: str) -> int:
-    """Number of IMGT hallmark positions (42, 49, 50, 52) holding a VHH-type residue."""
-    residue_at = {number: aa for (number, code), aa in zip(positions, sequence) if not code}
-    return sum(residue_at.get(number, "") in allowed for number, allowed in VHH_HALLMARKS.items())
 
 
 def aux_example(record: dict) -> dict:

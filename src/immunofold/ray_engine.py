@@ -1,0 +1,215 @@
+"""The Ray engine of `immunofold batch --engine ray`: the same records, files and summary as the local engine,
+predicted by Ray actors on this machine or on a cluster (`pip install 'immunofold[ray]'`).
+
+The driver (the `immunofold batch` process) reads the input as a stream, sends chunks of CHUNK records to the
+actors and writes every outcome through the same `batch.Recorder` as the local engine, so a record's identity,
+file names and sidecars do not depend on the engine. Each actor loads the ensemble once, then per chunk numbers the
+records, predicts same-length groups (a model pass never pads, so coordinates do not depend on the grouping),
+refines when asked and renders the structure text (`batch.render`); the driver only writes files.
+
+Faults: an actor whose process dies (kill -9, a lost node) is restarted by Ray and its in-flight chunks are retried
+(`max_task_retries`), so a kill costs at most those chunks. A chunk that still fails is retried one record at a
+time; a record that kills its worker every time is a failure row, never an endless retry. A bad record never
+kills a worker: it comes back as a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+from immunofold.batch import (
+    BatchStopped,
+    Recorder,
+    _chunks,
+    _refine_task,
+    check_numbering,
+    predict_group,
+    render,
+)
+from immunofold.inputs import Record, one_line, resolve_or_reason
+from immunofold.sequences import InputError
+
+CHUNK = 32  # records per actor task: big enough for same-length groups, small enough that a kill costs little
+IN_FLIGHT_PER_ACTOR = 2  # chunks queued per actor, so an actor never waits for the driver
+TASK_RETRIES = 2  # retries of a chunk whose actor died (then one record at a time)
+LOCAL_CPUS = 2  # CPUs of the Ray runtime started on this machine when no --address is given
+
+
+def require_ray() -> None:
+    """InputError with the install command when Ray is not installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise InputError("--engine ray", "Ray is not installed: pip install 'immunofold[ray]'") from None
+
+
+class _Worker:
+    """One Ray actor: loads the ensemble once, then predicts chunks of records."""
+
+    def __init__(self, kind: str, batch_size: int, refine: bool, numbering: str, fmt: str, device: str):
+        import torch
+
+        from immunofold.prediction import Predictor
+
+        torch.set_num_threads(1)  # one actor per CPU
+        self.kind, self.batch_size, self.refine, self.numbering, self.fmt = kind, batch_size, refine, numbering, fmt
+        self.predictor = Predictor(device=device)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def weights_version(self) -> str:
+        return self.predictor.ensemble.version
+
+    def run(self, records: list[Record]) -> list[tuple]:
+        """Per record, in order: ('ok', text, sidecar fields, seconds) or ('failed', reason, kind, seconds)."""
+        outcomes: list[tuple | None] = [None] * len(records)
+        buckets: dict[int, list] = {}  # total length -> [(position, record, resolved, seconds)]
+        for position, record in enumerate(records):
+            start = time.perf_counter()
+            result = resolve_or_reason(record, self.kind)
+            problem = result if isinstance(result, str) else check_numbering(record, result, self.numbering)
+            seconds = time.perf_counter() - start
+            if problem:
+                outcomes[position] = ("failed", problem, "" if isinstance(result, str) else result.kind, seconds)
+                continue
+            buckets.setdefault(sum(len(c) for c in result.chains), []).append((position, record, result, seconds))
+        for bucket in buckets.values():
+            for group in (bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)):
+                start = time.perf_counter()
+                items = [(record.name, resolved.kind, resolved.chains) for _, record, resolved, _ in group]
+                predictions = predict_group(self.predictor, items, self.numbering)
+                share = (time.perf_counter() - start) / len(group)
+                for (position, record, resolved, seconds), prediction in zip(group, predictions):
+                    outcomes[position] = self._finish(prediction, resolved.kind, seconds + share)
+        return outcomes
+
+    def _finish(self, prediction, kind: str, seconds: float) -> tuple:
+        if isinstance(prediction, Exception):
+            return "failed", f"prediction failed ({type(prediction).__name__}: {one_line(prediction)})", kind, seconds
+        start = time.perf_counter()
+        if self.refine:
+            try:
+                prediction, _ = _refine_task(prediction)
+            except Exception as error:  # noqa: BLE001  (as the local engine: the record fails, the run goes on)
+                return "failed", f"refinement crashed ({type(error).__name__}: {one_line(error)})", "", seconds
+        text, data = render(prediction, self.fmt)
+        return "ok", text, data, seconds + time.perf_counter() - start
+
+
+class RayEngine:
+    """Runs pending records on Ray actors and records their outcomes through `recorder` (see the module docs).
+
+    address: None starts a Ray runtime on this machine (LOCAL_CPUS CPUs, no dashboard) unless one is already
+    running in this process; 'auto' or 'ray://host:port' joins a cluster. workers: actors (default: one per CPU of
+    the cluster)."""
+
+    def __init__(self, recorder: Recorder, kind: str, batch_size: int, refine: bool, numbering: str, device: str,
+                 address: str | None = None, workers: int | None = None):
+        self.recorder = recorder
+        self.worker_args = (kind, batch_size, refine, numbering, recorder.store.options["fmt"], device)
+        self.address, self.workers = address, workers
+        self.actors: list = []
+
+    def _connect(self) -> bool:
+        """Join or start Ray; True if this call started it (and so must stop it)."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        settings = dict(log_to_driver=False, logging_level="ERROR", configure_logging=True)
+        try:
+            if self.address:
+                ray.init(address=self.address, **settings)
+            else:
+                ray.init(num_cpus=max(LOCAL_CPUS, self.workers or 0), include_dashboard=False, **settings)
+        except Exception as error:  # noqa: BLE001  (Ray raises ConnectionError, RuntimeError, ValueError...)
+            raise BatchStopped(f"cannot start or join Ray ({'address ' + self.address if self.address else 'local'}): "
+                               f"{type(error).__name__}: {error}") from None
+        return True
+
+    def _start_actors(self) -> None:
+        import ray
+
+        from immunofold import weights
+
+        count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        env = {name: os.environ[name] for name in (weights.WEIGHTS_ENV,) if name in os.environ}
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)(_Worker)
+        options = {"runtime_env": {"env_vars": env}} if env else {}
+        self.actors = [actor.options(**options).remote(*self.worker_args) for _ in range(count)]
+        versions = set(ray.get([a.weights_version.remote() for a in self.actors]))
+        wanted = self.recorder.store.options["weights"]
+        if versions != {wanted}:
+            raise BatchStopped(f"the Ray workers load weights {', '.join(sorted(versions))}, this run needs {wanted} "
+                               "(install the same immunofold on every node)")
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the actors (for tests and for users who want to see them)."""
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def run(self, pending: Iterable[Record]) -> None:
+        import ray
+
+        started = self._connect()
+        try:
+            self._start_actors()
+            self._schedule(pending)
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)
+            self.actors = []
+            if started:
+                ray.shutdown()
+
+    def _schedule(self, pending: Iterable[Record]) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        chunks = _chunks(pending, CHUNK)
+        retry: list[list[Record]] = []  # records of failed chunks, sent again one at a time
+        in_flight: dict = {}  # future -> (actor index, chunk)
+        load = [0] * len(self.actors)
+
+        def submit(index: int) -> bool:
+            chunk = [retry.pop()] if retry else next(chunks, None)
+            if chunk is None:
+                return False
+            in_flight[self.actors[index].run.remote(chunk)] = (index, chunk)
+            load[index] += 1
+            return True
+
+        for index in range(len(self.actors)):
+            for _ in range(IN_FLIGHT_PER_ACTOR):
+                submit(index)
+        while in_flight:
+            (future,), _ = ray.wait(list(in_flight), num_returns=1)
+            index, chunk = in_flight.pop(future)
+            load[index] -= 1
+            try:
+                outcomes = ray.get(future)
+            except RayTaskError as error:
+                cause = error.cause if isinstance(error.cause, BaseException) else error
+                if isinstance(cause, BatchStopped):
+                    raise BatchStopped(str(cause)) from None
+                raise BatchStopped(f"a Ray worker failed: {type(cause).__name__}: {cause}") from None
+            except RayActorError as error:
+                if len(chunk) > 1:
+                    retry.extend(reversed(chunk))
+                else:
+                    self.recorder.fail(chunk[0], f"the worker process died on this record {TASK_RETRIES + 1} times "
+                                                 f"({type(error).__name__})")
+                outcomes = None
+            for record, outcome in zip(chunk, outcomes or []):
+                if outcome[0] == "ok":
+                    _, text, data, seconds = outcome
+                    self.recorder.write(record, text, data, seconds)
+                else:
+                    _, reason, kind, seconds = outcome
+                    self.recorder.fail(record, reason, kind, seconds)
+            while load[index] < IN_FLIGHT_PER_ACTOR and submit(index):
+                pass
