@@ -117,20 +117,6 @@ def chains_from_fasta(kind: str, text: str, name: str) -> tuple[str, dict[str, s
     return records[0].name, {slot: assigned[slot] for slot in slots}
 
 
-def input_error_field(error, name: str, from_fasta: bool) -> str | None:
-    """Which form field an InputError concerns (None: the form as a whole)."""
-    if from_fasta:
-        return "fasta"
-    for slot in ("heavy", "light", "alpha", "beta"):
-        if error.record == f"{name} {slot} chain" or error.reason.startswith(f"missing {slot} chain"):
-            return slot
-    if error.reason.startswith("unknown receptor kind"):
-        return "kind"
-    if error.reason.startswith("unexpected chain"):
-        return "kind"
-    return None
-
-
 class PredictRequest(BaseModel):
     kind: Literal["antibody", "nanobody", "tcr"] = "antibody"
     name: str = Field("", max_length=1000)
@@ -250,7 +236,7 @@ def create_app(
                 chains = {slot: seq for slot, seq in given.items() if seq.strip()}
             number_receptor(body.kind, chains, name)  # validate now, so errors go next to their field
         except InputError as exc:
-            return error(422, " ".join(str(exc).split()), input_error_field(exc, name, from_fasta))
+            return error(422, " ".join(str(exc).split()), "fasta" if from_fasta else exc.field)
         full = queue_full("single")
         if full:
             return full
