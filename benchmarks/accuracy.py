@@ -1,12 +1,16 @@
-"""Accuracy of immunofold, FlashABB and a nearest-template baseline on a SAbDab/STCRDab-like folder.
+"""Accuracy of immunofold, FlashABB, IgFold and a nearest-template baseline on a SAbDab/STCRDab-like folder.
 
     python benchmarks/accuracy.py                      # val split of ../shared/data, all methods
     python benchmarks/accuracy.py --limit 5 --methods immunofold template
+    python benchmarks/accuracy.py --methods igfold --igfold-out /tmp/igfold   # keeps (and resumes) IgFold's PDBs
 
 Every method is scored by immunofold's own metric code (`immunofold.metrics.region_rmsds`, as in
 `immunofold evaluate`): per chain, RMSD over N, CA, C, CB after superposing that chain's framework
 backbone; CDRs by IMGT definition (27-38, 56-65, 105-117). Residues are matched to the experimental
 structure by (chain, IMGT position), with the IMGT numbering of the sequences given to the methods.
+Error estimates (immunofold's error column, IgFold's pRMSD) are scored as `immunofold evaluate` scores ours:
+per-structure Spearman against the real CA deviation, and predicted CDR3 error vs real CDR3 RMSD across entries.
+IgFold runs in its own venv (scripts/setup_igfold.sh; `--igfold-python`), through benchmarks/peers/igfold_runner.py.
 
 Writes <out-dir>/accuracy.md, accuracy.json (summaries + per-entry rows) and accuracy_cdr3.png, and
 prints the markdown.
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 
@@ -41,13 +46,18 @@ from common import (
     truth_cdr3_reaches,
 )
 
-from immunofold.constants import KINDS
+from peers import igfold_peer
+
+from immunofold.constants import KIND_CHAIN_IDS, KINDS
 from immunofold.data.sabdab import _load_or_reason, load_example, read_summary
 from immunofold.evaluate import number_entry
+from immunofold.metrics import error_spearman
 from immunofold.sequences import InputError
 
-METHODS = ("immunofold", "flashabb", "template")
-METHOD_LABELS = {"immunofold": "immunofold", "flashabb": "FlashABB 0.0.5", "template": "nearest template"}
+METHODS = ("immunofold", "flashabb", "igfold", "template")
+METHOD_LABELS = {"immunofold": "immunofold", "flashabb": "FlashABB 0.0.5", "igfold": f"IgFold {igfold_peer.VERSION}",
+                 "template": "nearest template"}
+ERROR_ESTIMATES = {"immunofold": "error column (expected CA deviation)", "igfold": "pRMSD (B-factor column)"}
 CDR3_PANELS = [("antibody", "H3"), ("antibody", "L3"), ("nanobody", "H3"), ("tcr", "A3"), ("tcr", "B3")]
 EXTENDED_REACH = 27.0  # Å; CDR3 reach above this: the loop stands out of the domain (~16 % of train nanobodies)
 CHUNK = 16
@@ -69,6 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="featurised-split cache shared with training (default: %(default)s)")
     parser.add_argument("--out-dir", default=RESULTS_DIR, help="where result files go (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--igfold-python", default=None,
+                        help=f"python of the IgFold venv (default: {os.path.relpath(igfold_peer.DEFAULT_PYTHON)} if "
+                             "present, else IgFold is not run; made by scripts/setup_igfold.sh)")
+    parser.add_argument("--igfold-out", default=None,
+                        help="keep IgFold's PDBs here; a rerun folds only what is missing (default: a temporary folder)")
     return parser.parse_args(argv)
 
 
@@ -206,6 +221,46 @@ def run_flashabb(loaded):
     return package_version("flash-abb"), None, rows
 
 
+def run_igfold(loaded, python_option: str | None, out_dir: str, threads: int | None):
+    """IgFold's unrefined models (antibodies and nanobodies) scored like the others, its pRMSD as error estimate."""
+    python, unavailable = igfold_peer.find_python(python_option)
+    if unavailable:
+        return None, unavailable, []
+    rows, todo = [], []
+    for entry, numbered, truth, reason in loaded:
+        if entry.kind not in igfold_peer.KINDS:
+            continue
+        if reason is not None:
+            rows.append(skipped_row(entry, reason))
+            continue
+        todo.append((entry, numbered, truth, igfold_peer.igfold_chains(entry.kind, [c.sequence for c in numbered])))
+    records = [{"name": entry.name, "chains": chains} for entry, _, _, chains in todo]
+    try:
+        igfold_peer.run_runner(python, records, out_dir, threads=threads, log=log)
+    except RuntimeError as error:
+        return None, str(error), []
+    for entry, numbered, truth, chains in todo:
+        try:
+            model = igfold_peer.read_result(out_dir, entry.name, chains)
+        except ValueError as error:
+            rows.append(skipped_row(entry, str(error)))
+            continue
+        row = {"name": entry.name, "kind": entry.kind, "status": "ok", "seconds": min(model.seconds)}
+        row.update(score_atom14(entry.kind, model.atom14, chain_keys(numbered), truth, model.prmsd))
+        rows.append(row)
+    return igfold_peer.VERSION, None, rows
+
+
+def igfold_seconds(rows: list[dict]) -> str:
+    """IgFold's fold time per structure, by kind, from the rows it scored."""
+    parts = []
+    for kind, label in (("antibody", "Fv"), ("nanobody", "nanobody")):
+        seconds = [r["seconds"] for r in rows if r["kind"] == kind and r["status"] == "ok"]
+        if seconds:
+            parts.append(f"{np.mean(seconds):.1f} s per {label} (median {np.median(seconds):.1f} s, n={len(seconds)})")
+    return ("Fold time (wall clock, this run's machine): " + "; ".join(parts) + ".") if parts else ""
+
+
 def run_template(loaded, library: dict, cdr3_weight: float):
     rows = []
     for entry, numbered, truth, reason in loaded:
@@ -232,7 +287,7 @@ def fmt(value) -> str:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Accuracy: immunofold vs FlashABB vs nearest template",
+        "# Accuracy: immunofold vs FlashABB vs IgFold vs nearest template",
         "",
         f"Data: `{report['data_root']}`, split **{report['split']}** "
         f"(templates from split {report['template_split']}). Generated {report['generated']} by "
@@ -259,6 +314,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {METHOD_LABELS[method]} | {block['n']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += conformation_section(report)
+    lines += error_estimate_section(report)
     lines += ["## Methods", ""]
     for method in report["methods"]:
         info = report["method_info"][method]
@@ -268,7 +324,10 @@ def markdown(report: dict) -> str:
     if "flashabb" in report["methods"]:
         lines += ["", "Caveat: FlashABB's training set is not published with the package; recent (2021+) val antibodies may "
                   "be in it, so its val numbers may be optimistic. immunofold and the template baseline see only the "
-                  "train split (released before 2021)."]
+                  "train split."]
+    if "igfold" in report["methods"]:
+        lines += ["", "Caveat: IgFold was trained on SAbDab structures (and AlphaFold-distilled models) that this "
+                  "repository cannot list; val entries may be among them, so its val numbers may be optimistic too."]
     skipped = sorted({r["name"] + ": " + r["status"] for rows in report["rows"].values() for r in rows
                       if r["status"] != "ok"})
     if skipped:
@@ -306,6 +365,46 @@ def conformation_section(report: dict) -> list[str]:
     return lines + [""]
 
 
+def error_estimate_summary(rows: list[dict], kind: str) -> dict | None:
+    """How well a method's error estimate ranks its errors on `kind` (None if it gives none), as `immunofold
+    evaluate` reports ours: mean per-structure Spearman (predicted per-residue error vs real CA deviation) and,
+    per CDR3, the Spearman across entries of predicted CDR3 error vs real CDR3 RMSD."""
+    ok = [r for r in rows if r["kind"] == kind and r["status"] == "ok" and r.get("error_spearman") is not None]
+    if not ok:
+        return None
+    per_structure = [r["error_spearman"] for r in ok if np.isfinite(r["error_spearman"])]
+    summary = {"n": len(ok), "per_structure_spearman": round(float(np.mean(per_structure)), 3) if per_structure else None}
+    for chain_id in KIND_CHAIN_IDS[kind]:
+        pairs = [(r[f"{chain_id}3_predicted_error"], r[f"{chain_id}3"]) for r in ok
+                 if r.get(f"{chain_id}3_predicted_error") is not None and r.get(f"{chain_id}3") is not None]
+        spearman = error_spearman([p for p, _ in pairs], [real for _, real in pairs])
+        summary[f"{chain_id}3_spearman_across_entries"] = round(spearman, 3) if np.isfinite(spearman) else None
+    return summary
+
+
+def error_estimate_section(report: dict) -> list[str]:
+    blocks = [(method, kind, report["error_estimates"][method][kind]) for kind in report["kinds"]
+              for method in report["methods"] if report["error_estimates"].get(method, {}).get(kind)]
+    if not blocks:
+        return []
+    lines = [
+        "## Error estimates",
+        "",
+        "Per structure: Spearman correlation between the predicted per-residue error and the real CA deviation "
+        "(after the per-chain framework superposition), mean over entries (`error_spearman` of `immunofold evaluate`). "
+        "Across entries: Spearman correlation between the predicted CDR3 error (mean over IMGT 105-117) and the real "
+        "CDR3 RMSD.",
+        "",
+        "| kind | method | error estimate | n | per structure | CDR3 across entries |",
+        "|---|---|---|--:|--:|---|",
+    ]
+    for method, kind, block in blocks:
+        across = ", ".join(f"{cid}3 {fmt(block[f'{cid}3_spearman_across_entries'])}" for cid in KIND_CHAIN_IDS[kind])
+        lines.append(f"| {kind} | {METHOD_LABELS[method]} | {ERROR_ESTIMATES[method]} | {block['n']} | "
+                     f"{fmt(block['per_structure_spearman'])} | {across} |")
+    return lines + [""]
+
+
 def _mean(values):
     return float(np.mean(values)) if values else None
 
@@ -326,7 +425,7 @@ def plot_cdr3(report: dict, path: str) -> bool:
     panels = [(k, r) for k, r in CDR3_PANELS if k in report["kinds"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.2), squeeze=False)
     rng = np.random.default_rng(0)
-    colours = {"immunofold": "tab:blue", "flashabb": "tab:orange", "template": "tab:grey"}
+    colours = {"immunofold": "tab:blue", "flashabb": "tab:orange", "igfold": "tab:green", "template": "tab:grey"}
     for ax, (kind, region) in zip(axes[0], panels):
         data, labels, methods = [], [], []
         for method in report["methods"]:
@@ -380,6 +479,15 @@ def main(argv=None) -> int:
                            "correction hooks, `dlc_correction=True`), one `HEAVY|LIGHT` string per entry "
                            "(the same IMGT-trimmed V domains), unrefined atom14 output; antibodies only (its heavy-only "
                            "and TCR output is not meaningful).")
+        elif method == "igfold":
+            with tempfile.TemporaryDirectory(prefix="immunofold-igfold-") as tmp:
+                version, unavailable, rows[method] = run_igfold(loaded, args.igfold_python, args.igfold_out or tmp,
+                                                                args.threads)
+            description = (f"igfold {version}, `IgFoldRunner(device='cpu').fold(..., do_refine=False, do_renum=False)` "
+                           "(its 4 models; AntiBERTy 1.0.0 with the model of antiberty 0.1.3's wheel, offline) in its "
+                           "own venv, one `{H, L}` (nanobody: `{H}`) per entry of the same IMGT-trimmed V domains; "
+                           "unrefined N, CA, C, CB, O output in input order, its per-residue pRMSD (B-factor) as error "
+                           "estimate; antibodies and nanobodies only. " + igfold_seconds(rows[method]))
         else:
             library = templates_by_kind(split_examples(args.data, args.template_split, args.cache_dir))
             version, unavailable, rows[method] = run_template(loaded, library, args.cdr3_weight)
@@ -395,6 +503,7 @@ def main(argv=None) -> int:
             log(f"  {method} not run: {unavailable}")
 
     summary = {m: {k: summarise_rows([r for r in rows[m] if r["kind"] == k], k) for k in args.kinds} for m in rows}
+    error_estimates = {m: {k: error_estimate_summary(rows[m], k) for k in args.kinds} for m in ERROR_ESTIMATES if m in rows}
     report = {
         "data_root": os.path.abspath(args.data),
         "split": args.split,
@@ -411,6 +520,7 @@ def main(argv=None) -> int:
         "seconds": None,
         "method_info": method_info,
         "summary": summary,
+        "error_estimates": error_estimates,
         "rows": rows,
     }
     report["seconds"] = round(time.time() - started, 1)

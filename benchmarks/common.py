@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, KIND_INDEX, KINDS
-from immunofold.metrics import cdr3_reach, region_rmsds
+from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, KIND_INDEX, KINDS, is_cdr
+from immunofold.metrics import ca_deviation, cdr3_reach, error_spearman, region_rmsds
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_ROOT = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data"))
@@ -49,11 +49,14 @@ def example_sequence(example: dict) -> str:
 # --- scoring ---------------------------------------------------------------------------------
 
 
-def score_atom14(kind: str, pred_atom14, pred_keys: list[Key], truth: dict) -> dict:
+def score_atom14(kind: str, pred_atom14, pred_keys: list[Key], truth: dict, predicted_error=None) -> dict:
     """Region RMSDs (Å) of a prediction [N, 14, 3] whose residues are `pred_keys`, against a truth example.
 
     The same code path as `immunofold.evaluate.score_entry`: residues matched by (chain, IMGT position),
     `immunofold.metrics.region_rmsds` (N, CA, C, CB; per-chain framework superposition; IMGT CDRs).
+    With a per-residue error estimate `predicted_error` [N] (Å), also as `score_entry`: `error_spearman`
+    (against the real CA deviation of the matched residues) and `<chain id>3_predicted_error` (its mean over
+    the chain's CDR3 residues, IMGT 105-117).
     """
     predicted = torch.as_tensor(np.asarray(pred_atom14), dtype=torch.float32)
     truth_index = {key: i for i, key in enumerate(example_keys(truth))}
@@ -68,6 +71,14 @@ def score_atom14(kind: str, pred_atom14, pred_keys: list[Key], truth: dict) -> d
         truth["chain_slot"][true_idx],
         truth["imgt_position"][true_idx],
     )
+    if predicted_error is not None:
+        predicted_error = np.asarray(predicted_error, dtype=np.float64)
+        deviation = ca_deviation(predicted[pred_idx], truth["atom14"][true_idx], truth["atom_mask"][true_idx],
+                                 truth["chain_slot"][true_idx], truth["imgt_position"][true_idx]).numpy()
+        row["error_spearman"] = error_spearman(predicted_error[pred_idx.numpy()], deviation)
+        for slot, chain_id in enumerate(KIND_CHAIN_IDS[kind]):
+            in_cdr3 = np.array([key[0] == slot and is_cdr(key[1][0], 3) for key in pred_keys], dtype=bool)
+            row[f"{chain_id}3_predicted_error"] = float(predicted_error[in_cdr3].mean()) if in_cdr3.any() else None
     row["matched_residues"] = len(common)
     row.update(truth_cdr3_reaches(kind, truth))
     return row
