@@ -1,88 +1,183 @@
-"""How far to trust a model from its predicted CDR3 error: bins val entries by predicted CDR3 error
-(mean error estimate over the chain's IMGT 105-117 residues) and reports the real CDR3 RMSD in each bin.
+"""How far to trust a model from its error estimate, on val (never fitted on): the raw estimate
+sqrt(spread² + head²) against the calibrated one (immunofold.calibration), per kind.
 
-Reads the per-entry CSV that `immunofold evaluate` writes (default benchmarks/results/val.csv) and writes
-benchmarks/results/error_calibration.md; the markdown printed is the file's content.
+Scores: per-structure error Spearman (per-residue error vs real CA deviation, mean over receptors); predicted CDR3
+RMSD (RMS of the per-residue errors over IMGT 105-117) against the real CDR3 RMSD (N, CA, C, CB after superposing
+the chain on its framework): Spearman across receptors, ROC AUC for flagging a real CDR3 RMSD above FLAG Å, and
+calibration by quintile of predicted CDR3 RMSD (mean real / mean predicted). Writes
+benchmarks/results/error_calibration.md and .png (reliability diagram); the markdown printed is the file's content.
+
+Usage: python benchmarks/error_calibration.py [--data ../shared/data] [--cache /tmp/immunofold-calibration]
+(the shipped ensemble's unrefined val predictions, made once by scripts/calibration_data.py and cached).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
 from common import RESULTS_DIR  # noqa: E402
 
+from immunofold.calibration import packaged_calibrator  # noqa: E402
 from immunofold.constants import KIND_CHAIN_IDS, KINDS  # noqa: E402
 from immunofold.metrics import error_spearman  # noqa: E402
 
-BIN_EDGES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, float("inf"))  # Å, predicted mean CDR3 error
-FAR_OFF = 5.0  # Å CDR3 RMSD counted as "far off"
+FLAG = 4.0  # Å real CDR3 RMSD a user wants flagged
+QUINTILES = 5
+CALIBRATED_WITHIN = 0.25  # a quintile is calibrated when mean real / mean predicted is within 1 ± this
+MEANING_BINS = (0.0, 1.5, 2.5, 3.5, 5.0, float("inf"))  # Å predicted CDR3 RMSD, for "what an estimate means"
 
 
-def read_rows(csv_path: str) -> list[dict]:
-    with open(csv_path, newline="") as handle:
-        return [r for r in csv.DictReader(handle) if r["status"] == "ok"]
+def raw_errors(records: list[dict]) -> list[np.ndarray]:
+    """The uncalibrated estimate sqrt(spread² + head²) [N] Å of each record."""
+    return [np.sqrt(r["spread"] ** 2 + r["head_error"] ** 2) for r in records]
 
 
-def calibration_table(rows: list[dict], kind: str, chain_id: str) -> tuple[list[dict], float]:
-    """(one dict per non-empty predicted-error bin: n, mean / median / max real CDR3 RMSD (Å), count above FAR_OFF;
-    Spearman correlation of predicted error and real RMSD across entries)."""
-    pairs = [
-        (float(r[f"{chain_id}3_predicted_error"]), float(r[f"{chain_id}3"]))
-        for r in rows
-        if r["kind"] == kind and r.get(f"{chain_id}3_predicted_error") and r.get(f"{chain_id}3")
-    ]
-    table = []
-    for low, high in zip(BIN_EDGES[:-1], BIN_EDGES[1:]):
-        real = np.array([rmsd for predicted, rmsd in pairs if low <= predicted < high])
-        if not len(real):
+def cdr3_pairs(records: list[dict], errors: list[np.ndarray], kind: str, chain_id: str | None = None) -> np.ndarray:
+    """[n, 2] (predicted CDR3 RMSD = RMS error over the CDR3, real CDR3 RMSD) Å of each CDR3 of `kind`
+    (of chain `chain_id`, or every chain)."""
+    pairs = []
+    for record, error in zip(records, errors):
+        if record["kind"] != kind:
             continue
-        table.append({
-            "predicted": f"{low:.1f}-{high:.1f}" if np.isfinite(high) else f">= {low:.1f}",
-            "n": len(real),
-            "mean": round(float(real.mean()), 2),
-            "median": round(float(np.median(real)), 2),
-            "max": round(float(real.max()), 2),
-            "far_off": int((real > FAR_OFF).sum()),
-        })
-    spearman = error_spearman([predicted for predicted, _ in pairs], [rmsd for _, rmsd in pairs])
-    return table, round(spearman, 3)
+        for slot, cid in enumerate(KIND_CHAIN_IDS[kind]):
+            loop = (record["slot"] == slot) & (record["position"] >= 105) & (record["position"] <= 117)
+            if (chain_id in (None, cid)) and loop.any() and f"{cid}3" in record["rmsd"]:
+                pairs.append((float(np.sqrt(np.mean(error[loop] ** 2))), record["rmsd"][f"{cid}3"]))
+    return np.array(pairs).reshape(-1, 2)
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `score` for the boolean labels `positive` (NaN when one class is empty)."""
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(mannwhitneyu(score[positive], score[~positive]).statistic / (positive.sum() * (~positive).sum()))
+
+
+def quintiles(pairs: np.ndarray) -> list[dict]:
+    """Receptors sorted by predicted CDR3 RMSD in QUINTILES near-equal groups: n, mean predicted, mean real (Å)."""
+    groups = np.array_split(pairs[np.argsort(pairs[:, 0])], QUINTILES) if len(pairs) >= QUINTILES else []
+    return [{"n": len(g), "predicted": float(g[:, 0].mean()), "real": float(g[:, 1].mean())} for g in groups]
+
+
+def scores(records: list[dict], errors: list[np.ndarray], kind: str) -> dict:
+    """Error Spearman per structure (mean), and for all CDR3s of the kind: Spearman across receptors, ROC AUC
+    for real RMSD > FLAG, quintiles calibrated (count), worst quintile ratio real / predicted."""
+    per_structure = [error_spearman(e, r["deviation"]) for r, e in zip(records, errors) if r["kind"] == kind]
+    pairs = cdr3_pairs(records, errors, kind)
+    groups = quintiles(pairs)
+    ratios = [g["real"] / g["predicted"] for g in groups]
+    return {
+        "n": len(per_structure),
+        "spearman": float(np.nanmean(per_structure)),
+        "cdr3_spearman": error_spearman(pairs[:, 0], pairs[:, 1]),
+        "auc": roc_auc(pairs[:, 0], pairs[:, 1] > FLAG),
+        "flagged": int((pairs[:, 1] > FLAG).sum()),
+        "loops": len(pairs),
+        "calibrated": sum(abs(x - 1) <= CALIBRATED_WITHIN for x in ratios),
+        "worst_ratio": max(ratios, key=lambda x: abs(x - 1)) if ratios else float("nan"),
+    }
+
+
+def score_table(records: list[dict], estimates: dict[str, list[np.ndarray]]) -> list[str]:
+    """Markdown rows: one per kind and estimate."""
+    lines = [f"| kind | estimate | error Spearman per structure | CDR3 Spearman across receptors | ROC AUC CDR3 > {FLAG:.0f} Å "
+             f"(loops above / all) | quintiles within {CALIBRATED_WITHIN:.0%} | worst quintile real / predicted |",
+             "|---|---|--:|--:|--:|--:|--:|"]
+    for kind in KINDS:
+        for label, errors in estimates.items():
+            s = scores(records, errors, kind)
+            lines.append(f"| {kind} ({s['n']}) | {label} | {s['spearman']:.3f} | {s['cdr3_spearman']:.3f} | "
+                         f"{s['auc']:.3f} ({s['flagged']}/{s['loops']}) | {s['calibrated']}/{QUINTILES} | {s['worst_ratio']:.2f} |")
+    return lines
+
+
+def reliability_plot(records: list[dict], estimates: dict[str, list[np.ndarray]], path: str) -> None:
+    """Predicted vs real CDR3 RMSD per kind: each loop, quintile means, the diagonal; one colour per estimate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(KINDS), figsize=(4.2 * len(KINDS), 4.2))
+    colours = ("0.6", "tab:blue")
+    for axis, kind in zip(axes, KINDS):
+        top = 1.0
+        for (label, errors), colour in zip(estimates.items(), colours):
+            pairs = cdr3_pairs(records, errors, kind)
+            groups = quintiles(pairs)
+            axis.scatter(pairs[:, 0], pairs[:, 1], s=8, color=colour, alpha=0.5)
+            axis.plot([g["predicted"] for g in groups], [g["real"] for g in groups], "o-", color=colour, label=f"{label}, quintile means")
+            top = max(top, pairs.max())
+        axis.plot([0, top], [0, top], "k--", lw=0.8)
+        axis.fill_between([0, top], [0, top * (1 - CALIBRATED_WITHIN)], [0, top * (1 + CALIBRATED_WITHIN)], color="k", alpha=0.07)
+        axis.set(title=f"val {kind}: CDR3 loops", xlabel="predicted CDR3 RMSD (Å)", ylabel="real CDR3 RMSD (Å)",
+                 xlim=(0, top), ylim=(0, top))
+        axis.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def meaning_table(records: list[dict], errors: list[np.ndarray]) -> list[str]:
+    """Markdown rows: real CDR3 RMSD (mean, median, share above FLAG) per bin of predicted CDR3 RMSD, all kinds."""
+    pairs = np.concatenate([cdr3_pairs(records, errors, kind) for kind in KINDS])
+    lines = ["| predicted CDR3 RMSD (Å) | loops | real mean | real median | real above 4 Å |", "|---|--:|--:|--:|--:|"]
+    for low, high in zip(MEANING_BINS[:-1], MEANING_BINS[1:]):
+        real = pairs[(pairs[:, 0] >= low) & (pairs[:, 0] < high), 1]
+        if len(real):
+            name = f"{low:.1f}-{high:.1f}" if np.isfinite(high) else f">= {low:.1f}"
+            lines.append(f"| {name} | {len(real)} | {real.mean():.2f} | {np.median(real):.2f} | {np.mean(real > FLAG):.0%} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
+    import calibration_data
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", default=os.path.join(RESULTS_DIR, "val.csv"), help="per-entry CSV of `immunofold evaluate`")
+    parser.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    parser.add_argument("--cache", default=calibration_data.DEFAULT_CACHE)
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "error_calibration.md"))
     args = parser.parse_args(argv)
-    rows = read_rows(args.csv)
-    summary_path = os.path.splitext(args.csv)[0] + ".json"
-    with open(summary_path) as handle:
-        summary = json.load(handle)
+    data = calibration_data.load(args.data, args.cache)
+    calibrator = packaged_calibrator(data["weights"])
+    if calibrator is None:
+        raise SystemExit(f"no shipped calibrator for weights {data['weights']}: run scripts/fit_calibration.py")
+    records = data["val"]
+    calibrated = [calibrator.apply(r["kind"], r["slot"], r["position"], r["spread"], r["head_error"]) for r in records]
+    estimates = {"raw": raw_errors(records), "calibrated": calibrated}
+    png = os.path.splitext(args.out)[0] + ".png"
+    reliability_plot(records, estimates, png)
     lines = [
-        "# Predicted CDR3 error vs real CDR3 RMSD, per entry",
+        "# Error estimate on val: raw vs calibrated",
         "",
-        f"From `{os.path.relpath(args.csv)}` (`immunofold evaluate`, split {summary.get('split')}, weights "
-        f"`{summary['weights']}`, refined={summary['refined']}) by `python benchmarks/error_calibration.py`.",
+        f"By `python benchmarks/error_calibration.py`: weights `{data['weights']}`, unrefined, val split (never fitted "
+        "on). Raw: sqrt(spread² + head²) (v0.7's B-factor column); calibrated: `immunofold.calibration` fitted on the "
+        "out-of-fold set (benchmarks/results/calibration_fit.md). Predicted CDR3 RMSD: RMS of the per-residue errors "
+        "over IMGT 105-117, as `prediction.cdr3_errors()` gives it; real: CDR3 RMSD over N, CA, C, CB after superposing "
+        f"the chain on its framework. A quintile is calibrated when its mean real RMSD is within {CALIBRATED_WITHIN:.0%} "
+        "of its mean predicted. CDR3 columns pool all CDR3 loops of a kind (antibody H3 + L3, TCR A3 + B3).",
         "",
-        "Predicted CDR3 error: the mean per-residue error estimate (Å, expected CA deviation) over the chain's "
-        "IMGT 105-117 residues, as `prediction.cdr3_errors()` and a batch's `summary.csv` give it. Real: CDR3 "
-        "RMSD over N, CA, C, CB after superposing the chain on its framework (ImmuneBuilder's convention). "
-        f"Far off: real CDR3 RMSD above {FAR_OFF:.0f} Å.",
+        *score_table(records, estimates),
+        "",
+        f"![reliability diagram]({os.path.basename(png)})",
+        "",
+        "## What a calibrated predicted CDR3 RMSD means (val, all kinds)",
+        "",
+        *meaning_table(records, calibrated),
     ]
     for kind in KINDS:
-        for chain_id in KIND_CHAIN_IDS[kind]:
-            table, spearman = calibration_table(rows, kind, chain_id)
-            if not table:
-                continue
-            lines += ["", f"## {kind} {chain_id}3 (Spearman across entries {spearman})", "",
-                      "| predicted CDR3 error (Å) | n | real mean | median | max | far off |", "|---|--:|--:|--:|--:|--:|"]
-            lines += [f"| {b['predicted']} | {b['n']} | {b['mean']} | {b['median']} | {b['max']} | {b['far_off']} |" for b in table]
+        for cid in KIND_CHAIN_IDS[kind]:
+            pairs = cdr3_pairs(records, calibrated, kind, cid)
+            lines += ["", f"## {kind} {cid}3, calibrated, by quintile of predicted CDR3 RMSD", "",
+                      "| n | mean predicted (Å) | mean real (Å) | real / predicted |", "|--:|--:|--:|--:|"]
+            lines += [f"| {g['n']} | {g['predicted']:.2f} | {g['real']:.2f} | {g['real'] / g['predicted']:.2f} |" for g in quintiles(pairs)]
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as handle:
         handle.write(text)

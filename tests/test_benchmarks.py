@@ -153,30 +153,32 @@ def test_ensemble_consensus_benchmark_scores_every_choice(nanobody_example):
     assert all(atoms.shape == (n, 14, 3) and torch.isfinite(atoms).all() for atoms in choices.values())
 
 
-def test_error_calibration_bins_entries_by_predicted_cdr3_error(tmp_path):
+def test_error_calibration_scores_predicted_cdr3_rmsd_against_real():
     import error_calibration
 
-    rows = [
-        {"name": "a", "kind": "nanobody", "status": "ok", "H3": "1.5", "H3_predicted_error": "1.2"},
-        {"name": "b", "kind": "nanobody", "status": "ok", "H3": "2.5", "H3_predicted_error": "1.4"},
-        {"name": "c", "kind": "nanobody", "status": "ok", "H3": "9.0", "H3_predicted_error": "3.3"},
-        {"name": "d", "kind": "antibody", "status": "ok", "H3": "2.0", "H3_predicted_error": "1.1", "L3": "1.0", "L3_predicted_error": "0.5"},
-    ]
-    table, spearman = error_calibration.calibration_table(rows, "nanobody", "H")
-    assert [(b["predicted"], b["n"], b["mean"], b["far_off"]) for b in table] == [("1.0-1.5", 2, 2.0, 0), (">= 3.0", 1, 9.0, 1)]
-    assert spearman == 1.0
-
-    csv_path = tmp_path / "val.csv"
-    csv_path.write_text(
-        "name,kind,status,H3,H3_predicted_error,L3,L3_predicted_error\n"
-        + "".join(f"{r['name']},{r['kind']},ok,{r['H3']},{r['H3_predicted_error']},{r.get('L3', '')},{r.get('L3_predicted_error', '')}\n" for r in rows)
-        + "e,tcr,skipped: not an immune receptor,,,,\n"
-    )
-    (tmp_path / "val.json").write_text(json.dumps({"weights": "test", "refined": False, "split": "val"}))
-    assert error_calibration.main(["--csv", str(csv_path), "--out", str(tmp_path / "out.md")]) == 0
-    text = (tmp_path / "out.md").read_text()
-    assert "## nanobody H3 (Spearman across entries 1.0)" in text and "| >= 3.0 | 1 | 9.0 | 9.0 | 9.0 | 1 |" in text
-    assert "## antibody L3" in text and "## tcr" not in text  # a kind without scored entries gets no table
+    position = np.array([*range(100, 120), *range(100, 120)])
+    slot = np.repeat([0, 1], 20)
+    loop = (position >= 105) & (position <= 117)
+    records, errors = [], []
+    for i, real in enumerate([1.0, 2.0, 3.0, 5.0, 6.0, 8.0]):  # H3 RMSD; L3 always 1 Å
+        deviation = np.where(loop, real, 0.5)
+        records.append({"kind": "antibody", "slot": slot, "position": position, "deviation": deviation,
+                        "rmsd": {"H3": real, "L3": 1.0}})
+        errors.append(np.where(loop & (slot == 0), real, 1.0) * (1 + 0.01 * np.arange(40)))
+    pairs = error_calibration.cdr3_pairs(records, errors, "antibody", "H")
+    assert pairs.shape == (6, 2) and (np.abs(pairs[:, 0] / pairs[:, 1] - 1.1) < 0.1).all()  # RMS over the CDR3
+    assert error_calibration.cdr3_pairs(records, errors, "antibody").shape == (12, 2)  # H3 and L3
+    assert error_calibration.roc_auc(pairs[:, 0], pairs[:, 1] > 4) == 1.0
+    assert error_calibration.roc_auc(-pairs[:, 0], pairs[:, 1] > 4) == 0.0
+    assert np.isnan(error_calibration.roc_auc(pairs[:, 0], pairs[:, 1] > 100))
+    groups = error_calibration.quintiles(pairs)
+    assert [g["n"] for g in groups] == [2, 1, 1, 1, 1] and groups[-1]["real"] == 8.0
+    scores = error_calibration.scores(records, errors, "antibody")
+    assert scores["n"] == 6 and scores["loops"] == 12 and scores["flagged"] == 3 and scores["auc"] == 1.0
+    assert scores["calibrated"] == 5  # every quintile's mean real RMSD within 25 % of its mean predicted
+    halved = [e / 2 for e in errors]  # overconfident by half: no quintile calibrated, ranking unchanged
+    assert error_calibration.scores(records, halved, "antibody")["calibrated"] == 0
+    assert error_calibration.scores(records, halved, "antibody")["auc"] == 1.0
 
 
 def test_geometry_benchmark_counts_a_stretched_peptide_bond(nanobody_example):

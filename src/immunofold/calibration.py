@@ -1,0 +1,158 @@
+"""Calibrated per-residue error: what the ensemble's spread and error heads say, mapped to the CA deviation
+(Å, after superposing the chain on its framework) seen on structures that no shipped member was trained on.
+
+The members' error heads learnt their deviations on their own training structures, where they are far more
+accurate than on new ones, so the raw estimate sqrt(spread² + head²) is overconfident where it matters. The
+calibrator is a log-linear model of the expected squared CA deviation of each residue:
+
+    log error = offset[kind, chain, region] + a · log spread + b · log head
+                + (CDR3 residues) c[kind] · (CDR3 length - 13) + d · log(1 + depth in the CDR3)
+
+(region: framework, CDR1, CDR2, CDR3 by IMGT; depth: residues to the nearer end of the CDR3; a, b >= 0 so the error
+never falls as spread or head rises). It is fitted by maximum likelihood with error² as the variance of the
+deviation (`fit`), so error² estimates the mean squared deviation and the RMS of the errors over a loop estimates
+its RMSD. Parameters live in weights/calibration.json with the weights version they were fitted for and the data
+they were fitted on; `scripts/fit_calibration.py` refits them (see docs/calibration.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+import numpy as np
+from scipy.optimize import minimize
+
+from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, is_cdr
+
+REGIONS = ("fr", "cdr1", "cdr2", "cdr3")
+GROUPS = tuple(f"{kind} {chain} {region}" for kind, chains in KIND_CHAIN_IDS.items() for chain in chains for region in REGIONS)
+KINDS = tuple(KIND_CHAIN_IDS)
+REFERENCE_CDR3_LENGTH = 13  # residues; the CDR3 length term is 0 here
+MIN_ESTIMATE = 0.05  # Å; spread and head below this are read as this (log of 0)
+PACKAGED_FILE = "weights/calibration.json"
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Fitted parameters of the calibrated error model (module docstring); `apply` maps estimates to Å."""
+
+    weights_version: str  # the ensemble these parameters were fitted for
+    offsets: dict[str, float]  # GROUPS -> log Å
+    spread_power: float
+    head_power: float
+    cdr3_length_slope: dict[str, float]  # kind -> per residue of CDR3 length
+    depth_slope: float
+    fitted_on: dict = field(default_factory=dict)  # provenance: data set, counts, fit statistics
+
+    def apply(self, kind: str, slot: np.ndarray, position: np.ndarray, spread: np.ndarray,
+              head_error: np.ndarray) -> np.ndarray:
+        """Calibrated error [N] Å of one receptor from its residues' chain slot [N], IMGT position number [N],
+        spread [N] Å and head error [N] Å."""
+        return np.exp(self._parameters() @ design(kind, slot, position, spread, head_error).T)
+
+    def _parameters(self) -> np.ndarray:
+        return np.array([*(self.offsets[g] for g in GROUPS), self.spread_power, self.head_power,
+                         *(self.cdr3_length_slope[k] for k in KINDS), self.depth_slope])
+
+    @classmethod
+    def from_vector(cls, theta: np.ndarray, weights_version: str, fitted_on: dict) -> "Calibrator":
+        n = len(GROUPS)
+        return cls(weights_version, {g: float(v) for g, v in zip(GROUPS, theta[:n])}, float(theta[n]),
+                   float(theta[n + 1]), {k: float(v) for k, v in zip(KINDS, theta[n + 2 : n + 5])},
+                   float(theta[n + 5]), fitted_on)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Calibrator":
+        return cls(**json.loads(text))
+
+
+def design(kind: str, slot: np.ndarray, position: np.ndarray, spread: np.ndarray, head_error: np.ndarray) -> np.ndarray:
+    """Feature rows [N, P] of one receptor's residues, in `Calibrator._parameters` order."""
+    slot, position = np.asarray(slot), np.asarray(position)
+    chains = KIND_CHAIN_IDS[kind]
+    region = np.zeros(len(position), dtype=int)  # 0 = framework
+    for k in IMGT_CDRS:
+        region[is_cdr(position, k)] = k
+    rows = np.zeros((len(position), len(GROUPS) + 6))
+    group = np.array([GROUPS.index(f"{kind} {chains[s]} {REGIONS[r]}") for s, r in zip(slot, region)], dtype=int)
+    rows[np.arange(len(position)), group] = 1.0
+    n = len(GROUPS)
+    rows[:, n] = np.log(np.maximum(spread, MIN_ESTIMATE))
+    rows[:, n + 1] = np.log(np.maximum(head_error, MIN_ESTIMATE))
+    for s in np.unique(slot):
+        loop = np.flatnonzero((slot == s) & (region == 3))
+        if len(loop):
+            index = np.arange(len(loop))
+            rows[loop, n + 2 + KINDS.index(kind)] = len(loop) - REFERENCE_CDR3_LENGTH
+            rows[loop, n + 5] = np.log1p(np.minimum(index, len(loop) - 1 - index))
+    return rows
+
+
+def fit(receptors: list[dict], weights_version: str, fitted_on: dict, prior: float = 1.0) -> Calibrator:
+    """Maximum-likelihood parameters from receptors, each a dict with kind, slot, position, spread, head_error
+    and deviation (real CA deviation [N] Å, NaN where unknown): the deviation of a residue is read as a Gaussian
+    displacement of variance error², so error² fits its mean square. A weak Gaussian prior (standard deviation
+    `prior`, log units) pulls each offset of a kind towards the same region of the antibody H chain
+    (nanobodies) or of the mean (other groups), so groups with few residues stay sensible."""
+    rows, target = [], []
+    for r in receptors:
+        keep = np.isfinite(r["deviation"])
+        rows.append(design(r["kind"], r["slot"], r["position"], r["spread"], r["head_error"])[keep])
+        target.append(r["deviation"][keep] ** 2)
+    x, d2 = np.concatenate(rows), np.concatenate(target)
+    present = x[:, : len(GROUPS)].any(0)
+    n = len(GROUPS)
+
+    def loss(theta):
+        z = x @ theta
+        scaled = d2 * np.exp(-2 * z)
+        value = np.sum(scaled + 2 * z) / len(d2)
+        grad = x.T @ (2 - 2 * scaled) / len(d2)
+        penalty, pgrad = _offset_prior(theta[:n], prior, len(d2))
+        grad[:n] += pgrad
+        return value + penalty, grad
+
+    start = np.zeros(x.shape[1])
+    start[:n] = 0.5 * np.log(max(d2.mean(), 1e-3))
+    bounds = [(None, None)] * n + [(0.0, None), (0.0, None)] + [(None, None)] * 4
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    theta = result.x
+    theta[:n][~present] = np.nan
+    fitted = dict(fitted_on, residues=int(len(d2)), receptors=len(receptors), converged=bool(result.success))
+    return Calibrator.from_vector(_fill_missing(theta), weights_version, fitted)
+
+
+def _offset_prior(offsets: np.ndarray, prior: float, n: int) -> tuple[float, np.ndarray]:
+    """Penalty (per residue, as the loss) and gradient pulling nanobody offsets towards antibody H's."""
+    penalty, grad = 0.0, np.zeros_like(offsets)
+    for region in REGIONS:
+        i, j = GROUPS.index(f"nanobody H {region}"), GROUPS.index(f"antibody H {region}")
+        diff = offsets[i] - offsets[j]
+        penalty += diff**2 / (2 * prior**2 * n)
+        grad[i] += diff / (prior**2 * n)
+        grad[j] -= diff / (prior**2 * n)
+    return penalty, grad
+
+
+def _fill_missing(theta: np.ndarray) -> np.ndarray:
+    """Offsets of groups absent from the fit data take the mean of the same region (never NaN in the file)."""
+    theta = theta.copy()
+    for g, name in enumerate(GROUPS):
+        if np.isnan(theta[g]):
+            same = [theta[i] for i, other in enumerate(GROUPS) if other.endswith(name.split()[-1]) and np.isfinite(theta[i])]
+            theta[g] = float(np.mean(same)) if same else 0.0
+    return theta
+
+
+def packaged_calibrator(weights_version: str) -> Calibrator | None:
+    """The shipped calibrator if it was fitted for `weights_version`, else None (error left uncalibrated)."""
+    path = resources.files("immunofold") / PACKAGED_FILE
+    if not path.is_file():
+        return None
+    calibrator = Calibrator.from_json(path.read_text())
+    return calibrator if calibrator.weights_version == weights_version else None
