@@ -258,7 +258,7 @@ class _Pairing:
                 parts += [(None, piece) for piece in sequence.split(":")]
             else:
                 parts.append((slot, sequence))
-        vhh_only = self.heavy_alone_vhh_only and [slot for slot, _ in parts] == ["heavy"]
+        vhh_only = self.heavy_alone_vhh_only and group["error"] is None and [slot for slot, _ in parts] == ["heavy"]
         record = Record(self.index, group["name"], tuple(parts), None, group["source"], group["error"], vhh_only)
         self.index += 1
         return record
@@ -392,10 +392,10 @@ def _airr_records(handle, label: str) -> Iterator[Record]:
     rows = _rows(handle, "\t", label)
     first = next(rows, None)
     header = [cell.strip() for cell in first[1]] if first else []
-    sequence_column = next((c for c in AIRR_SEQUENCE_COLUMNS if c in header), None)
+    sequence_columns = [c for c in AIRR_SEQUENCE_COLUMNS if c in header]
     missing = [c for c in ("sequence_id", "locus", "productive") if c not in header]
-    if missing or sequence_column is None:
-        missing += [] if sequence_column else [" or ".join(AIRR_SEQUENCE_COLUMNS)]
+    if missing or not sequence_columns:
+        missing += [] if sequence_columns else [" or ".join(AIRR_SEQUENCE_COLUMNS)]
         raise InputError(label, f"AIRR rearrangement file without the column(s) {', '.join(missing)}")
     pairing = _Pairing("duplicate name (a second row with this sequence_id, or a second chain of this locus in the "
                        "cell)", heavy_alone_vhh_only=True)
@@ -407,6 +407,7 @@ def _airr_records(handle, label: str) -> Iterator[Record]:
         row = dict(zip(header, cells))
         name = _clean_name(row["sequence_id"]) or source
         locus = row["locus"].strip().upper()
+        sequence = next((row[c] for c in sequence_columns if row[c].strip()), "")  # the alignment first
         error = None
         try:
             RearrangementSchema.validate_row(row)
@@ -416,13 +417,13 @@ def _airr_records(handle, label: str) -> Iterator[Record]:
             error = "not productive (productive = F)"
         if error is None and locus not in AIRR_LOCI:
             error = f"locus {locus or 'empty'!r} is not one of {', '.join(AIRR_LOCI)}"
-        if error is None and not row[sequence_column].strip():
-            error = f"empty {sequence_column}"
+        if error is None and not sequence:
+            error = f"empty {' and '.join(sequence_columns)}"
         cell = row.get("cell_id", "").strip()
         if error is not None or not cell:
-            yield from pairing.add(name, AIRR_LOCI.get(locus), row[sequence_column], source, error, alone=True)
+            yield from pairing.add(name, AIRR_LOCI.get(locus), sequence, source, error, alone=True)
         else:
-            yield from pairing.add(_clean_name(cell), AIRR_LOCI[locus], row[sequence_column], source)
+            yield from pairing.add(_clean_name(cell), AIRR_LOCI[locus], sequence, source)
     yield from pairing.finish()
 # --------------------------------------------------------------------------------------------
 # numbering and kind

@@ -45,7 +45,7 @@ def require_ray() -> None:
         raise InputError("--engine ray", "Ray is not installed: pip install 'immunofold[ray]'") from None
 
 
-class _Worker:
+class RayWorker:
     """One Ray actor: loads the ensemble once, then predicts chunks of records."""
 
     def __init__(self, kind: str, batch_size: int, refine: bool, numbering: str, fmt: str, device: str):
@@ -137,7 +137,7 @@ class RayEngine:
 
         count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         env = {name: os.environ[name] for name in (weights.WEIGHTS_ENV,) if name in os.environ}
-        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)(_Worker)
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=TASK_RETRIES)(RayWorker)
         options = {"runtime_env": {"env_vars": env}} if env else {}
         self.actors = [actor.options(**options).remote(*self.worker_args) for _ in range(count)]
         versions = set(ray.get([a.weights_version.remote() for a in self.actors]))
