@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
-from immunofold.web.server import UPLOAD_SUFFIXES, create_app
+from immunofold.web.app import UPLOAD_SUFFIXES, create_app
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 SLOT_NAMES = ("heavy", "light", "alpha", "beta")

@@ -21,7 +21,7 @@ from immunofold.cli import build_parser  # noqa: E402
 from immunofold.sequences import InputError, number_receptor  # noqa: E402
 from immunofold.web import assets as web_assets  # noqa: E402
 from immunofold.web.jobs import JobStore  # noqa: E402
-from immunofold.web.server import (  # noqa: E402
+from immunofold.web.app import (  # noqa: E402
     MAX_SINGLE_BYTES,
     MAX_UPLOAD_BYTES,
     STATIC_DIR,

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
 from immunofold.cli import build_parser
-from immunofold.web import app as web_app
+from immunofold.web import server as web_server
 from immunofold.web.security import SECURITY_HEADERS, TOKEN_COOKIE, host_name, is_loopback
-from immunofold.web.server import MAX_SINGLE_BYTES, create_app
+from immunofold.web.app import MAX_SINGLE_BYTES, create_app
 
 BASE_URL = "http://127.0.0.1:8000"
 ANTIBODY = {"kind": "antibody", "name": "tz", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}
@@ -92,7 +92,7 @@ def test_browser_requests_need_the_page_token(make_client):
 
 def test_the_page_carries_its_token_and_the_script_sends_it(make_client, tmp_path, monkeypatch):
     from immunofold.web import assets as web_assets
-    from immunofold.web.server import STATIC_DIR
+    from immunofold.web.app import STATIC_DIR
 
     viewer = tmp_path / "assets" / web_assets.VIEWER_FILE
     viewer.parent.mkdir(parents=True)
@@ -131,7 +131,7 @@ def test_serve_off_loopback_warns_keeps_the_host_check_and_needs_a_token(monkeyp
         started.update(app=app, host=host, port=port)
 
     monkeypatch.setattr("uvicorn.run", fake_run)
-    monkeypatch.delenv(web_app.TOKEN_ENV, raising=False)
+    monkeypatch.delenv(web_server.TOKEN_ENV, raising=False)
     args = build_parser().parse_args(
         ["serve", "--host", "0.0.0.0", "--allowed-host", "lab-server.example", "--db", str(tmp_path / "j.sqlite")]
     )
@@ -155,7 +155,7 @@ def test_serve_refuses_a_wildcard_allowed_host_and_bad_tokens(capsys, tmp_path):
 
 def test_serve_on_loopback_needs_no_token(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
-    monkeypatch.delenv(web_app.TOKEN_ENV, raising=False)
+    monkeypatch.delenv(web_server.TOKEN_ENV, raising=False)
     args = build_parser().parse_args(["serve", "--db", str(tmp_path / "j.sqlite")])
     assert args.handler(args) == 0
     out, err = capsys.readouterr()

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     from immunofold.batch import add_batch_parser
-    from immunofold.web.app import add_serve_parser
+    from immunofold.web.server import add_serve_parser
 
     add_batch_parser(commands)
     add_serve_parser(commands)
