@@ -257,10 +257,10 @@ def _clash_pairs(x0: torch.Tensor, exists: torch.Tensor, restype: torch.Tensor, 
 
 @dataclass(frozen=True)
 class _Terms:
-    """Everything the energy needs, over atoms flattened to [A = B * N * 14, 3]."""
+    """Everything the energy needs. Atoms are [B, M = N * 14, 3]; pair indices count them flattened, [B * M]."""
 
-    start: torch.Tensor  # [A, 3] Å, the input
-    restraint: torch.Tensor  # [A, 1] per Å², 0 for absent atoms
+    start: torch.Tensor  # [B, M, 3] Å, the input
+    restraint: torch.Tensor  # [B, M, 1] per Å², 0 for absent atoms
     first: torch.Tensor  # [K] atom of each distance term
     second: torch.Tensor  # [K]
     lower: torch.Tensor  # [K] Å, the distance is held above ...
@@ -272,67 +272,85 @@ class _Terms:
 
 
 def _energy(x: torch.Tensor, terms: _Terms) -> tuple[torch.Tensor, torch.Tensor]:
-    """(energy [] in weight x Å², its gradient [A, 3]) at flat coordinates x [A, 3] (Å)."""
-    difference = x.index_select(0, terms.first) - x.index_select(0, terms.second)  # [K, 3]
+    """(energy per receptor [B] in weight x Å², its gradient [B, M, 3]) at coordinates x [B, M = N * 14, 3] (Å)."""
+    flat = x.reshape(-1, 3)
+    atoms_per_receptor = x.shape[1]
+    difference = flat.index_select(0, terms.first) - flat.index_select(0, terms.second)  # [K, 3]
     distance = difference.square().sum(-1).add(1e-12).sqrt()
     under, over = torch.relu(terms.lower - distance), torch.relu(distance - terms.upper)
-    energy = (terms.weight * (under.square() + over.square())).sum()
+    energy = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    energy.index_add_(0, terms.first // atoms_per_receptor, terms.weight * (under.square() + over.square()))
     pull = (2 * terms.weight * (over - under) / distance).unsqueeze(-1) * difference
-    gradient = torch.zeros_like(x).index_add_(0, terms.first, pull).index_add_(0, terms.second, -pull)
+    gradient = torch.zeros_like(flat).index_add_(0, terms.first, pull).index_add_(0, terms.second, -pull)
 
-    centre, a, b, c = x[terms.chiral].unbind(-2)  # [C, 3] each
+    centre, a, b, c = flat[terms.chiral].unbind(-2)  # [C, 3] each
     u, v, w = a - centre, b - centre, c - centre
     error = (torch.cross(u, v, dim=-1) * w).sum(-1) - terms.volume
-    energy = energy + terms.chiral_weight * error.square().sum()
-    scale = (2 * terms.chiral_weight * error).unsqueeze(-1)
+    energy.index_add_(0, terms.chiral[:, 0] // atoms_per_receptor, terms.chiral_weight * error.square())
+    scale = (2 * terms.chiral_weight * error)[:, None, None]
     d_u, d_v, d_w = torch.cross(v, w, dim=-1), torch.cross(w, u, dim=-1), torch.cross(u, v, dim=-1)
-    per_atom = torch.stack([-(d_u + d_v + d_w), d_u, d_v, d_w], 1) * scale.unsqueeze(1)  # [C, 4, 3]
+    per_atom = torch.stack([-(d_u + d_v + d_w), d_u, d_v, d_w], 1) * scale  # [C, 4, 3]
     gradient.index_add_(0, terms.chiral.flatten(), per_atom.reshape(-1, 3))
 
     offset = x - terms.start
-    energy = energy + (terms.restraint * offset.square()).sum()
-    return energy, gradient + 2 * terms.restraint * offset
+    energy = energy + (terms.restraint * offset.square()).sum((1, 2))
+    return energy, gradient.view_as(x) + 2 * terms.restraint * offset
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-receptor dot product of [B, M, 3] tensors -> [B]."""
+    return (a * b).sum((1, 2))
 
 
 def _minimise(x: torch.Tensor, terms: _Terms, iterations: int) -> torch.Tensor:
-    """L-BFGS (HISTORY pairs, backtracking line search) from x [A, 3] Å -> coordinates [A, 3] Å."""
+    """L-BFGS from x [B, M, 3] Å -> coordinates [B, M, 3] Å, each receptor on its own (own history, step
+    lengths and stopping), so the result does not depend on the other receptors of the batch."""
     energy, gradient = _energy(x, terms)
-    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1 / y.s)
+    active = torch.ones_like(energy, dtype=torch.bool)  # receptors still being minimised
+    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, rho [B]); rho 0: no update
+    gamma = torch.zeros_like(energy)  # [B] Å² per energy unit, scale of the initial inverse Hessian
     for _ in range(iterations):
+        if not active.any():
+            break
         direction = -gradient
         alphas = []
-        for s, y, rho in reversed(steps):
-            alpha = rho * (s * direction).sum()
-            direction = direction - alpha * y
+        for s, y, rho in reversed(history):
+            alpha = rho * _dot(s, direction)
+            direction = direction - alpha[:, None, None] * y
             alphas.append(alpha)
-        if steps:
-            s, y, _ = steps[-1]
-            direction = direction * ((s * y).sum() / y.square().sum())
-        else:  # first step: the largest atom move is INITIAL_STEP Å
-            direction = direction * (INITIAL_STEP / direction.abs().max().clamp(min=1e-12))
-        for (s, y, rho), alpha in zip(steps, reversed(alphas)):
-            direction = direction + s * (alpha - rho * (y * direction).sum())
-        slope = float((gradient * direction).sum())
-        if slope >= 0:  # not a descent direction: start the history again
-            steps.clear()
-            continue
-        step = 1.0
-        for _ in range(LINE_SEARCH_TRIES):
-            trial = x + step * direction
+        first_step = INITIAL_STEP / direction.abs().amax((1, 2)).clamp(min=1e-12)
+        direction = direction * torch.where(gamma > 0, gamma, first_step)[:, None, None]
+        for (s, y, rho), alpha in zip(history, reversed(alphas)):
+            direction = direction + s * (alpha - rho * _dot(y, direction))[:, None, None]
+        slope = _dot(gradient, direction)
+        downhill = slope < 0  # otherwise fall back to steepest descent
+        direction = torch.where(downhill[:, None, None], direction, -gradient * first_step[:, None, None])
+        slope = torch.where(downhill, slope, _dot(gradient, direction))
+        direction = direction * active[:, None, None]
+
+        step = torch.ones_like(energy)
+        accepted = ~active
+        new_x, new_energy, new_gradient = x, energy, gradient
+        for _ in range(LINE_SEARCH_TRIES):  # backtracking until each receptor's energy drops enough (Armijo)
+            trial = x + step[:, None, None] * direction
             trial_energy, trial_gradient = _energy(trial, terms)
-            if trial_energy <= energy + 1e-4 * step * slope:
+            good = ~accepted & (trial_energy <= energy + 1e-4 * step * slope)
+            new_x = torch.where(good[:, None, None], trial, new_x)
+            new_energy = torch.where(good, trial_energy, new_energy)
+            new_gradient = torch.where(good[:, None, None], trial_gradient, new_gradient)
+            accepted = accepted | good
+            if accepted.all():
                 break
-            step *= 0.5
-        else:
-            break  # no decrease along the direction: converged as far as float32 goes
-        s, y = trial - x, trial_gradient - gradient
-        sy = (s * y).sum()
-        if sy > 1e-10:
-            steps = [*steps[-(HISTORY - 1):], (s, y, 1.0 / sy)]
-        converged = float(energy - trial_energy) <= TOLERANCE * float(energy)
-        x, energy, gradient = trial, trial_energy, trial_gradient
-        if converged:
-            break
+            step = torch.where(accepted, step, step / 2)
+        moved = accepted & active
+        s, y = new_x - x, new_gradient - gradient
+        sy = _dot(s, y)
+        valid = moved & (sy > 1e-10)
+        history = [*history[-(HISTORY - 1):], (s, y, torch.where(valid, 1 / sy.clamp(min=1e-10), 0.0))]
+        gamma = torch.where(valid, sy / _dot(y, y).clamp(min=1e-20), gamma)
+        # stop a receptor when no step lowered its energy, or by less than TOLERANCE of it
+        active = moved & (energy - new_energy > TOLERANCE * energy)
+        x, energy, gradient = new_x, new_energy, new_gradient
     return x
 
 
@@ -346,13 +364,16 @@ def clean_geometry(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: to
     """
     exists = residue_tables(atom14.device).atom_exists[restype] & residue_mask[..., None]  # [B, N, 14]
     x0 = atom14.detach().to(torch.float32) * exists[..., None]
-    start = x0.reshape(-1, 3)
+    b, n = restype.shape
+    start = x0.reshape(b, n * 14, 3)
     first, second, lower, upper = _geometry_terms(x0, restype, residue_mask, peptide_bonded(residue_mask, chain_slot))
     chiral_index, chiral_mask = _chiral_centres(str(x0.device))
     base = (torch.arange(restype.numel(), device=x0.device) * 14).view(restype.shape)
     chiral = (chiral_index[restype] + base[..., None, None])[chiral_mask[restype] & residue_mask[..., None]]  # [C, 4]
     restraint = torch.full(exists.shape, SIDE_CHAIN_RESTRAINT, device=x0.device)
     restraint[..., : CB + 1] = BACKBONE_RESTRAINT
+    restraint = (restraint * exists).reshape(b, n * 14, 1)
+    volume = _signed_volume(start.reshape(-1, 3), chiral)
     cleaned = start
     for fraction, iterations in stages or STAGES:
         # clash pairs from the current coordinates: atoms may have moved close to new neighbours
@@ -361,14 +382,14 @@ def clean_geometry(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: to
         clashes = torch.ones_like(closest)
         terms = _Terms(
             start=start,
-            restraint=(restraint * exists).reshape(-1, 1),
+            restraint=restraint,
             first=torch.cat([first, clash_first]),
             second=torch.cat([second, clash_second]),
             lower=torch.cat([lower, closest]),
             upper=torch.cat([upper, clashes * math.inf]),
             weight=torch.cat([torch.full_like(lower, GEOMETRY_WEIGHT), clashes * CLASH_WEIGHT]) * fraction,
             chiral=chiral,
-            volume=_signed_volume(start, chiral),
+            volume=volume,
             chiral_weight=GEOMETRY_WEIGHT * fraction,
         )
         cleaned = _minimise(cleaned, terms, iterations)
