@@ -257,7 +257,8 @@ def _clash_pairs(x0: torch.Tensor, exists: torch.Tensor, restype: torch.Tensor, 
 
 @dataclass(frozen=True)
 class _Terms:
-    """Everything the energy needs. Atoms are [B, M = N * 14, 3]; pair indices count them flattened, [B * M]."""
+    """Everything the energy needs. Atoms are [B, M, 3] (each receptor's present atoms, padded); pair indices
+    count them flattened, [B * M]."""
 
     start: torch.Tensor  # [B, M, 3] Å, the input
     restraint: torch.Tensor  # [B, M, 1] per Å², 0 for absent atoms
@@ -266,27 +267,28 @@ class _Terms:
     lower: torch.Tensor  # [K] Å, the distance is held above ...
     upper: torch.Tensor  # [K] Å, ... and below these
     weight: torch.Tensor  # [K] per Å²
+    pair_owner: torch.Tensor  # [K] receptor of each pair
     chiral: torch.Tensor  # [C, 4] chiral centre and three substituents
     volume: torch.Tensor  # [C] Å³, their signed volume in the input
     chiral_weight: float  # per Å⁶
+    chiral_owner: torch.Tensor  # [C] receptor of each chiral centre
 
 
 def _energy(x: torch.Tensor, terms: _Terms) -> tuple[torch.Tensor, torch.Tensor]:
-    """(energy per receptor [B] in weight x Å², its gradient [B, M, 3]) at coordinates x [B, M = N * 14, 3] (Å)."""
+    """(energy per receptor [B] in weight x Å², its gradient [B, M, 3]) at coordinates x [B, M, 3] (Å)."""
     flat = x.reshape(-1, 3)
-    atoms_per_receptor = x.shape[1]
     difference = flat.index_select(0, terms.first) - flat.index_select(0, terms.second)  # [K, 3]
     distance = difference.square().sum(-1).add(1e-12).sqrt()
     under, over = torch.relu(terms.lower - distance), torch.relu(distance - terms.upper)
     energy = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    energy.index_add_(0, terms.first // atoms_per_receptor, terms.weight * (under.square() + over.square()))
+    energy.index_add_(0, terms.pair_owner, terms.weight * (under.square() + over.square()))
     pull = (2 * terms.weight * (over - under) / distance).unsqueeze(-1) * difference
     gradient = torch.zeros_like(flat).index_add_(0, terms.first, pull).index_add_(0, terms.second, -pull)
 
     centre, a, b, c = flat[terms.chiral].unbind(-2)  # [C, 3] each
     u, v, w = a - centre, b - centre, c - centre
     error = (torch.cross(u, v, dim=-1) * w).sum(-1) - terms.volume
-    energy.index_add_(0, terms.chiral[:, 0] // atoms_per_receptor, terms.chiral_weight * error.square())
+    energy.index_add_(0, terms.chiral_owner, terms.chiral_weight * error.square())
     scale = (2 * terms.chiral_weight * error)[:, None, None]
     d_u, d_v, d_w = torch.cross(v, w, dim=-1), torch.cross(w, u, dim=-1), torch.cross(u, v, dim=-1)
     per_atom = torch.stack([-(d_u + d_v + d_w), d_u, d_v, d_w], 1) * scale  # [C, 4, 3]
@@ -298,8 +300,9 @@ def _energy(x: torch.Tensor, terms: _Terms) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-receptor dot product of [B, M, 3] tensors -> [B]."""
-    return (a * b).sum((1, 2))
+    """Per-receptor dot product of [B, M, 3] tensors -> [B], summed in float64 so that it rounds to the same float32
+    whatever the other receptors of the batch."""
+    return (a * b).sum((1, 2), dtype=torch.float64).to(a.dtype)
 
 
 def _minimise(x: torch.Tensor, terms: _Terms, iterations: int) -> torch.Tensor:
@@ -365,32 +368,49 @@ def clean_geometry(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: to
     exists = residue_tables(atom14.device).atom_exists[restype] & residue_mask[..., None]  # [B, N, 14]
     x0 = atom14.detach().to(torch.float32) * exists[..., None]
     b, n = restype.shape
-    start = x0.reshape(b, n * 14, 3)
+    # Only present atoms are minimised: each receptor's, first in atom14 order, padded to the largest count M.
+    present = exists.reshape(b, n * 14)
+    # M is a multiple of 16 so every receptor's row starts equally aligned in memory and its sums round as alone.
+    m = -(-int(present.sum(-1).max()) // 16) * 16
+    order = torch.argsort((~present).to(torch.uint8), dim=-1, stable=True)
+    slots = torch.nn.functional.pad(order, (0, max(0, m - n * 14)))[:, :m]  # [B, M] atom14 index in receptor
+    kept = torch.gather(present, 1, slots) & (torch.arange(m, device=x0.device) < n * 14)  # [B, M]
+    receptor = torch.arange(b, device=x0.device)[:, None]
+    compact = torch.zeros(b * n * 14, dtype=torch.long, device=x0.device)  # atom14 flat index -> compact flat index
+    compact[(receptor * n * 14 + slots)[kept]] = (receptor * m + torch.arange(m, device=x0.device))[kept]
+    start = torch.gather(x0.reshape(b, n * 14, 3), 1, slots[..., None].expand(b, m, 3))  # [B, M, 3]
+
     first, second, lower, upper = _geometry_terms(x0, restype, residue_mask, peptide_bonded(residue_mask, chain_slot))
+    first, second = compact[first], compact[second]
     chiral_index, chiral_mask = _chiral_centres(str(x0.device))
     base = (torch.arange(restype.numel(), device=x0.device) * 14).view(restype.shape)
-    chiral = (chiral_index[restype] + base[..., None, None])[chiral_mask[restype] & residue_mask[..., None]]  # [C, 4]
+    chiral = compact[(chiral_index[restype] + base[..., None, None])[chiral_mask[restype] & residue_mask[..., None]]]
     restraint = torch.full(exists.shape, SIDE_CHAIN_RESTRAINT, device=x0.device)
     restraint[..., : CB + 1] = BACKBONE_RESTRAINT
-    restraint = (restraint * exists).reshape(b, n * 14, 1)
+    restraint = torch.gather((restraint * exists).reshape(b, n * 14), 1, slots)[..., None]  # [B, M, 1] per Å²
     volume = _signed_volume(start.reshape(-1, 3), chiral)
     cleaned = start
     for fraction, iterations in stages or STAGES:
         # clash pairs from the current coordinates: atoms may have moved close to new neighbours
-        clash_first, clash_second, closest = _clash_pairs(cleaned.view_as(x0), exists, restype, chain_slot,
+        current = x0.reshape(b, n * 14, 3).scatter(1, slots[..., None].expand(b, m, 3), cleaned).view_as(x0)
+        clash_first, clash_second, closest = _clash_pairs(current, exists, restype, chain_slot,
                                                           CLASH_DISTANCE + SEARCH_MARGIN)
         clashes = torch.ones_like(closest)
+        pair_first = torch.cat([first, compact[clash_first]])
         terms = _Terms(
             start=start,
             restraint=restraint,
-            first=torch.cat([first, clash_first]),
-            second=torch.cat([second, clash_second]),
+            first=pair_first,
+            second=torch.cat([second, compact[clash_second]]),
             lower=torch.cat([lower, closest]),
             upper=torch.cat([upper, clashes * math.inf]),
             weight=torch.cat([torch.full_like(lower, GEOMETRY_WEIGHT), clashes * CLASH_WEIGHT]) * fraction,
+            pair_owner=pair_first // m,
             chiral=chiral,
             volume=volume,
             chiral_weight=GEOMETRY_WEIGHT * fraction,
+            chiral_owner=chiral[:, 0] // m,
         )
         cleaned = _minimise(cleaned, terms, iterations)
-    return (cleaned.view_as(x0) * exists[..., None]).to(atom14.dtype)
+    result = x0.reshape(b, n * 14, 3).scatter(1, slots[..., None].expand(b, m, 3), cleaned).view_as(x0)
+    return (result * exists[..., None]).to(atom14.dtype)
