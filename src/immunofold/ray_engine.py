@@ -31,7 +31,7 @@ from immunofold.batch import (
 from immunofold.inputs import Record, one_line, resolve_or_reason
 from immunofold.sequences import InputError
 
-CHUNK = 32  # records per actor task: big enough for same-length groups, small enough that a kill costs little
+CHUNK = 16  # records per actor task: big enough for same-length groups, small enough that a kill costs little
 IN_FLIGHT_PER_ACTOR = 2  # chunks queued per actor, so an actor never waits for the driver
 TASK_RETRIES = 2  # retries of a chunk whose actor died (then one record at a time)
 LOCAL_CPUS = 2  # CPUs of the Ray runtime started on this machine when no --address is given
@@ -183,8 +183,8 @@ class RayEngine:
             load[index] += 1
             return True
 
-        for index in range(len(self.actors)):
-            for _ in range(IN_FLIGHT_PER_ACTOR):
+        for _ in range(IN_FLIGHT_PER_ACTOR):
+            for index in range(len(self.actors)):
                 submit(index)
         while in_flight:
             (future,), _ = ray.wait(list(in_flight), num_returns=1)
