@@ -49,16 +49,17 @@ CLASH_DISTANCE = 2.5
 ONE_FOUR_DISTANCE = 2.5
 SEARCH_MARGIN = 1.0  # Å: pairs closer than CLASH_DISTANCE + SEARCH_MARGIN at the start are watched throughout
 GEOMETRY_WEIGHT = 100.0  # per Å², bond-geometry distance terms
+PEPTIDE_BOND_FACTOR = 5.0  # C(i)-N(i+1) length held this many times harder
 CLASH_WEIGHT = 100.0  # per Å², clash terms
 BACKBONE_RESTRAINT = 1.0  # per Å², N, CA, C, O, CB held at the prediction
 SIDE_CHAIN_RESTRAINT = 0.1  # per Å², other atoms
 # Minimisation stages: (fraction of the geometry and clash weights, L-BFGS iterations at most). Soft terms first
 # converge in few iterations; the full weights then only polish.
-STAGES = ((0.2, 40), (1.0, 40))
+STAGES = ((0.2, 30), (1.0, 30))
 HISTORY = 8  # L-BFGS correction pairs kept
 LINE_SEARCH_TRIES = 10  # step halvings before giving up
 INITIAL_STEP = 0.1  # Å, largest atom move of the first (steepest descent) step
-TOLERANCE = 1e-6  # stop when an iteration lowers the energy by less than this fraction
+TOLERANCE = 1e-4  # stop when an iteration lowers the energy by less than this fraction
 # Peptide-bond geometry is held within these of ideal (val split's experimental structures, 1st-99th percentile:
 # CA-C-N 114.3-119.6°, C-N-CA 118.7-126.5°, O-C-N 121.2-125.2°, |omega| from 160.7°).
 BOND_SLACK = 0.02  # Å, C-N
@@ -197,8 +198,11 @@ def _geometry_terms(x0: torch.Tensor, restype: torch.Tensor, residue_mask: torch
                           [O, PROLINE_CD]], device=x0.device)
     first = (base[:, :-1, None] + slots[:, 0])[used]
     second = (base[:, 1:, None] + slots[:, 1])[used]
+    weight = torch.where(torch.zeros_like(used).index_fill_(-1, torch.tensor([0], device=x0.device), True)[used],
+                         GEOMETRY_WEIGHT * PEPTIDE_BOND_FACTOR, GEOMETRY_WEIGHT)
     return (torch.cat([pairs[:, 0], first]), torch.cat([pairs[:, 1], second]),
-            torch.cat([intra_target, lower]), torch.cat([intra_target, upper]))
+            torch.cat([intra_target, lower]), torch.cat([intra_target, upper]),
+            torch.cat([torch.full_like(intra_target, GEOMETRY_WEIGHT), weight]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -380,7 +384,7 @@ def clean_geometry(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: to
     compact[(receptor * n * 14 + slots)[kept]] = (receptor * m + torch.arange(m, device=x0.device))[kept]
     start = torch.gather(x0.reshape(b, n * 14, 3), 1, slots[..., None].expand(b, m, 3))  # [B, M, 3]
 
-    first, second, lower, upper = _geometry_terms(x0, restype, residue_mask, peptide_bonded(residue_mask, chain_slot))
+    first, second, lower, upper, weight = _geometry_terms(x0, restype, residue_mask, peptide_bonded(residue_mask, chain_slot))
     first, second = compact[first], compact[second]
     chiral_index, chiral_mask = _chiral_centres(str(x0.device))
     base = (torch.arange(restype.numel(), device=x0.device) * 14).view(restype.shape)
@@ -404,7 +408,7 @@ def clean_geometry(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: to
             second=torch.cat([second, compact[clash_second]]),
             lower=torch.cat([lower, closest]),
             upper=torch.cat([upper, clashes * math.inf]),
-            weight=torch.cat([torch.full_like(lower, GEOMETRY_WEIGHT), clashes * CLASH_WEIGHT]) * fraction,
+            weight=torch.cat([weight, clashes * CLASH_WEIGHT]) * fraction,
             pair_owner=pair_first // m,
             chiral=chiral,
             volume=volume,
