@@ -140,3 +140,83 @@ def test_cli_predict_writes_developability_json(tmp_path):
     profile = json.loads((tmp_path / "tz.developability.json").read_text())
     assert profile["profiler"] == "TAP" and profile["metrics"]["cdr_length"]["value"] == 47
     assert set(profile["metrics"]) == {"cdr_length", "psh", "ppc", "pnc", "sfvcsp"}
+
+
+# --- batch: the profile as summary columns ---------------------------------------------------------------------
+TRASTUZUMAB_H = "EVQLVESGGGLVQPGGSLRLSCAASGFNIKDTYIHWVRQAPGKGLEWVARIYPTNGYTRYADSVKGRFTISADTSKNTAYLQMNSLRAEDTAVYYCSRWGGDGFYAMDYWGQGTLVTVSS"
+TRASTUZUMAB_L = "DIQMTQSPSSLSASVGDRVTITCRASQDVNTAVAWYQQKPGKAPKLLIYSASFLYSGVPSRFSGSRSGTDFTLTISSLQPEDFATYYCQQHYTTPPTFGQGTKVEIK"
+NANOBODY = "QVQLVESGGGVVQAGGSLRLSCAASGSIFSSNAMAWYRQAPGNVRRLVAAISSRGDNTNYEDSVRGRFTISRDNAENTVSLQMNSLKPEDTAIYYCNVGSFYRGNYYGGSSWGQGTQVTVSS"
+TCR_A = "QSVSQHNHHVILSEAASLELGCNYSYGGTVNLFWYVQYPGQHLQLLLKYFSGDPLVKGIKGFEAEFIKSKFSFNLRKPSVQWSDTAEYFCAVNARRNTPLVFGKGTRLSVIA"
+TCR_B = "GITQSPKYLFRKEGQNVTLSCEQNLNHDAMYWYRQDPGQGLRLIYYSQIVNDFQKGDIAEGYSVSREKKESFPLTVTSAQKNPTAFYLCASSITLSSYNEQFFGPGTRLTVL"
+
+
+def test_batch_developability_columns_resume_and_identity(tmp_path, capsys):
+    """Each antibody's TAP and each nanobody's TNP profile reach summary.csv/parquet (equal to the API's profile of
+    the same prediction), empty cells elsewhere; the sidecars keep them (the CLI flag resumes the run), a Ray actor
+    computes the same; the option is part of the record's identity."""
+    import csv
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from immunofold.batch import SUMMARY_COLUMNS, developability_columns, run_batch
+    from immunofold.cli import main
+    from immunofold.inputs import iter_records
+    from immunofold.prediction import Predictor
+    from immunofold.ray_engine import RayWorker
+
+    torch.set_num_threads(1)
+    predictor = Predictor()
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">tz|H\n{TRASTUZUMAB_H}\n>tz|L\n{TRASTUZUMAB_L}\n>nb\n{NANOBODY}\n>tcr|A\n{TCR_A}\n>tcr|B\n{TCR_B}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    assert run_batch(fasta, outdir, developability=True, **options).done == 3
+
+    with open(outdir / "summary.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == SUMMARY_COLUMNS + developability_columns()
+        rows = {row["name"]: row for row in reader}
+    tap = [c for c in developability_columns() if c.startswith("tap_")]
+    tnp = [c for c in developability_columns() if c.startswith("tnp_")]
+    assert {c for c in tap if not c.endswith("_flag")} == {f"tap_{m}" for m in TAP_BANDS}
+    assert {c for c in tnp if not c.endswith("_flag")} == {f"tnp_{m}" for m in TNP_BANDS}
+    expected = {"tz": predictor.predict("antibody", {"heavy": TRASTUZUMAB_H, "light": TRASTUZUMAB_L}, "tz", refine=False),
+                "nb": predictor.predict("nanobody", {"heavy": NANOBODY}, "nb", refine=False)}
+    for name, prefix, filled, empty in (("tz", "tap", tap, tnp), ("nb", "tnp", tnp, tap)):
+        profile = expected[name].developability()
+        for metric in profile.metrics:
+            assert float(rows[name][f"{prefix}_{metric.name}"]) == pytest.approx(metric.value, abs=1e-3)
+            assert rows[name][f"{prefix}_{metric.name}_flag"] == metric.flag
+        assert all(rows[name][c] != "" for c in filled) and all(rows[name][c] == "" for c in empty)
+    assert rows["tz"]["tap_cdr_length"] == "47"
+    assert all(rows["tcr"][c] == "" for c in developability_columns())
+
+    table = pq.read_table(outdir / "summary.parquet")
+    assert table.column_names == SUMMARY_COLUMNS + developability_columns()
+    parquet = {row["name"]: row for row in table.to_pylist()}
+    assert parquet["tz"]["tap_psh"] == pytest.approx(float(rows["tz"]["tap_psh"]), abs=1e-3)
+    assert parquet["tz"]["tap_psh_flag"] == rows["tz"]["tap_psh_flag"] and parquet["tcr"]["tap_psh"] is None
+
+    summary = (outdir / "summary.csv").read_text()
+    assert main(["batch", str(fasta), "-o", str(outdir), "--developability", "--no-refine", "--workers", "0",
+                 "--threads", "1", "-q"]) == 0  # resumed from the sidecars: nothing predicted again
+    assert "0 predicted, 0 failed, 3 already finished" in capsys.readouterr().out
+    assert _without_seconds(outdir / "summary.csv") == _without_seconds_text(summary)
+    sidecars = [json.loads(path.read_text()) for path in (outdir / ".immunofold" / "records").glob("*.json")]
+    local = {data["name"]: data.get("developability") for data in sidecars}
+    worker = RayWorker("auto", 4, False, "imgt", "pdb", "cpu", developability=True)  # the Ray engine's actor, in-process
+    outcomes = worker.run(list(iter_records(str(fasta))))
+    assert dict(zip(("tz", "nb", "tcr"), (data.get("developability") for _, _, data, _ in outcomes))) == local
+    plain = run_batch(fasta, outdir, **options)  # without the option: other records, no developability columns
+    assert plain.done == 3 and "tap_psh" not in (outdir / "summary.csv").read_text()
+
+
+def _without_seconds_text(text):
+    import csv
+    import io
+
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(io.StringIO(text))]
+
+
+def _without_seconds(path):
+    return _without_seconds_text(path.read_text())

@@ -2,7 +2,8 @@
 
 INPUT is FASTA, CSV/TSV or an AIRR rearrangement TSV (see `immunofold.inputs`). OUTDIR receives one
 structure file per record (`<safe name>.pdb`; `structures/<2 hex>/<safe name>.pdb` in runs of more than
-SHARD_THRESHOLD records), `summary.csv` and `summary.parquet` (every record, in input order), `failures.csv`
+SHARD_THRESHOLD records), `summary.csv` and `summary.parquet` (every record, in input order; with
+`developability=True` also each antibody's TAP and each nanobody's TNP metrics and flags), `failures.csv`
 (one line per record that could not be modelled, with its one-line reason) and, with `plots=True`,
 `plots/<safe name>.png` plus `plots/overview.png`.
 
@@ -96,6 +97,7 @@ SUMMARY_COLUMNS = (
     + [f"length_{c}" for c in CHAIN_COLUMNS]
     + ["refined", "seconds"]
 )
+DEVELOPABILITY_PROFILERS = {"antibody": "tap", "nanobody": "tnp"}  # column prefix of each kind's profile
 FAILURE_COLUMNS = ["name", "source", "reason"]
 PARQUET_FILE = "summary.parquet"
 PARQUET_ROWS = 50_000  # rows per Parquet row group (and per write)
@@ -268,7 +270,7 @@ class RecordStore:
     """Which records are finished: `OUTDIR/.immunofold/records/<fingerprint>.json` per record.
 
     A record's fingerprint covers its name, sequences and kind and every option that changes its output (kind,
-    numbering, refinement, format, file name, weights version), so a changed record is a new record. A success
+    numbering, refinement, format, file name, weights version, developability), so a changed record is a new record. A success
     also holds the SHA-256 of its structure file: when another input wrote a different structure under the same
     file name, the record counts as unfinished and is predicted again.
 
@@ -364,8 +366,34 @@ def predict_group(predictor, items: list[tuple[str, str, list]], numbering: str)
     return predictions
 
 
-def render(prediction, fmt: str) -> tuple[str, dict]:
-    """(structure file text, the success sidecar's fields that depend on the prediction) of one prediction."""
+def developability_columns() -> list[str]:
+    """Summary columns of `developability=True`: tap_<metric>, tap_<metric>_flag for antibodies (TAP), then
+    tnp_<metric>, tnp_<metric>_flag for nanobodies (TNP: other definitions and ranges, so other columns)."""
+    from immunofold.developability import TAP_BANDS, TNP_BANDS
+
+    bands = {"antibody": TAP_BANDS, "nanobody": TNP_BANDS}
+    return [f"{prefix}_{metric}{suffix}" for kind, prefix in DEVELOPABILITY_PROFILERS.items()
+            for metric in bands[kind] for suffix in ("", "_flag")]  # fmt: skip
+
+
+def _developability_fields(prediction) -> dict:
+    """Sidecar fields of the prediction's TAP/TNP profile: {"developability": {metric: {value, flag}}}, or a
+    note saying why there is none; nothing for a TCR."""
+    from immunofold.developability import profile_prediction
+
+    if prediction.kind not in DEVELOPABILITY_PROFILERS:
+        return {}
+    try:
+        profile = profile_prediction(prediction)
+    except InputError as error:
+        return {"notes": [*prediction.notes, f"no developability profile: {input_error_reason(error, prediction.name)}"]}
+    return {"developability": {m.name: {"value": int(m.value) if m.name.endswith("_length") else round(m.value, 4),
+                                        "flag": m.flag} for m in profile.metrics}}
+
+
+def render(prediction, fmt: str, developability: bool = False) -> tuple[str, dict]:
+    """(structure file text, the success sidecar's fields that depend on the prediction) of one prediction;
+    developability: add its TAP/TNP profile (`_developability_fields`)."""
     text = prediction.to_pdb_string() if fmt == "pdb" else prediction.to_cif_string()
     chains, offset = [], 0
     for chain_id, chain in zip(prediction.chain_ids, prediction.chains):
@@ -382,6 +410,8 @@ def render(prediction, fmt: str) -> tuple[str, dict]:
         "chains": chains, "refined": bool(prediction.refined), "refine_message": prediction.refine_message,
         "notes": list(prediction.notes), "weights": prediction.weights_version,
     }
+    if developability:
+        data.update(_developability_fields(prediction))
     return text, data
 
 
@@ -404,7 +434,7 @@ class Recorder:
 
     def succeed(self, record: Record, prediction, seconds: float) -> None:
         start = time.perf_counter()
-        text, data = render(prediction, self.store.options["fmt"])
+        text, data = render(prediction, self.store.options["fmt"], self.store.options.get("developability", False))
         self.write(record, text, data, seconds + time.perf_counter() - start)
 
     def write(self, record: Record, text: str, data: dict, seconds: float) -> None:
@@ -580,7 +610,7 @@ PARQUET_TYPES = {"mean_error": "float64", "refined": "bool", "seconds": "float64
 
 
 def _summary_row(record: Record, data: dict) -> dict:
-    """One summary row as typed values (None: empty)."""
+    """One summary row as typed values (None: empty; developability columns only where the sidecar has them)."""
     row = {"name": record.name, "kind": data.get("kind", ""), "status": data["status"], "seconds": data.get("seconds"),
            "file": None, "mean_error": None, "refined": None}
     if data["status"] == "ok":
@@ -588,6 +618,9 @@ def _summary_row(record: Record, data: dict) -> dict:
         for chain in data["chains"]:
             row[f"length_{chain['id']}"] = chain["length"]
             row[f"cdr3_error_{chain['id']}"] = data["cdr3_error"].get(chain["id"])
+        prefix = DEVELOPABILITY_PROFILERS.get(data["kind"])
+        for metric, result in data.get("developability", {}).items():
+            row[f"{prefix}_{metric}"], row[f"{prefix}_{metric}_flag"] = result["value"], result["flag"]
     return row
 
 
@@ -598,12 +631,16 @@ def _csv_cell(column: str, value) -> str:
 
 
 def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool = False) -> tuple[int, int, list[dict]]:
-    """Write summary.csv, summary.parquet (every record, in input order) and failures.csv from the record store,
+    """Write summary.csv, summary.parquet (every record, in input order; SUMMARY_COLUMNS, then
+    `developability_columns()` when the run has that option) and failures.csv from the record store,
     streaming: one Parquet row group per PARQUET_ROWS records. (ok, failed, ok sidecars if keep_ok else [])."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(column, PARQUET_TYPES.get(column, "string")) for column in SUMMARY_COLUMNS])
+    columns = SUMMARY_COLUMNS + (developability_columns() if store.options.get("developability") else [])
+    types = {column: "string" if column.endswith("_flag") else "int32" if column.endswith("_length") else "float64"
+             for column in columns[len(SUMMARY_COLUMNS):]}
+    schema = pa.schema([(column, PARQUET_TYPES.get(column) or types.get(column, "string")) for column in columns])
     n_ok = n_failed = 0
     ok_rows: list[dict] = []
     with ExitStack() as stack:
@@ -612,7 +649,7 @@ def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool =
         summary = stack.enter_context(open(paths[0], "w", newline=""))
         failures = stack.enter_context(open(paths[1], "w", newline=""))
         parquet = stack.enter_context(pq.ParquetWriter(paths[2], schema))
-        summary_writer = csv.DictWriter(summary, SUMMARY_COLUMNS, lineterminator="\n")
+        summary_writer = csv.DictWriter(summary, columns, lineterminator="\n")
         failure_writer = csv.DictWriter(failures, FAILURE_COLUMNS, lineterminator="\n")
         summary_writer.writeheader()
         failure_writer.writeheader()
@@ -668,6 +705,7 @@ def run_batch(
     engine: str = "local",
     address: str | None = None,
     ray_workers: int | None = None,
+    developability: bool = False,
 ) -> BatchReport:
     """Predict every record of a FASTA/CSV/TSV/AIRR file into `outdir`; resumable (see module docs).
 
@@ -684,6 +722,8 @@ def run_batch(
     failures.csv. summary.csv and failures.csv are written even when the run is interrupted.
     engine: local (this machine's processes) or ray (`immunofold.ray_engine`: a local Ray runtime, or the cluster
     at `address`, with `ray_workers` actors; `workers` and `threads` are the local engine's).
+    developability: add each antibody's TAP and each nanobody's TNP profile (value and flag per metric) to the
+    summary (`developability_columns()`; empty cells for other kinds), computed where the structure is rendered.
     """
     start = time.perf_counter()
     if kind not in KIND_CHOICES:
@@ -722,6 +762,8 @@ def run_batch(
         raise BatchStopped(f"{outdir}: cannot create the output folder ({error.strerror or error})") from None
     options = {"kind": kind, "numbering": numbering, "refine": bool(refine), "fmt": fmt,
                "weights": _weights_version(predictor)}
+    if developability:  # only when asked: the fingerprints of runs without it stay as they were
+        options["developability"] = True
     store = RecordStore(outdir, options, total)
     recorder = Recorder(store, on_event)
     if engine == "ray":
@@ -800,6 +842,7 @@ def _batch_command(args: argparse.Namespace) -> int:
             refine=not args.no_refine, plots=args.plots, fmt=args.format, numbering=args.numbering,
             device=args.device, progress=not args.quiet, threads=args.threads, on_note=note,
             engine=args.engine, address=args.address, ray_workers=args.workers if args.engine == "ray" else None,
+            developability=args.developability,
         )
     except (InputError, PlotsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -847,6 +890,9 @@ def add_batch_parser(commands) -> None:
         "--no-refine", action="store_true",
         help="skip OpenMM refinement (about 30x faster; raw network geometry: some broken peptide bonds and clashes)",
     )
+    parser.add_argument("--developability", action="store_true",
+                        help="add the TAP (antibodies) / TNP (nanobodies) developability metrics and flags to the summary "
+                        "(tap_* and tnp_* columns)")
     parser.add_argument("--plots", action="store_true", help="write error plots (needs matplotlib: pip install 'immunofold[plots]')")
     parser.add_argument("--format", choices=("pdb", "cif"), default="pdb", help="structure file format (default pdb)")
     parser.add_argument("--numbering", choices=SCHEMES, default="imgt", help="residue numbering (default imgt)")

@@ -48,13 +48,15 @@ def require_ray() -> None:
 class RayWorker:
     """One Ray actor: loads the ensemble once, then predicts chunks of records."""
 
-    def __init__(self, kind: str, batch_size: int, refine: bool, numbering: str, fmt: str, device: str):
+    def __init__(self, kind: str, batch_size: int, refine: bool, numbering: str, fmt: str, device: str,
+                 developability: bool = False):
         import torch
 
         from immunofold.prediction import Predictor
 
         torch.set_num_threads(1)  # one actor per CPU
         self.kind, self.batch_size, self.refine, self.numbering, self.fmt = kind, batch_size, refine, numbering, fmt
+        self.developability = developability
         self.predictor = Predictor(device=device)
 
     def pid(self) -> int:
@@ -95,7 +97,7 @@ class RayWorker:
                 prediction, _ = _refine_task(prediction)
             except Exception as error:  # noqa: BLE001  (as the local engine: the record fails, the run goes on)
                 return "failed", f"refinement crashed ({type(error).__name__}: {one_line(error)})", "", seconds
-        text, data = render(prediction, self.fmt)
+        text, data = render(prediction, self.fmt, self.developability)
         return "ok", text, data, seconds + time.perf_counter() - start
 
 
@@ -109,7 +111,8 @@ class RayEngine:
     def __init__(self, recorder: Recorder, kind: str, batch_size: int, refine: bool, numbering: str, device: str,
                  address: str | None = None, workers: int | None = None):
         self.recorder = recorder
-        self.worker_args = (kind, batch_size, refine, numbering, recorder.store.options["fmt"], device)
+        options = recorder.store.options
+        self.worker_args = (kind, batch_size, refine, numbering, options["fmt"], device, options.get("developability", False))
         self.address, self.workers = address, workers
         self.actors: list = []
 
