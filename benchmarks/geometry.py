@@ -4,12 +4,14 @@
     python benchmarks/geometry.py --weights a.safetensors b.safetensors ... --out-name geometry_candidate
 
 Predicts every entry of the split from its sequences (as `immunofold evaluate` does) and checks the unrefined
-consensus and each member (ranked per entry, closest to the mean first) with `immunofold.refine.find_problems`,
+consensus (as returned, after `immunofold.cleanup.clean_geometry`, and before it) and each member (ranked per entry,
+closest to the mean first; members are not cleaned) with `immunofold.refine.find_problems`,
 the check that decides whether a refined model is accepted: peptide bonds C(i)-N(i+1) outside 1.33 ± 0.1 Å,
 heavy atoms of different residues closer than 2.0 Å (bonded pairs excluded), non-proline cis peptides,
 D-amino acids. Also reports how far peptide bonds are from 1.329 Å. Refined models have none of these
-problems by construction (refinement is retried or reported failed). Writes <out-dir>/<out-name>.md and
-.json and prints the markdown.
+problems by construction (refinement is retried or reported failed). Also times the clean-up (groups of
+prediction.MAX_FORWARD_BATCH receptors of similar length, as in prediction; one torch thread) and how far it moves
+atoms. Writes <out-dir>/<out-name>.md and .json and prints the markdown.
 """
 
 from __future__ import annotations
@@ -18,20 +20,23 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections import Counter
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import DEFAULT_DATA_ROOT, RESULTS_DIR, machine_info
 
-from immunofold.constants import PEPTIDE_BOND_LENGTH
+from immunofold.cleanup import clean_geometry
+from immunofold.constants import PEPTIDE_BOND_LENGTH, RESTYPE_INDEX, UNKNOWN_RESTYPE
 from immunofold.data.sabdab import read_summary
 from immunofold.ensemble import Ensemble
 from immunofold.evaluate import EVAL_BATCH_SIZE, number_entry
 from immunofold.io import to_pdb_string
-from immunofold.prediction import Prediction, Predictor
+from immunofold.prediction import MAX_FORWARD_BATCH, Prediction, Predictor
 from immunofold.refine import find_problems
 
 PROBLEM_KINDS = ("broken", "clash", "cis", "D-amino")  # first word of each find_problems message
@@ -65,6 +70,33 @@ def summarise(stats: list[dict]) -> dict:
     }
 
 
+def cleanup_timing(raw: list[Prediction], cleaned: list[Prediction]) -> tuple[list[float], list[float]]:
+    """(seconds per receptor of `clean_geometry` on the unclean consensus models, in groups of MAX_FORWARD_BATCH of
+    similar length; RMS atom move (Å) per model from unclean to cleaned)."""
+    seconds, moves = [], []
+    order = sorted(range(len(raw)), key=lambda i: len(raw[i].atom14))
+    for start in range(0, len(order), MAX_FORWARD_BATCH):
+        group = [raw[i] for i in order[start : start + MAX_FORWARD_BATCH]]
+        n = max(len(p.atom14) for p in group)
+        atom14 = torch.zeros(len(group), n, 14, 3)
+        restype = torch.full((len(group), n), UNKNOWN_RESTYPE)
+        chain_slot = torch.zeros(len(group), n, dtype=torch.long)
+        mask = torch.zeros(len(group), n, dtype=torch.bool)
+        for row, prediction in enumerate(group):
+            sequence = "".join(chain.sequence for chain in prediction.chains)
+            atom14[row, : len(sequence)] = torch.as_tensor(prediction.atom14)
+            restype[row, : len(sequence)] = torch.tensor([RESTYPE_INDEX.get(aa, UNKNOWN_RESTYPE) for aa in sequence])
+            chain_slot[row, : len(sequence)] = torch.tensor([k for k, c in enumerate(prediction.chains) for _ in c.sequence])
+            mask[row, : len(sequence)] = True
+        began = time.perf_counter()
+        clean_geometry(atom14, restype, mask, chain_slot)
+        seconds += [(time.perf_counter() - began) / len(group)] * len(group)
+    for before, after in zip(raw, cleaned):
+        present = np.abs(before.atom14).sum(-1) > 0
+        moves.append(float(np.sqrt((((after.atom14 - before.atom14) ** 2).sum(-1))[present].mean())))
+    return seconds, moves
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_DATA_ROOT)
@@ -78,21 +110,40 @@ def main() -> None:
     predictor = Predictor(Ensemble(args.weights) if args.weights else None)
     entries = [e for e in read_summary(args.data) if e.split == args.split][: args.limit]
     items = [(e.name, e.kind, number_entry(e)) for e in entries]
+    torch.set_num_threads(1)
     stats: dict[str, list[dict]] = {}
+    seconds, moves = [], []
     for start in range(0, len(items), EVAL_BATCH_SIZE):
-        for prediction in predictor.predict_numbered(items[start : start + EVAL_BATCH_SIZE]):
+        chunk = items[start : start + EVAL_BATCH_SIZE]
+        cleaned = predictor.predict_numbered(chunk)
+        predictor.ensemble.clean = False
+        try:
+            raw = predictor.predict_numbered(chunk)
+        finally:
+            predictor.ensemble.clean = True
+        chunk_seconds, chunk_moves = cleanup_timing(raw, cleaned)
+        seconds, moves = seconds + chunk_seconds, moves + chunk_moves
+        for prediction, unclean in zip(cleaned, raw):
             # Prediction.members is ranked per entry, closest to the mean first
-            choices = {"consensus (returned)": None, **{f"member ranked {m + 1}": m for m in range(len(prediction.members))}}
-            for label, member in choices.items():
-                stats.setdefault(label, []).append(structure_stats(prediction, member))
+            choices = {"consensus, cleaned (returned)": (prediction, None), "consensus before clean-up": (unclean, None),
+                       **{f"member ranked {m + 1}": (prediction, m) for m in range(len(prediction.members))}}
+            for label, (source, member) in choices.items():
+                stats.setdefault(label, []).append(structure_stats(source, member))
     summary = {label: summarise(rows) for label, rows in stats.items()}
+    cleanup = {
+        "ms_per_model_median": round(1000 * float(np.median(seconds)), 1),
+        "ms_per_model_mean": round(1000 * float(np.mean(seconds)), 1),
+        "rms_move_mean": round(float(np.mean(moves)), 3),
+        "rms_move_max": round(float(np.max(moves)), 3),
+    }
 
     lines = [
         f"# Geometry of unrefined models ({args.split} split, {len(items)} entries, weights {predictor.ensemble.version})",
         "",
         "Checked by `immunofold.refine.find_problems` (what refinement must fix): peptide bond C-N outside 1.33 ± 0.1 Å, "
         "heavy atoms of different residues closer than 2.0 Å, non-proline cis peptides, D-amino acids; per model, mean "
-        "over entries; members ranked per entry, 1 = closest to the members' mean. Refined models have none (by construction).",
+        "over entries; members ranked per entry, 1 = closest to the members' mean (members are not cleaned; only "
+        "`--save-ensemble` writes them). Refined models have none (by construction).",
         "",
         "| structure | models without problems | broken peptide bonds | clashes | cis non-Pro | D-amino acids | mean abs(C-N - 1.329) Å | bonds off > 0.1 Å | > 0.5 Å |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -103,12 +154,19 @@ def main() -> None:
             f"{s['cis_per_model']:.2f} | {s['D-amino_per_model']:.2f} | {s['bond_deviation_mean']:.3f} | "
             f"{s['bonds_off_0.1_percent']:.1f} % | {s['bonds_off_0.5_percent']:.2f} % |"
         )
+    lines += [
+        "",
+        f"Clean-up (`immunofold.cleanup.clean_geometry`, one torch thread, groups of {MAX_FORWARD_BATCH} receptors of similar "
+        f"length as in prediction): {cleanup['ms_per_model_median']:.1f} ms per model (median; mean "
+        f"{cleanup['ms_per_model_mean']:.1f} ms); it moves atoms {cleanup['rms_move_mean']:.2f} Å RMS per model on average, "
+        f"{cleanup['rms_move_max']:.2f} Å at most.",
+    ]
     markdown = "\n".join(lines) + "\n"
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, f"{args.out_name}.md"), "w") as handle:
         handle.write(markdown)
     with open(os.path.join(args.out_dir, f"{args.out_name}.json"), "w") as handle:
-        json.dump({"weights": predictor.ensemble.version, "split": args.split, "entries": len(items), "summary": summary, "machine": machine_info()}, handle, indent=1)
+        json.dump({"weights": predictor.ensemble.version, "split": args.split, "entries": len(items), "summary": summary, "cleanup": cleanup, "machine": machine_info()}, handle, indent=1)
     print(markdown)
 
 
