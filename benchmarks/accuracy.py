@@ -84,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "present, else IgFold is not run; made by scripts/setup_igfold.sh)")
     parser.add_argument("--igfold-out", default=None,
                         help="keep IgFold's PDBs here; a rerun folds only what is missing (default: a temporary folder)")
+    parser.add_argument("--igfold-existing", action="store_true",
+                        help="do not run IgFold: score the models already in --igfold-out (from an earlier or a "
+                             "parallel run); entries without one are listed as skipped")
     return parser.parse_args(argv)
 
 
@@ -221,10 +224,11 @@ def run_flashabb(loaded):
     return package_version("flash-abb"), None, rows
 
 
-def run_igfold(loaded, python_option: str | None, out_dir: str, threads: int | None):
-    """IgFold's unrefined models (antibodies and nanobodies) scored like the others, its pRMSD as error estimate."""
+def run_igfold(loaded, python_option: str | None, out_dir: str, threads: int | None, existing_only: bool = False):
+    """IgFold's unrefined models (antibodies and nanobodies) scored like the others, its pRMSD as error estimate;
+    `existing_only`: score the models already in `out_dir` without running IgFold."""
     python, unavailable = igfold_peer.find_python(python_option)
-    if unavailable:
+    if unavailable and not existing_only:
         return None, unavailable, []
     rows, todo = [], []
     for entry, numbered, truth, reason in loaded:
@@ -236,14 +240,15 @@ def run_igfold(loaded, python_option: str | None, out_dir: str, threads: int | N
         todo.append((entry, numbered, truth, igfold_peer.igfold_chains(entry.kind, [c.sequence for c in numbered])))
     records = [{"name": entry.name, "chains": chains} for entry, _, _, chains in todo]
     try:
-        igfold_peer.run_runner(python, records, out_dir, threads=threads, log=log)
+        if not existing_only:
+            igfold_peer.run_runner(python, records, out_dir, threads=threads, log=log)
     except RuntimeError as error:
         return None, str(error), []
     for entry, numbered, truth, chains in todo:
         try:
             model = igfold_peer.read_result(out_dir, entry.name, chains)
         except ValueError as error:
-            rows.append(skipped_row(entry, str(error)))
+            rows.append(skipped_row(entry, str(error).removeprefix(f"{entry.name}: ")))
             continue
         row = {"name": entry.name, "kind": entry.kind, "status": "ok", "seconds": min(model.seconds)}
         row.update(score_atom14(entry.kind, model.atom14, chain_keys(numbered), truth, model.prmsd))
@@ -313,6 +318,7 @@ def markdown(report: dict) -> str:
             cells = [f"{fmt(block['mean'][r])} / {fmt(block['median'][r])}" for r in regions]
             lines.append(f"| {METHOD_LABELS[method]} | {block['n']} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += subset_section(report)
     lines += conformation_section(report)
     lines += error_estimate_section(report)
     lines += ["## Methods", ""]
@@ -336,6 +342,27 @@ def markdown(report: dict) -> str:
               f"torch {report['machine']['torch_version']} with {report['machine']['torch_threads']} threads.",
               "", "Per-entry CDR3 RMSDs: `accuracy_cdr3.png`; all numbers: `accuracy.json`.", ""]
     return "\n".join(lines)
+
+
+def subset_section(report: dict) -> list[str]:
+    """Every method on the entries IgFold scored, when it scored fewer than the others (a partial IgFold run)."""
+    rows = report["rows"]
+    lines = []
+    for kind in igfold_peer.KINDS:
+        names = {r["name"] for r in rows.get("igfold", []) if r["kind"] == kind and r["status"] == "ok"}
+        most = max((sum(r["kind"] == kind and r["status"] == "ok" for r in rs) for rs in rows.values()), default=0)
+        if not names or len(names) == most:
+            continue
+        regions = region_names(kind)
+        lines += [f"## {kind}, on the {len(names)} entries IgFold scored", "",
+                  "| method | n | " + " | ".join(regions) + " |", "|---|--:|" + "--:|" * len(regions)]
+        for method in report["methods"]:
+            block = summarise_rows([r for r in rows.get(method, []) if r["kind"] == kind and r["name"] in names], kind)
+            if block["n"]:
+                cells = [f"{fmt(block['mean'][r])} / {fmt(block['median'][r])}" for r in regions]
+                lines.append(f"| {METHOD_LABELS[method]} | {block['n']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def conformation_section(report: dict) -> list[str]:
@@ -482,7 +509,7 @@ def main(argv=None) -> int:
         elif method == "igfold":
             with tempfile.TemporaryDirectory(prefix="immunofold-igfold-") as tmp:
                 version, unavailable, rows[method] = run_igfold(loaded, args.igfold_python, args.igfold_out or tmp,
-                                                                args.threads)
+                                                                args.threads, args.igfold_existing)
             description = (f"igfold {version}, `IgFoldRunner(device='cpu').fold(..., do_refine=False, do_renum=False)` "
                            "(its 4 models; AntiBERTy 1.0.0 with the model of antiberty 0.1.3's wheel, offline) in its "
                            "own venv, one `{H, L}` (nanobody: `{H}`) per entry of the same IMGT-trimmed V domains; "

@@ -1,7 +1,8 @@
-"""CPU speed of immunofold, FlashABB and ImmuneBuilder's ABodyBuilder2 architecture, measured in one run.
+"""CPU speed of immunofold, FlashABB, IgFold and ImmuneBuilder's ABodyBuilder2 architecture, measured in one run.
 
     python benchmarks/speed.py                  # trastuzumab Fv at batch 1, + val antibodies at batch 8 and 64
     python benchmarks/speed.py --batch-sizes 1 8 --repeats 2
+    python benchmarks/speed.py --tools immunofold igfold --batch-sizes 1 --out-name speed_igfold
 
 immunofold: per-stage timings (numbering, features, model forward per member, ensemble post-processing,
 refinement, writing) and end-to-end throughput (numbering -> PDB files) at each batch size, unrefined,
@@ -9,9 +10,11 @@ plus refined at batch 1. FlashABB (if installed): the same V-domain sequences, f
 at the same batch sizes. ImmuneBuilder (if installed): its 4-model ABodyBuilder2 ensemble with randomly
 initialised parameters (its weights cannot be downloaded here; speed does not depend on weight values),
 through its own load -> ANARCI numbering -> predict -> rank -> write path, and its OpenMM refinement.
+IgFold 1.0.1 (if its venv exists, scripts/setup_igfold.sh; `--igfold-python`): `fold()` of the trastuzumab Fv
+(AntiBERTy, its 4 models, unrefined PDB) at batch 1, timed inside benchmarks/peers/igfold_runner.py.
 
 Times are wall-clock seconds; each figure is the best (minimum) of --repeats runs after a warm-up, with the
-median beside it. Writes <out-dir>/speed.md and speed.json and prints the markdown.
+median beside it. Writes <out-dir>/<out-name>.md and .json (default speed.md, speed.json) and prints the markdown.
 """
 
 from __future__ import annotations
@@ -37,9 +40,12 @@ from common import (
     machine_info,
     package_version,
 )
+from peers import igfold_peer
 
 from immunofold.data.sabdab import read_summary
 
+TOOLS = ("immunofold", "flashabb", "igfold", "immunebuilder")
+TOOL_LABELS = {"immunofold": "immunofold", "flashabb": "FlashABB", "igfold": "IgFold", "immunebuilder": "ImmuneBuilder"}
 IB_EMBED_DIMS = {"antibody_model_1": 128, "antibody_model_2": 256, "antibody_model_3": 256, "antibody_model_4": 256}
 
 
@@ -51,12 +57,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure at batch <= 8 (best is reported)")
     parser.add_argument("--large-repeats", type=int, default=1, help="timed runs per figure at batch > 8")
     parser.add_argument("--ib-repeats", type=int, default=1, help="timed ImmuneBuilder runs (about 6 s each, idle)")
-    parser.add_argument("--tools", nargs="+", choices=("immunofold", "flashabb", "immunebuilder"),
-                        default=["immunofold", "flashabb", "immunebuilder"])
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--igfold-python", default=None,
+                        help=f"python of the IgFold venv (default: {os.path.relpath(igfold_peer.DEFAULT_PYTHON)} if "
+                             "present; made by scripts/setup_igfold.sh)")
     parser.add_argument("--no-refine", action="store_true", help="skip all refinement timings")
     parser.add_argument("--weights-dir", default=None, help="folder of immunofold *.safetensors members (default: shipped)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out-dir", default=RESULTS_DIR)
+    parser.add_argument("--out-name", default="speed", help="result file names: <out-name>.md, .json")
     return parser.parse_args(argv)
 
 
@@ -223,6 +232,33 @@ def bench_flashabb(args, batches, numbered_inputs, tmp: str, result: dict) -> No
     result["trastuzumab_pdb"] = os.path.join(tmp, f"{names1[0]}.pdb")
 
 
+# --- IgFold ------------------------------------------------------------------------------------
+
+
+def bench_igfold(args, heavy: str, light: str, tmp: str, result: dict) -> None:
+    """IgFold's fold() of one Fv at batch 1 (it has no batched file output), timed by its runner in its own venv:
+    a warm-up, then --repeats timed folds, each AntiBERTy -> 4 models -> pick by pRMSD -> unrefined PDB."""
+    python, unavailable = igfold_peer.find_python(args.igfold_python)
+    if unavailable:
+        result["unavailable"] = unavailable
+        return
+    result["version"] = igfold_peer.VERSION
+    chains = igfold_peer.igfold_chains("antibody", [heavy, light])
+    out = os.path.join(tmp, "igfold")
+    try:
+        run = igfold_peer.run_runner(python, [{"name": "trastuzumab", "chains": chains}], out, repeats=args.repeats,
+                                     warm_up=True, threads=args.threads, log=log)
+        model = igfold_peer.read_result(out, "trastuzumab", chains)
+    except (RuntimeError, ValueError) as error:
+        result["unavailable"] = str(error)
+        return
+    result.update(load_seconds=run["load_seconds"], members=run["models"], threads=run["threads"])
+    best, median = min(model.seconds), statistics.median(model.seconds)
+    result["throughput"] = {"unrefined, batch 1": {"best": best, "median": round(median, 4), "runs": len(model.seconds),
+                                                   "batch": 1, "structures_per_s": round(1 / best, 3),
+                                                   "s_per_structure": best}}
+
+
 # --- ImmuneBuilder ---------------------------------------------------------------------------
 
 
@@ -326,7 +362,7 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     imf, fab, ib = (report["tools"].get(k, {}) for k in ("immunofold", "flashabb", "immunebuilder"))
     lines = [
-        "# Speed on the CPU: immunofold vs FlashABB vs ImmuneBuilder (ABodyBuilder2 architecture)",
+        "# Speed on the CPU: immunofold vs FlashABB vs IgFold vs ImmuneBuilder (ABodyBuilder2 architecture)",
         "",
         f"Generated {report['generated']} by `{report['command']}`; all tools timed in this one run.",
         "",
@@ -339,7 +375,7 @@ def markdown(report: dict) -> str:
         "warm-up (median in brackets); wall clock; model loading not included (listed separately).",
         "",
     ]
-    for key, label in (("immunofold", "immunofold"), ("flashabb", "FlashABB"), ("immunebuilder", "ImmuneBuilder")):
+    for key, label in TOOL_LABELS.items():
         block = report["tools"].get(key)
         if block is None:
             lines.append(f"- {label}: not requested.")
@@ -364,16 +400,22 @@ def markdown(report: dict) -> str:
                   "refinement input).", ""]
     lines += ["## Throughput (end to end)", "",
               "immunofold: numbering -> features -> ensemble -> PDB files. FlashABB: forward (+ writing PDBs), from "
-              "the same IMGT-trimmed V-domain sequences (it does no numbering). ImmuneBuilder: ANARCI numbering -> "
+              "the same IMGT-trimmed V-domain sequences (it does no numbering). IgFold: `fold()` of the same V "
+              "domains (AntiBERTy -> 4 models -> unrefined PDB; no numbering, no refinement), timed in its own venv "
+              "(model loading not included). ImmuneBuilder: ANARCI numbering -> "
               "4 models -> ranking -> unrefined PDB (it has no batching: batch 1 only); refined = that + its "
               "refinement.", "",
               "| tool | mode | batch | s / batch (median) | s / structure | structures / s |", "|---|---|--:|--:|--:|--:|"]
-    for key, label in (("immunofold", "immunofold"), ("flashabb", "FlashABB"), ("immunebuilder", "ImmuneBuilder")):
+    for key, label in TOOL_LABELS.items():
         for name, stat in report["tools"].get(key, {}).get("throughput", {}).items():
             mode = name.rsplit(",", 1)[0]
             lines.append(f"| {label} | {mode} | {stat['batch']} | {stat['best']:.3f} ({stat['median']:.3f}) | "
                          f"{fmt_s(stat['s_per_structure'])} | {stat['structures_per_s']:.2f} |")
     lines.append("")
+    igfold = report["tools"].get("igfold", {})
+    if igfold.get("throughput"):
+        lines += [f"IgFold {igfold['version']}: loading its {igfold['members']} models and AntiBERTy "
+                  f"{fmt_s(igfold['load_seconds'])}; torch with {igfold['threads']} threads in its venv.", ""]
     if report.get("ratios"):
         lines += ["## Ratios (same run; > 1 means immunofold is faster)", "", "| comparison | ratio |", "|---|--:|"]
         lines += [f"| {name} | {value:.2f}x |" for name, value in report["ratios"].items()]
@@ -403,6 +445,9 @@ def ratios(report: dict) -> dict:
         fab = tools.get("flashabb", {}).get("throughput", {}).get(f"forward + write PDBs, batch {size}")
         if ours and fab:
             out[f"FlashABB / immunofold time, batch {size} (unrefined, with writing)"] = round(fab["best"] / ours["best"], 2)
+    igfold = tools.get("igfold", {}).get("throughput", {}).get("unrefined, batch 1")
+    if igfold and imf.get("unrefined, batch 1"):
+        out["IgFold / immunofold time, batch 1, unrefined"] = round(igfold["best"] / imf["unrefined, batch 1"]["best"], 2)
     ib = tools.get("immunebuilder", {}).get("throughput", {})
     for mode in ("unrefined", "refined"):
         if imf.get(f"{mode}, batch 1") and ib.get(f"{mode}, batch 1"):
@@ -449,6 +494,11 @@ def main(argv=None) -> int:
             bench_immunofold(args, batches, tmp, block)
             if refine_input is None and os.path.exists(os.path.join(tmp, "immunofold_unrefined_trastuzumab.pdb")):
                 refine_input = os.path.join(tmp, "immunofold_unrefined_trastuzumab.pdb")
+        if "igfold" in args.tools:
+            log("timing IgFold")
+            report["tools"]["igfold"] = block = {}
+            heavy, light = numbered_inputs[min(sizes)][0][0].split("|")
+            bench_igfold(args, heavy, light, tmp, block)
         if "immunebuilder" in args.tools:
             log("timing ImmuneBuilder")
             report["tools"]["immunebuilder"] = block = {}
@@ -463,12 +513,12 @@ def main(argv=None) -> int:
     report["seconds"] = round(time.time() - started, 1)
     text = markdown(report)
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "speed.md"), "w") as handle:
+    with open(os.path.join(args.out_dir, f"{args.out_name}.md"), "w") as handle:
         handle.write(text + "\n")
-    with open(os.path.join(args.out_dir, "speed.json"), "w") as handle:
+    with open(os.path.join(args.out_dir, f"{args.out_name}.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     print(text)
-    log(f"wrote {args.out_dir}/speed.md and speed.json ({report['seconds']:.0f} s)")
+    log(f"wrote {args.out_dir}/{args.out_name}.md and .json ({report['seconds']:.0f} s)")
     return 0
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -70,33 +69,7 @@ def test_read_result_names_the_record_that_failed(tmp_path):
         igfold_peer.read_result(str(tmp_path), "7abd", {"H": "GAW"})
 
 
-FAKE_IGFOLD = '''
-"""Stand-in for igfold: writes the crystal structure's N, CA, C, CB, O of the input residues in input order (as
-IgFold does), B-factor 0.5 + 0.001 * residue index."""
-import gemmi
-
-CRYSTAL = {crystal!r}
-
-
-class IgFoldRunner:
-    num_models = 4
-
-    def __init__(self, device="cpu", verbose=True):
-        self.chain = gemmi.read_structure(CRYSTAL)[0][0]
-
-    def fold(self, pdb_file, sequences, do_refine=True, do_renum=True):
-        assert not do_refine and not do_renum
-        letters = "".join(gemmi.find_tabulated_residue(r.name).one_letter_code.upper() for r in self.chain)
-        start = letters.index(sequences["H"])
-        lines = []
-        for i, residue in enumerate(self.chain[start:start + len(sequences["H"])]):
-            for atom in residue:
-                if atom.name in ("N", "CA", "C", "CB", "O"):
-                    p = atom.pos
-                    lines.append(f"ATOM  {{len(lines) + 1:5d}}  {{atom.name:<3s}} {{residue.name}} H{{i + 1:4d}}    "
-                                 f"{{p.x:8.3f}}{{p.y:8.3f}}{{p.z:8.3f}}  1.00{{0.5 + 0.001 * i:6.3f}}")
-        open(pdb_file, "w").write("\\n".join(lines) + "\\nEND\\n")
-'''
+FAKE_IGFOLD = os.path.join(os.path.dirname(NANOBODY_PDB), "fake_igfold")
 
 
 def one_nanobody_folder(root):
@@ -113,13 +86,16 @@ def one_nanobody_folder(root):
     return root / "data"
 
 
-def test_accuracy_runs_igfold_in_a_subprocess_and_scores_its_prmsd(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_igfold(monkeypatch):
+    """tests/fixtures/fake_igfold (a stand-in igfold that writes the 7F5G crystal) on subprocesses' PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", FAKE_IGFOLD)
+    monkeypatch.setenv("FAKE_IGFOLD_CRYSTAL", NANOBODY_PDB)
+
+
+def test_accuracy_runs_igfold_in_a_subprocess_and_scores_its_prmsd(tmp_path, fake_igfold):
     import accuracy
 
-    fake = tmp_path / "fake"
-    (fake / "igfold").mkdir(parents=True)
-    (fake / "igfold" / "__init__.py").write_text(textwrap.dedent(FAKE_IGFOLD.format(crystal=NANOBODY_PDB)))
-    monkeypatch.setenv("PYTHONPATH", str(fake))
     data, out, pdbs = one_nanobody_folder(tmp_path), tmp_path / "out", tmp_path / "igfold"
     args = ["--data", str(data), "--methods", "igfold", "--kinds", "nanobody", "--out-dir", str(out)]
     assert accuracy.main(args + ["--igfold-python", sys.executable, "--igfold-out", str(pdbs)]) == 0
@@ -145,3 +121,27 @@ def test_accuracy_notes_a_missing_igfold_venv(tmp_path):
                           "--igfold-python", missing]) == 0
     text = (out / "accuracy.md").read_text()
     assert f"Not run: --igfold-python {missing} does not exist" in text and "setup_igfold.sh" in text
+
+
+def test_speed_times_igfold_at_batch_1(tmp_path, fake_igfold):
+    import speed
+
+    data, out = one_nanobody_folder(tmp_path), tmp_path / "out"
+    assert speed.main(["--data", str(data), "--tools", "igfold", "--batch-sizes", "1", "--repeats", "2",
+                       "--igfold-python", sys.executable, "--out-dir", str(out), "--out-name", "speed_igfold"]) == 0
+    block = json.loads((out / "speed_igfold.json").read_text())["tools"]["igfold"]
+    stat = block["throughput"]["unrefined, batch 1"]
+    assert stat["runs"] == 2 and 0 < stat["best"] <= stat["median"] and block["members"] == 4
+    assert "| IgFold | unrefined | 1 |" in (out / "speed_igfold.md").read_text()
+
+
+def test_accuracy_scores_existing_igfold_models_without_running_igfold(tmp_path):
+    """--igfold-existing: no IgFold venv needed; an entry without a model is listed as not folded."""
+    import accuracy
+
+    data, out = one_nanobody_folder(tmp_path), tmp_path / "out"
+    assert accuracy.main(["--data", str(data), "--methods", "igfold", "--kinds", "nanobody", "--out-dir", str(out),
+                          "--igfold-python", str(tmp_path / "none"), "--igfold-out", str(tmp_path / "empty"),
+                          "--igfold-existing"]) == 0
+    (row,) = json.loads((out / "accuracy.json").read_text())["rows"]["igfold"]
+    assert row["status"] == "skipped: not folded by IgFold"

@@ -81,8 +81,8 @@ def read_result(out_dir: str, name: str, chains: dict[str, str]) -> IgFoldModel:
     try:
         with open(os.path.join(out_dir, name + ".json")) as handle:
             status = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{name}: no IgFold result ({error})") from None
+    except (OSError, ValueError):
+        raise ValueError(f"{name}: not folded by IgFold") from None
     if "error" in status:
         raise ValueError(f"{name}: IgFold failed: {status['error']}")
     if status.get("chains") != chains:

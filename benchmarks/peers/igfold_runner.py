@@ -6,7 +6,7 @@ records.json: a JSON list of {"name": str, "chains": {"H": heavy, "L": light}} (
 For each record, OUT_DIR gets <name>.pdb (IgFold's unrefined model, chains and residues in input order,
 B-factor = IgFold's per-residue pRMSD in Å) and <name>.json ({"chains", "seconds": [one per repeat]} or
 {"chains", "error"}). A record whose <name>.json holds the same chains and no error is not folded again, so an
-interrupted run resumes. Imports nothing from immunofold (it lives in another venv); one line per record on stderr.
+interrupted run resumes and several runners can share OUT_DIR. Imports nothing from immunofold (it lives in another venv); one line per record on stderr.
 """
 
 from __future__ import annotations
@@ -77,13 +77,13 @@ def main(argv=None) -> int:
         pdb_path, status_path = (os.path.join(args.out_dir, name + ext) for ext in (".pdb", ".json"))
         if is_done(status_path, chains) and os.path.exists(pdb_path):
             continue
-        seconds = []
+        seconds, partial = [], f"{pdb_path}.{os.getpid()}.tmp.pdb"  # runners may share OUT_DIR
         try:
             for _ in range(args.repeats):
                 started = time.perf_counter()
-                runner.fold(pdb_path + ".tmp.pdb", sequences=chains, do_refine=False, do_renum=False)
+                runner.fold(partial, sequences=chains, do_refine=False, do_renum=False)
                 seconds.append(round(time.perf_counter() - started, 3))
-            os.replace(pdb_path + ".tmp.pdb", pdb_path)
+            os.replace(partial, pdb_path)
             write_json(status_path, {"chains": chains, "seconds": seconds})
             print(f"igfold {number}/{len(records)} {name}: {min(seconds):.1f} s", file=sys.stderr, flush=True)
         except Exception as error:  # noqa: BLE001 - one bad record must not stop the run; the reason is kept
