@@ -263,7 +263,8 @@ def igfold_seconds(rows: list[dict]) -> str:
         seconds = [r["seconds"] for r in rows if r["kind"] == kind and r["status"] == "ok"]
         if seconds:
             parts.append(f"{np.mean(seconds):.1f} s per {label} (median {np.median(seconds):.1f} s, n={len(seconds)})")
-    return ("Fold time (wall clock, this run's machine): " + "; ".join(parts) + ".") if parts else ""
+    return ("Fold time per structure as its runner timed it (wall clock; a busy machine or parallel runners inflate "
+            "it: speed.py measures speed): " + "; ".join(parts) + ".") if parts else ""
 
 
 def run_template(loaded, library: dict, cdr3_weight: float):
