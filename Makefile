@@ -17,8 +17,8 @@ bench-speed:
 bench-ensemble:
 	$(PYTHON) benchmarks/ensemble_consensus.py --data $(DATA)
 
-bench-errors:  # reads benchmarks/results/val.csv (written by `immunofold evaluate ... --out benchmarks/results/val.json`)
-	$(PYTHON) benchmarks/error_calibration.py
+bench-errors:  # predicts val once (cached in /tmp/immunofold-calibration); refit with scripts/fit_calibration.py
+	$(PYTHON) benchmarks/error_calibration.py --data $(DATA)
 
 bench-geometry:
 	$(PYTHON) benchmarks/geometry.py --data $(DATA)

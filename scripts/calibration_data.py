@@ -121,8 +121,8 @@ def oof_names(data_root: str, numbered: dict) -> tuple[list[str], dict]:
 
 
 def predicted_records(names: list[str], numbered: dict, predictor: Predictor) -> list[dict]:
-    """Per entry: kind, IMGT position and chain slot per residue, spread and head error (Å), the real CA
-    deviation (Å, NaN where the structure lacks it), region RMSDs (Å) and the crystal CDR3 reach (Å)."""
+    """Per entry: kind, IMGT position and chain slot per residue, spread and head error (Å), predicted CA
+    coordinates [N, 3] (Å), the real CA deviation (Å, NaN where the structure lacks it), region RMSDs (Å) and the crystal CDR3 reach (Å)."""
     records = []
     items, truths = [], []
     for name in names:
@@ -160,7 +160,7 @@ def _record(prediction, truth: dict) -> dict:
     return {
         "name": prediction.name, "kind": prediction.kind, "chains": prediction.chains,
         "slot": slot, "position": position, "spread": prediction.spread.astype(float),
-        "head_error": prediction.head_error.astype(float), "deviation": deviation,
+        "head_error": prediction.head_error.astype(float), "deviation": deviation, "ca": prediction.atom14[:, 1].astype(float),
         "rmsd": region_rmsds(prediction.kind, predicted, *args), "reach": reach,
         "cdr3_length": [int(is_cdr(np.array([n for n, _ in c.positions]), 3).sum()) for c in prediction.chains],
     }

@@ -97,8 +97,8 @@ def fit(receptors: list[dict], weights_version: str, fitted_on: dict, prior: flo
     """Maximum-likelihood parameters from receptors, each a dict with kind, slot, position, spread, head_error
     and deviation (real CA deviation [N] Å, NaN where unknown): the deviation of a residue is read as a Gaussian
     displacement of variance error², so error² fits its mean square. A weak Gaussian prior (standard deviation
-    `prior`, log units) pulls each offset of a kind towards the same region of the antibody H chain
-    (nanobodies) or of the mean (other groups), so groups with few residues stay sensible."""
+    `prior`, log units) pulls each nanobody offset towards the same region's antibody H offset (few nanobodies).
+    Groups without residues take the mean offset of their region."""
     rows, target = [], []
     for r in receptors:
         keep = np.isfinite(r["deviation"])

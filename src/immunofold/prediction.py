@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from immunofold import __version__
+from immunofold.calibration import packaged_calibrator
 from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE, is_cdr
 from immunofold.data.features import collate, featurise
 from immunofold.ensemble import Ensemble, EnsembleOutput
@@ -38,6 +39,10 @@ ERROR_REMARK = (
     "B-FACTOR COLUMN: PREDICTED ERROR PER RESIDUE IN ANGSTROM = SQRT(S^2 + H^2), S = RMS DEVIATION OF "
     "THE ENSEMBLE MEMBERS' BACKBONE ATOMS FROM THEIR MEAN, H = THE MEMBERS' PREDICTED CA DEVIATION"
 )
+CALIBRATED_ERROR_REMARK = (
+    "B-FACTOR COLUMN: PREDICTED ERROR PER RESIDUE IN ANGSTROM = EXPECTED CA DEVIATION AFTER FRAMEWORK "
+    "SUPERPOSITION, CALIBRATED FROM THE ENSEMBLE SPREAD AND ERROR HEADS ON STRUCTURES THE MEMBERS NEVER SAW"
+)
 
 
 @dataclass
@@ -51,12 +56,13 @@ class Prediction:
     residue_ids: list[list[tuple[int, str]]]  # output numbering per chain (scheme: `numbering_scheme`)
     numbering_scheme: str
     atom14: np.ndarray  # [N, 14, 3] the ensemble's consensus structure (or the member refined instead), before refinement
-    error: np.ndarray  # [N] Å
+    error: np.ndarray  # [N] Å, calibrated (immunofold.calibration) when `error_calibrated`, else sqrt(spread² + head²)
     members: np.ndarray  # [M, N, 14, 3] all ensemble members, superposed
     spread: np.ndarray  # [N] Å, RMS backbone deviation of the members from their mean
     head_error: np.ndarray  # [N] Å, the members' error heads (expected CA deviation), averaged
     weights_version: str
     refined: bool = False
+    error_calibrated: bool = False
     refine_message: str = ""
     notes: list[str] = field(default_factory=list)
     _refined_pdb: str | None = None
@@ -80,12 +86,13 @@ class Prediction:
         return profile_prediction(self)
 
     def cdr3_errors(self) -> dict[str, float]:
-        """Mean predicted error (Å) of each chain's CDR3 (IMGT 105-117), by chain id."""
+        """Predicted CDR3 RMSD (Å) of each chain, by chain id: the RMS of the per-residue errors over its CDR3
+        (IMGT 105-117); NaN for a chain without CDR3 residues."""
         result, start = {}, 0
         for chain_id, chain in zip(self.chain_ids, self.chains):
             errors = self.error[start : start + len(chain)]
             in_cdr3 = is_cdr(np.array([number for number, _ in chain.positions]), 3)
-            result[chain_id] = float(errors[in_cdr3].mean()) if in_cdr3.any() else float("nan")
+            result[chain_id] = float(np.sqrt(np.mean(errors[in_cdr3] ** 2))) if in_cdr3.any() else float("nan")
             start += len(chain)
         return result
 
@@ -93,7 +100,7 @@ class Prediction:
         lines = [
             f"IMMUNOFOLD {__version__} WEIGHTS {self.weights_version}",
             f"RECEPTOR {self.kind.upper()} NUMBERING {self.numbering_scheme.upper()}",
-            ERROR_REMARK,
+            CALIBRATED_ERROR_REMARK if self.error_calibrated else ERROR_REMARK,
             f"REFINED {'YES' if self.refined else 'NO'}" + (f" ({self.refine_message})" if self.refine_message else ""),
         ]
         return lines + [note.upper() for note in self.notes]
@@ -168,10 +175,12 @@ def infer_kind(heavy=None, light=None, alpha=None, beta=None) -> str:
 
 
 class Predictor:
-    """Holds a loaded ensemble; predicts one receptor or many at once."""
+    """Holds a loaded ensemble and, when one was fitted for its weights, the error calibrator; predicts one
+    receptor or many at once."""
 
     def __init__(self, ensemble: Ensemble | None = None, device: str = "cpu"):
         self.ensemble = ensemble or Ensemble.packaged(device)
+        self.calibrator = packaged_calibrator(self.ensemble.version)
 
     def number(self, kind: str, chains: dict[str, str], name: str) -> list[NumberedChain]:
         return number_receptor(kind, chains, name)
@@ -199,6 +208,12 @@ class Predictor:
     ) -> Prediction:
         """The Prediction of one receptor (name, kind, chains) of n residues from row `row` of an ensemble output."""
         name, kind, chains = item
+        spread, head_error = output.spread[row, :n].numpy(), output.head_error[row, :n].numpy()
+        error = output.error[row, :n].numpy()
+        if self.calibrator is not None:
+            slot = np.concatenate([np.full(len(c), s) for s, c in enumerate(chains)])
+            position = np.array([number for c in chains for number, _ in c.positions])
+            error = self.calibrator.apply(kind, slot, position, spread, head_error).astype(np.float32)
         return Prediction(
             name=name,
             kind=kind,
@@ -207,11 +222,12 @@ class Predictor:
             residue_ids=[renumber(c, numbering, f"{name} {cid}") for c, cid in zip(chains, KIND_CHAIN_IDS[kind])],
             numbering_scheme=numbering,
             atom14=output.consensus[row, :n].numpy(),
-            error=output.error[row, :n].numpy(),
+            error=error,
             members=output.members[output.ranking[row], row, :n].numpy(),
-            spread=output.spread[row, :n].numpy(),
-            head_error=output.head_error[row, :n].numpy(),
+            spread=spread,
+            head_error=head_error,
             weights_version=self.ensemble.version,
+            error_calibrated=self.calibrator is not None,
             notes=[note for c in chains for note in c.notes],
         )
 
