@@ -34,6 +34,8 @@ from immunofold.web.app import (  # noqa: E402
 NANOBODY = (
     "QVQLQESGGGSVQAGGSLRLSCAASGYTYRDYYMGWFRQAPGREREGVASIYTRGSREGSTRYSSSVEGRFTITLDTAKNTLYLQMNSLKPEDTAMYYCAADDRTWLPRVQLGGPRENEYNYWGQGTQVTVSS"
 )
+TCR_ALPHA = "QSVSQHNHHVILSEAASLELGCNYSYGGTVNLFWYVQYPGQHLQLLLKYFSGDPLVKGIKGFEAEFIKSKFSFNLRKPSVQWSDTAEYFCAVNARRNTPLVFGKGTRLSVIA"
+TCR_BETA = "GITQSPKYLFRKEGQNVTLSCEQNLNHDAMYWYRQDPGQGLRLIYYSQIVNDFQKGDIAEGYSVSREKKESFPLTVTSAQKNPTAFYLCASSITLSSYNEQFFGPGTRLTVL"
 DEV_WEIGHTS = "/tmp/devweights"
 BASE_URL = "http://127.0.0.1:8000"  # a loopback Host header: the only kind a default app serves
 TRASTUZUMAB = {"kind": "antibody", "name": "trastuzumab", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}
@@ -177,6 +179,34 @@ def test_predict_antibody_result_downloads_and_numbering(client):
 
     listed = client.get("/api/jobs").json()["jobs"]
     assert listed[0]["id"] == job_id and listed[0]["status"] == "done"
+
+
+def test_single_job_carries_the_developability_profile(client, predictor):
+    """Antibody: the TAP profile of the same prediction, each patch residue one of the model file's residues
+    (chain, number, insertion code) for the 3D view; nanobody: TNP; TCR: none."""
+    from immunofold.developability import TAP_BANDS, TNP_BANDS
+
+    job_id = client.post("/api/predict", json=TRASTUZUMAB).json()["id"]
+    profile = wait_done(client, job_id)["result"]["developability"]
+    expected = predictor.predict("antibody", {"heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}, "trastuzumab",
+                                 refine=False).developability()  # fmt: skip
+    assert profile["profiler"] == "TAP" and list(profile["metrics"]) == list(TAP_BANDS)
+    structure = gemmi.read_pdb_string(client.get(f"/api/jobs/{job_id}/model.pdb").text)
+    in_file = {(chain.name, r.seqid.num, r.seqid.icode.strip()) for chain in structure[0] for r in chain}
+    for metric in expected.metrics:
+        shown = profile["metrics"][metric.name]
+        assert shown["value"] == pytest.approx(metric.value, abs=1e-3) and shown["flag"] == metric.flag
+        assert len(shown["residues"]) == len(metric.residues)
+        assert {(r["chain"], r["resi"], r["icode"]) for r in shown["residues"]} <= in_file
+    assert profile["metrics"]["cdr_length"]["value"] == 47
+
+    nanobody = wait_done(client, client.post("/api/predict", json={"kind": "nanobody", "heavy": NANOBODY}).json()["id"])
+    metrics = nanobody["result"]["developability"]["metrics"]
+    assert list(metrics) == list(TNP_BANDS)
+    cdr3 = metrics["cdr3_length"]["residues"]
+    assert len(cdr3) == metrics["cdr3_length"]["value"] and any(r["icode"] for r in cdr3)  # long CDR3: 111A, 112A...
+    tcr = {"kind": "tcr", "alpha": TCR_ALPHA, "beta": TCR_BETA}
+    assert wait_done(client, client.post("/api/predict", json=tcr).json()["id"])["result"]["developability"] is None
 
 
 def test_predict_from_fasta_assigns_chains_by_type(client):

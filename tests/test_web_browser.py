@@ -183,6 +183,9 @@ def test_trastuzumab_end_to_end_renders_the_structure(server, browser, tmp_path)
     assert "mean predicted error" in browser.find_element(By.ID, "result-summary").text
     assert browser.find_element(By.CSS_SELECTOR, "#viewer").get_attribute("data-labels") == "6"  # H/L CDR1-3
     assert "Predicted error (Å)" in browser.find_element(By.CSS_SELECTOR, ".legend").text
+    assert browser.find_element(By.ID, "developability-title").text == "Developability (TAP)"
+    flags = browser.find_elements(By.CSS_SELECTOR, "#developability-table tbody .flag")
+    assert len(flags) == 5 and {f.get_attribute("class") for f in flags} <= {"flag flag-green", "flag flag-amber", "flag flag-red"}
     plots = browser.find_elements(By.CSS_SELECTOR, "#error-plots svg")
     assert len(plots) == 2 and len(browser.find_elements(By.CSS_SELECTOR, "#error-plots rect.cdr")) == 6
     rows = browser.find_elements(By.CSS_SELECTOR, "#numbering-table tbody tr")
@@ -213,6 +216,44 @@ def test_trastuzumab_end_to_end_renders_the_structure(server, browser, tmp_path)
         os.makedirs(os.path.dirname(SCREENSHOT_COPY), exist_ok=True)
         shutil.copyfile(screenshot, SCREENSHOT_COPY)
     print(f"screenshot: {screenshot}")
+
+
+# A nanobody with a long CDR3 (IMGT insertions 111A...) whose unrefined model has flagged TNP patches.
+NANOBODY = ("QVQLQESGGGSVQAGGSLRLSCAASGYTYRDYYMGWFRQAPGREREGVASIYTRGSREGSTRYSSSVEGRFTITLDTAKNTLYLQMNSLKPEDTAMYYCAA"
+            "DDRTWLPRVQLGGPRENEYNYWGQGTQVTVSS")
+
+
+def test_developability_panel_and_flagged_patches_in_3d(server, browser):
+    """The panel lists every TNP metric with the job's flag; each residue of a flagged patch is drawn as sticks."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    browser.find_element(By.CSS_SELECTOR, "input[name=kind][value=nanobody]").click()
+    browser.find_element(By.ID, "heavy").send_keys(NANOBODY)
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, "return document.getElementById('viewer').dataset.rendered === 'true'", 60, "the 3D viewer")
+    job_id = browser.execute_script("return location.hash").split("=")[1]
+    with urllib.request.urlopen(f"{server}/api/jobs/{job_id}") as response:
+        profile = json.loads(response.read())["result"]["developability"]
+    patches = [m for m in profile["metrics"].values() if m["flag"] != "green" and m["name"] in ("psh", "ppc", "pnc")]
+    assert patches, "this nanobody was chosen for a flagged patch; pick another if the model changed"
+
+    assert browser.find_element(By.ID, "developability-title").text == "Developability (TNP)"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#developability-table tbody tr")
+    assert [(r.get_attribute("data-metric"), r.get_attribute("data-flag")) for r in rows] == [
+        (name, metric["flag"]) for name, metric in profile["metrics"].items()]
+    for metric in patches:
+        row = browser.find_element(By.CSS_SELECTOR, f"#developability-table tr[data-metric={metric['name']}]")
+        assert f"{len(metric['residues'])} residues" in row.text
+        assert row.find_elements(By.CSS_SELECTOR, f".swatch-{metric['name']}")
+    highlighted = browser.find_element(By.ID, "viewer").get_attribute("data-highlighted")
+    assert highlighted == str(sum(len(m["residues"]) for m in patches))  # every residue found in the model
+    inserted = [r for r in profile["metrics"]["cdr3_length"]["residues"] if r["icode"]]
+    for residue in (patches[0]["residues"][0], inserted[0]):  # the page's selection picks exactly that residue
+        picked = browser.execute_script(
+            "return [...new Set(viewer.selectedAtoms(residueSelection(arguments[0]))"
+            ".map((a) => `${a.chain}${a.resi}${a.icode.trim()}`))];", residue)
+        assert picked == [f"{residue['chain']}{residue['resi']}{residue['icode']}"]
 
 
 def test_batch_upload_shows_progress_then_a_zip(server, browser, tmp_path):

@@ -216,8 +216,28 @@ def cdr_ranges() -> dict[str, list[int]]:
     return {f"CDR{k}": [lo, hi] for k, (lo, hi) in IMGT_CDRS.items()}
 
 
+def developability_result(prediction) -> dict | None:
+    """The TAP/TNP profile of an antibody or nanobody (`DevelopabilityProfile.to_dict()`, each metric's residues
+    as {chain, resi, icode} of the model file, for the 3D view), {"error": reason} when it cannot be computed,
+    None for a TCR."""
+    from immunofold.developability import profile_prediction
+    from immunofold.sequences import InputError
+
+    if prediction.kind not in ("antibody", "nanobody"):
+        return None
+    try:
+        profile = profile_prediction(prediction).to_dict()
+    except InputError as error:
+        return {"error": error.reason}
+    where = {f"{chain_id}{number}{icode}": {"chain": chain_id, "resi": number, "icode": icode}
+             for chain_id, ids in zip(prediction.chain_ids, prediction.residue_ids) for number, icode in ids}  # fmt: skip
+    for metric in profile["metrics"].values():
+        metric["residues"] = [where[label] for label in metric["residues"]]
+    return profile
+
+
 def prediction_result(prediction) -> dict:
-    """The JSON part of a finished single job: per-residue error, numbering, CDR positions."""
+    """The JSON part of a finished single job: per-residue error, numbering, CDR positions, developability."""
     chains, start = [], 0
     for chain_id, chain, ids in zip(prediction.chain_ids, prediction.chains, prediction.residue_ids):
         errors = prediction.error[start : start + len(chain)]
@@ -247,6 +267,7 @@ def prediction_result(prediction) -> dict:
         "notes": list(prediction.notes),
         "weights_version": prediction.weights_version,
         "cdrs": cdr_ranges(),
+        "developability": developability_result(prediction),
     }
 
 

@@ -11,6 +11,8 @@ const EXAMPLE = {
 const SCALE_MAX = 4.0;
 const STOPS = [[0.0, [0x00, 0x53, 0xd6]], [0.25, [0x65, 0xcb, 0xf3]], [0.5, [0xff, 0xdb, 0x13]], [1.0, [0xff, 0x7d, 0x45]]];
 const POLL_MS = 400;
+// Patch metrics whose residues are shown as sticks in the 3D view when flagged (style.css .swatch-*).
+const PATCH_COLOURS = { psh: "#e69f00", ppc: "#0072b2", pnc: "#cc3311" };
 // The server's page token: sent with every POST (the server refuses cross-site requests without it).
 const CSRF_TOKEN = document.querySelector("meta[name=csrf-token]").content;
 
@@ -202,8 +204,62 @@ async function showResult(job) {
   $("download-cif").href = `/api/jobs/${job.id}/model.cif`;
   drawPlots(result);
   drawTable(result);
+  drawDevelopability(result.developability);
   const pdb = await (await fetch(`/api/jobs/${job.id}/model.pdb`)).text();
   drawViewer(pdb, result);
+}
+
+function flaggedPatches(profile) {
+  if (!profile || !profile.metrics) return [];
+  return Object.values(profile.metrics).filter((m) => m.flag !== "green" && PATCH_COLOURS[m.name]);
+}
+
+function rangeText(m) {
+  const green = m.amber_to !== null && m.amber_from !== null ? `${m.amber_to}–${m.amber_from}`
+    : m.amber_from !== null ? `< ${m.amber_from}` : `> ${m.amber_to}`;
+  const red = [m.red_below !== null ? `< ${m.red_below}` : null, m.red_above !== null ? `> ${m.red_above}` : null];
+  return `green ${green}, red ${red.filter(Boolean).join(" or ")}`;
+}
+
+function drawDevelopability(profile) {
+  const box = $("developability");
+  box.hidden = !profile;
+  if (!profile) return;
+  const body = $("developability-table").querySelector("tbody");
+  if (profile.error) {
+    $("developability-title").textContent = "Developability";
+    $("developability-hint").textContent = `No developability profile: ${profile.error}`;
+    body.replaceChildren();
+    return;
+  }
+  const source = profile.profiler === "TAP" ? "Therapeutic Antibody Profiler (Raybould et al. 2019, thresholds of 2024)"
+    : "Therapeutic Nanobody Profiler (Gordon et al. 2025)";
+  $("developability-title").textContent = `Developability (${profile.profiler})`;
+  $("developability-hint").textContent =
+    `${source}, computed on this predicted structure. Amber: outside 95% of clinical-stage therapeutics; ` +
+    "red: beyond all of them. Patch metrics depend on the modelled side chains; see the README for how far to trust them.";
+  body.replaceChildren(...Object.values(profile.metrics).map((m) => {
+    const row = el("tr", null, { "data-metric": m.name, "data-flag": m.flag });
+    row.appendChild(el("td", m.label));
+    row.appendChild(el("td", Number.isInteger(m.value) ? m.value : m.value.toFixed(2)));
+    const flag = el("td");
+    flag.appendChild(el("span", m.flag, { class: `flag flag-${m.flag}` }));
+    row.appendChild(flag);
+    row.appendChild(el("td", rangeText(m)));
+    const patch = el("td");
+    if (m.flag !== "green" && PATCH_COLOURS[m.name]) {
+      patch.appendChild(el("span", null, { class: `swatch swatch-${m.name}` }));
+      patch.appendChild(document.createTextNode(`${m.residues.length} residues, sticks`));
+    } else {
+      patch.textContent = "—";
+    }
+    row.appendChild(patch);
+    return row;
+  }));
+}
+
+function residueSelection(residue) {
+  return { chain: residue.chain, rescode: `${residue.resi}${residue.icode ? "^" + residue.icode : ""}` };
 }
 
 function drawViewer(pdb, result) {
@@ -232,6 +288,16 @@ function drawViewer(pdb, result) {
     }
   }
   box.dataset.labels = String(labels);
+  let highlighted = 0;
+  for (const metric of flaggedPatches(result.developability)) {
+    for (const residue of metric.residues) {
+      const selection = residueSelection(residue);
+      if (!viewer.selectedAtoms(selection).length) continue;
+      viewer.addStyle(selection, { stick: { color: PATCH_COLOURS[metric.name], radius: 0.25 } });
+      highlighted += 1;
+    }
+  }
+  box.dataset.highlighted = String(highlighted);
   viewer.zoomTo();
   viewer.render(() => box.setAttribute("data-rendered", "true"));
   box.setAttribute("data-rendered", "true");
