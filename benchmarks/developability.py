@@ -2,20 +2,30 @@
 nanobodies: Pearson / Spearman per metric and flag agreement; FlashTAP's sequence-based TAP predictions side
 by side for the antibodies when flash_abb is importable (bench extra).
 
-    nice -n 10 python benchmarks/developability.py [--no-refine] [--limit N]
+    nice -n 10 python benchmarks/developability.py [--no-refine] [--jobs N] [--limit N]
 
-Writes benchmarks/results/developability.md and developability.json. The crystal side is numbered from its
-observed residues with the prediction code's IMGT numbering (sequences.find_domains); only the V-domain chains
-of the entry are profiled (antigens ignored), exactly as for a prediction.
+Writes benchmarks/results/developability.md and developability.json, one section per mode (refined, unrefined):
+a run replaces its own mode's section and keeps the other. Each entry's row is appended to a rows file
+(--rows, default in the temp folder, one per mode and weights version) as soon as it is known, so an
+interrupted run resumes where it stopped (antibodies and nanobodies taken in turn, so a part-run covers both;
+--report-only reports the rows file as it stands). --jobs N profiles N entries at a time (each process loads the
+ensemble once). The crystal side is numbered from its observed residues with the prediction code's IMGT
+numbering (sequences.find_domains); only the V-domain chains of the entry are profiled (antigens ignored),
+exactly as for a prediction.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import itertools
 import json
+import multiprocessing
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import gemmi
@@ -104,17 +114,19 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def write_markdown(summary: dict, meta: dict, path: str) -> None:
+MODES = ("refined", "unrefined")
+
+
+def section_markdown(mode: str, section: dict) -> list[str]:
+    """The markdown section of one mode's results."""
+    meta, summary = section["meta"], section["summary"]
     lines = [
-        "# Developability profile: predicted vs crystal structure (val)",
+        f"## {mode.capitalize()} predictions",
         "",
-        f"immunofold {meta['weights']} ({'refined' if meta['refined'] else 'unrefined, --no-refine'}) vs the crystal "
-        f"structure of every val antibody ({meta['n_antibody']}) and nanobody ({meta['n_nanobody']}) in "
-        f"/work/shared/data; skipped: {meta['skipped'] or 'none'}. Antibodies: TAP metrics (thresholds of the TAP "
-        "update, Raybould et al. 2024); nanobodies: TNP metrics (Gordon et al. 2025). Same code "
-        "(`immunofold.developability`) on both sides. Flag agreement: fraction of entries whose predicted-structure "
-        "flag (green/amber/red) equals the crystal's. FlashTAP: FlashABB 0.0.5 `pretrained_tap` (sequence in, "
-        "TAP scores out), scored against the same crystal values and flagged with the same thresholds.",
+        f"immunofold {meta['weights']} ({'refined' if meta['refined'] else 'unrefined, --no-refine'}"
+        f"{', code ' + meta['commit'] if meta.get('commit') else ''}{', ' + meta['date'] if meta.get('date') else ''}) "
+        f"vs the crystal structure of every val antibody ({meta['n_antibody']}) and nanobody ({meta['n_nanobody']}) in "
+        f"/work/shared/data; skipped: {meta['skipped'] or 'none'}.",
         "",
         "| receptor | metric | n | Pearson | Spearman | flag agreement | crystal not green | predicted not green "
         "| FlashTAP Pearson | FlashTAP Spearman | FlashTAP flag agreement |",
@@ -129,9 +141,81 @@ def write_markdown(summary: dict, meta: dict, path: str) -> None:
             f"{line['predicted_not_green']} | {_fmt(flash.get('pearson'))} | {_fmt(flash.get('spearman'))} | "
             f"{_fmt(line.get('flashtap_flag_agreement'))} |"
         )
-    lines += ["", f"Run: `{meta['command']}`, {meta['seconds']:.0f} s on {meta['machine']}.", ""]
+    if meta.get("not_run"):
+        lines += ["", f"**Partial**: {meta['not_run']} of the val entries were not profiled yet (the run was stopped; "
+                  "the same command resumes it from its rows file)."]
+    took = f"{meta['seconds']:.0f} s" if meta.get("seconds") is not None else "reported from its rows file"
+    lines += ["", f"Run: `{meta['command']}`, {took} on {meta['machine']}.", ""]
+    return lines
+
+
+def write_markdown(sections: dict, path: str) -> None:
+    lines = [
+        "# Developability profile: predicted vs crystal structure (val)",
+        "",
+        "Antibodies: TAP metrics (thresholds of the TAP update, Raybould et al. 2024); nanobodies: TNP metrics "
+        "(Gordon et al. 2025). Same code (`immunofold.developability`) on the predicted and the crystal structure. "
+        "Flag agreement: fraction of entries whose predicted-structure flag (green/amber/red) equals the crystal's. "
+        "FlashTAP: FlashABB 0.0.5 `pretrained_tap` (sequence in, TAP scores out), scored against the same crystal "
+        "values and flagged with the same thresholds (it does not depend on our structure, so its columns are the "
+        "same in both sections).",
+        "",
+    ]
+    for mode in MODES:
+        if mode in sections:
+            lines += section_markdown(mode, sections[mode])
     with open(path, "w") as handle:
         handle.write("\n".join(lines))
+
+
+def read_sections(path: str) -> dict:
+    """{mode: {meta, summary, rows}} of an earlier developability.json (the one-mode layout read as its mode)."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    if "meta" in data:
+        return {"refined" if data["meta"]["refined"] else "unrefined": data}
+    return {mode: data[mode] for mode in MODES if mode in data}
+
+
+_predictor = None
+
+
+def profile_entry(entry, refine: bool) -> dict:
+    """One entry's row (crystal and predicted profile, residues left out), or {"name", "skipped": reason}."""
+    global _predictor
+    if _predictor is None:
+        import torch
+
+        torch.set_num_threads(1)
+        _predictor = Predictor()
+    try:
+        crystal = crystal_profile(entry)
+        prediction = _predictor.predict_numbered([(entry.name, entry.kind, number_entry(entry))])[0]
+        if refine:
+            prediction = _predictor.refine(prediction)
+        predicted = profile_prediction(prediction)
+    except InputError as error:
+        return {"name": entry.name, "skipped": str(error)}
+    row = {"name": entry.name, "kind": entry.kind, "refined": prediction.refined,
+           "crystal": crystal.to_dict()["metrics"], "predicted": predicted.to_dict()["metrics"]}  # fmt: skip
+    for side in ("crystal", "predicted"):
+        for metric in row[side].values():
+            metric.pop("residues")  # keep the JSON small
+    return row
+
+
+def read_rows(path: str) -> dict[str, dict]:
+    rows = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            for line in handle:
+                if line.strip():
+                    row = json.loads(line)
+                    rows[row["name"]] = row
+    return rows
 
 
 def main() -> int:
@@ -139,47 +223,66 @@ def main() -> int:
     parser.add_argument("--data", default=DEFAULT_DATA_ROOT)
     parser.add_argument("--no-refine", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="first N entries of each kind (smoke runs)")
+    parser.add_argument("--jobs", type=int, default=1, help="entries profiled at a time (processes)")
+    parser.add_argument("--rows", default=None, help="rows file to resume from and append to")
+    parser.add_argument("--report-only", action="store_true",
+                        help="profile nothing: report the rows file as it stands (e.g. of a run stopped part way)")
+    parser.add_argument("--code", default=None, help="with --report-only: the commit the rows were computed with")
     parser.add_argument("--out", default=RESULTS_DIR)
     args = parser.parse_args()
     start = time.time()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() if not args.code else args.code  # fmt: skip
+    mode = "unrefined" if args.no_refine else "refined"
     entries = [e for e in read_summary(args.data) if e.split == "val" and e.kind in ("antibody", "nanobody")]
     if args.limit:
         entries = [e for k in ("antibody", "nanobody") for e in [e for e in entries if e.kind == k][: args.limit]]
-    predictor = Predictor()
-    rows, skipped = [], []
-    for entry in entries:
-        try:
-            crystal = crystal_profile(entry)
-            prediction = predictor.predict_numbered([(entry.name, entry.kind, number_entry(entry))])[0]
-            if not args.no_refine:
-                prediction = predictor.refine(prediction)
-            predicted = profile_prediction(prediction)
-        except InputError as error:
-            skipped.append(str(error))
-            print(f"skipped {error}", file=sys.stderr)
-            continue
-        rows.append({"name": entry.name, "kind": entry.kind, "refined": prediction.refined,
-                     "crystal": crystal.to_dict()["metrics"], "predicted": predicted.to_dict()["metrics"]})  # fmt: skip
-        print(f"{len(rows)}/{len(entries)} {entry.name}", flush=True)
+    from immunofold.weights import packaged_weight_files, weights_version
+
+    version = weights_version(packaged_weight_files())
+    rows_path = args.rows or os.path.join(tempfile.gettempdir(), f"immunofold-developability-{mode}-{version}.jsonl")
+    done = read_rows(rows_path)
+    by_kind = [[e for e in entries if e.kind == kind and e.name not in done] for kind in ("antibody", "nanobody")]
+    todo = [] if args.report_only else [e for pair in itertools.zip_longest(*by_kind) for e in pair if e is not None]
+    print(f"{len(entries) - len(todo)} of {len(entries)} entries already in {rows_path}", flush=True)
+    jobs = [(entry, not args.no_refine) for entry in todo]
+    with open(rows_path, "a") as handle:
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 and jobs else None
+        results = pool.imap_unordered(_profile_job, jobs) if pool else map(_profile_job, jobs)
+        for row in results:
+            done[row["name"]] = row
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            print(f"{len(done)}/{len(entries)} {row['name']}{' skipped: ' + row['skipped'] if 'skipped' in row else ''}",
+                  flush=True)
+        if pool:
+            pool.close()
+    rows = [done[e.name] for e in entries if e.name in done and "skipped" not in done[e.name]]
+    skipped = [done[e.name]["skipped"] for e in entries if e.name in done and "skipped" in done[e.name]]
     flash = flashtap_scores([e for e in entries if e.name in {r["name"] for r in rows}])
     for row in rows:
-        for metric in row["crystal"].values():
-            metric.pop("residues")  # keep the JSON small
-        for metric in row["predicted"].values():
-            metric.pop("residues")
         if row["name"] in flash:
             row["flashtap"] = flash[row["name"]]
     summary = summarise(rows, flash)
-    meta = {"weights": predictor.ensemble.version, "refined": not args.no_refine, "seconds": time.time() - start,
+    meta = {"weights": version, "refined": not args.no_refine, "seconds": None if args.report_only else time.time() - start,
+            "commit": commit, "not_run": sum(e.name not in done for e in entries),
+            "date": datetime.date.today().isoformat(), "jobs": args.jobs,
             "n_antibody": sum(r["kind"] == "antibody" for r in rows), "n_nanobody": sum(r["kind"] == "nanobody" for r in rows),
             "skipped": "; ".join(skipped), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "command": "nice -n 10 python benchmarks/developability.py" + (" --no-refine" if args.no_refine else "")}  # fmt: skip
+            "command": "nice -n 10 python benchmarks/developability.py" + (" --no-refine" if args.no_refine else "")
+            + (f" --jobs {args.jobs}" if args.jobs > 1 else "")}  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "developability.json"), "w") as handle:
-        json.dump({"meta": meta, "summary": summary, "rows": rows}, handle, indent=1)
-    write_markdown(summary, meta, os.path.join(args.out, "developability.md"))
+    json_path = os.path.join(args.out, "developability.json")
+    sections = {**read_sections(json_path), mode: {"meta": meta, "summary": summary, "rows": rows}}
+    with open(json_path, "w") as handle:
+        json.dump({m: sections[m] for m in MODES if m in sections}, handle, indent=1)
+    write_markdown(sections, os.path.join(args.out, "developability.md"))
     print(open(os.path.join(args.out, "developability.md")).read())
     return 0
+
+
+def _profile_job(job):
+    return profile_entry(*job)
 
 
 if __name__ == "__main__":
