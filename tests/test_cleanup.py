@@ -12,6 +12,7 @@ import torch
 from immunofold.cleanup import clean_geometry
 from immunofold.constants import RESTYPE_INDEX, UNKNOWN_RESTYPE
 from immunofold.data.sabdab import read_summary
+from immunofold.ensemble import Ensemble
 from immunofold.evaluate import number_entry
 from immunofold.geometry import Frames, atom14_from_frames, residue_tables, torsion_angles
 from immunofold.io import ChainAtoms, build_structure, to_pdb_string
@@ -112,13 +113,11 @@ def val_predictions():
     entries = [e for e in read_summary(str(DATA)) if e.split == "val"]
     chosen = [next(e for e in entries if e.kind == kind) for kind in ("antibody", "nanobody", "tcr")]
     items = [(e.name, e.kind, number_entry(e)) for e in chosen]
-    predictor = Predictor()
+    predictor = Predictor(Ensemble.packaged(clean=True))
     cleaned = predictor.predict_numbered(items)
     predictor.ensemble.clean = False
-    try:
-        raw = predictor.predict_numbered(items)
-    finally:
-        predictor.ensemble.clean = True
+    raw = predictor.predict_numbered(items)
+    predictor.ensemble.clean = True
     return predictor, cleaned, raw
 
 

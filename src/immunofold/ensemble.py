@@ -9,7 +9,8 @@ mean is close to the real mean CA deviation.
 The structure returned is the members' consensus: backbone frames from their mean N, CA, C and
 side chains from their mean torsion angles, so every residue keeps ideal internal geometry. On the
 val split it is 0.02-0.16 Å closer to the truth in CDR3 than the member closest to the mean (weights v0.2-v0.7).
-Consecutive residues are then joined by real peptide bonds and clashes removed (`cleanup.clean_geometry`).
+With `clean=True`, consecutive residues are then joined by real peptide bonds and clashes removed
+(`cleanup.clean_geometry`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class EnsembleOutput:
     spread: torch.Tensor  # [B, N] Å, RMS backbone deviation of members from the mean
     head_error: torch.Tensor  # [B, N] Å, mean over members of the error head's expected CA deviation
     ranking: torch.Tensor  # [B, M] member indices, closest to the mean first
-    consensus: torch.Tensor  # [B, N, 14, 3] Å, the members' consensus structure (see consensus_structure), cleaned
+    consensus: torch.Tensor  # [B, N, 14, 3] Å, the members' consensus structure (see consensus_structure), cleaned if asked
 
     @property
     def error(self) -> torch.Tensor:
@@ -82,8 +83,9 @@ def consensus_structure(members: torch.Tensor, restype: torch.Tensor, residue_ma
 class Ensemble:
     """The ensemble members of one weights release, run on the same batch."""
 
-    def __init__(self, weight_files: list[str], device: str = "cpu", clean: bool = True):
-        """clean: pass the consensus through `cleanup.clean_geometry` (real peptide bonds, no clashes)."""
+    def __init__(self, weight_files: list[str], device: str = "cpu", clean: bool = False):
+        """clean: pass the consensus through `cleanup.clean_geometry` (real peptide bonds, no clashes; on val
+        0.05-0.10 Å worse CDR3 RMSDs, see benchmarks/results/geometry.md)."""
         if not weight_files:
             raise FileNotFoundError("no immunofold weight files found (the package ships them in immunofold/weights)")
         self.device = torch.device(device)
@@ -96,8 +98,8 @@ class Ensemble:
         self.needs_language = any(model.config.language_dim > 0 for model in self.models)
 
     @classmethod
-    def packaged(cls, device: str = "cpu") -> "Ensemble":
-        return cls(packaged_weight_files(), device)
+    def packaged(cls, device: str = "cpu", clean: bool = False) -> "Ensemble":
+        return cls(packaged_weight_files(), device, clean)
 
     def forward_members(self, batch: dict[str, torch.Tensor]) -> list[dict]:
         """Each member's output on `batch` (already on the device), in member order, without gradients.
