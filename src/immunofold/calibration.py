@@ -31,6 +31,10 @@ GROUPS = tuple(f"{kind} {chain} {region}" for kind, chains in KIND_CHAIN_IDS.ite
 KINDS = tuple(KIND_CHAIN_IDS)
 REFERENCE_CDR3_LENGTH = 13  # residues; the CDR3 length term is 0 here
 MIN_ESTIMATE = 0.05  # Å; spread and head below this are read as this (log of 0)
+# A kind's CDR3-length slope is fitted only from at least this many receptors of that kind, else held at 0: with the
+# 19 out-of-fold nanobodies of v0.7 a fitted slope reordered val nanobody CDR3s (ROC AUC 0.75 -> 0.66; see
+# docs/calibration.md), and 5-fold cross-validation on those 19 was at chance.
+MIN_RECEPTORS_FOR_LENGTH_SLOPE = 50
 PACKAGED_FILE = "weights/calibration.json"
 
 
@@ -98,7 +102,8 @@ def fit(receptors: list[dict], weights_version: str, fitted_on: dict, prior: flo
     and deviation (real CA deviation [N] Å, NaN where unknown): the deviation of a residue is read as a Gaussian
     displacement of variance error², so error² fits its mean square. A weak Gaussian prior (standard deviation
     `prior`, log units) pulls each nanobody offset towards the same region's antibody H offset (few nanobodies).
-    Groups without residues take the mean offset of their region."""
+    Groups without residues take the mean offset of their region; a kind with fewer than
+    MIN_RECEPTORS_FOR_LENGTH_SLOPE receptors gets no CDR3-length slope."""
     rows, target = [], []
     for r in receptors:
         keep = np.isfinite(r["deviation"])
@@ -119,7 +124,9 @@ def fit(receptors: list[dict], weights_version: str, fitted_on: dict, prior: flo
 
     start = np.zeros(x.shape[1])
     start[:n] = 0.5 * np.log(max(d2.mean(), 1e-3))
-    bounds = [(None, None)] * n + [(0.0, None), (0.0, None)] + [(None, None)] * 4
+    counts = {kind: sum(r["kind"] == kind for r in receptors) for kind in KINDS}
+    slope_bounds = [(None, None) if counts[kind] >= MIN_RECEPTORS_FOR_LENGTH_SLOPE else (0.0, 0.0) for kind in KINDS]
+    bounds = [(None, None)] * n + [(0.0, None), (0.0, None)] + slope_bounds + [(None, None)]
     result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
     theta = result.x
     theta[:n][~present] = np.nan
