@@ -204,7 +204,7 @@ async function showResult(job) {
   $("download-cif").href = `/api/jobs/${job.id}/model.cif`;
   drawPlots(result);
   drawTable(result);
-  drawDevelopability(result.developability);
+  drawDevelopability(result.developability, result.refined);
   const pdb = await (await fetch(`/api/jobs/${job.id}/model.pdb`)).text();
   drawViewer(pdb, result);
 }
@@ -221,7 +221,7 @@ function rangeText(m) {
   return `green ${green}, red ${red.filter(Boolean).join(" or ")}`;
 }
 
-function drawDevelopability(profile) {
+function drawDevelopability(profile, refined) {
   const box = $("developability");
   box.hidden = !profile;
   if (!profile) return;
@@ -237,7 +237,9 @@ function drawDevelopability(profile) {
   $("developability-title").textContent = `Developability (${profile.profiler})`;
   $("developability-hint").textContent =
     `${source}, computed on this predicted structure. Amber: outside 95% of clinical-stage therapeutics; ` +
-    "red: beyond all of them. Patch metrics depend on the modelled side chains; see the README for how far to trust them.";
+    "red: beyond all of them. Patch metrics depend on the modelled side chains; see the README for how far to trust them." +
+    (refined ? "" : " This model is unrefined: clashing side chains inflate PSH; tick \u201cRefine with OpenMM\u201d for a " +
+      "profile to hold against the thresholds.");
   body.replaceChildren(...Object.values(profile.metrics).map((m) => {
     const row = el("tr", null, { "data-metric": m.name, "data-flag": m.flag });
     row.appendChild(el("td", m.label));
