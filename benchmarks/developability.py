@@ -125,8 +125,8 @@ def section_markdown(mode: str, section: dict) -> list[str]:
         "",
         f"immunofold {meta['weights']} ({'refined' if meta['refined'] else 'unrefined, --no-refine'}"
         f"{', code ' + meta['commit'] if meta.get('commit') else ''}{', ' + meta['date'] if meta.get('date') else ''}) "
-        f"vs the crystal structure of every val antibody ({meta['n_antibody']}) and nanobody ({meta['n_nanobody']}) in "
-        f"/work/shared/data; skipped: {meta['skipped'] or 'none'}.",
+        f"vs the crystal structure of {'' if meta.get('not_run') else 'every '}val antibody ({meta['n_antibody']}) and "
+        f"nanobody ({meta['n_nanobody']}) in /work/shared/data; skipped: {meta['skipped'] or 'none'}.",
         "",
         "| receptor | metric | n | Pearson | Spearman | flag agreement | crystal not green | predicted not green "
         "| FlashTAP Pearson | FlashTAP Spearman | FlashTAP flag agreement |",
@@ -164,8 +164,30 @@ def write_markdown(sections: dict, path: str) -> None:
     for mode in MODES:
         if mode in sections:
             lines += section_markdown(mode, sections[mode])
+    lines += same_entries_markdown(sections)
     with open(path, "w") as handle:
         handle.write("\n".join(lines))
+
+
+def same_entries_markdown(sections: dict) -> list[str]:
+    """Spearman of each metric, refined vs unrefined, on the entries both sections hold (when one is partial)."""
+    if not all(mode in sections for mode in MODES):
+        return []
+    rows = {mode: {r["name"]: r for r in sections[mode]["rows"]} for mode in MODES}
+    names = [name for name in rows["refined"] if name in rows["unrefined"]]
+    if not names or set(rows["refined"]) == set(rows["unrefined"]):  # the sections already compare the same entries
+        return []
+    lines = ["## Refined vs unrefined on the same entries", "",
+             f"Spearman (predicted vs crystal) over the {len(names)} entries both sections hold.", "",
+             "| receptor | metric | n | refined | unrefined |", "|---|---|--:|--:|--:|"]  # fmt: skip
+    for kind, bands in (("antibody", TAP_BANDS), ("nanobody", TNP_BANDS)):
+        kind_names = [n for n in names if rows["refined"][n]["kind"] == kind]
+        for metric in bands:
+            result = {mode: correlations([(rows[mode][n]["crystal"][metric]["value"], rows[mode][n]["predicted"][metric]["value"])
+                                          for n in kind_names]) for mode in MODES}  # fmt: skip
+            lines.append(f"| {kind} | {metric} | {len(kind_names)} | {_fmt(result['refined']['spearman'])} | "
+                         f"{_fmt(result['unrefined']['spearman'])} |")
+    return lines + [""]
 
 
 def read_sections(path: str) -> dict:
