@@ -79,6 +79,6 @@ def test_a_sequence_that_is_not_a_string_is_a_type_error(heavy):
 
 
 def test_unknown_numbering_is_refused_before_the_model_runs(monkeypatch):
-    monkeypatch.setattr(immunofold.prediction, "default_predictor", lambda device: pytest.fail("model loaded"))
+    monkeypatch.setattr(immunofold.prediction, "default_predictor", lambda *args: pytest.fail("model loaded"))
     with pytest.raises(InputError, match="unknown numbering scheme 'martin'"):
         immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, numbering="martin")

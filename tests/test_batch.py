@@ -443,3 +443,13 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     assert 1 <= finished < 40 and len(read_summary(outdir)) == 40
     assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 0
     assert len(list(records.glob("*.json"))) == 40
+
+
+def test_clean_geometry_is_part_of_a_records_identity(tmp_path):
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 0
+    raw = (outdir / "nb1.pdb").read_text()
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q", "--clean-geometry"]) == 0
+    cleaned = (outdir / "nb1.pdb").read_text()
+    assert cleaned != raw and "GEOMETRY CLEANED" in cleaned

@@ -109,3 +109,15 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "interrupted"
     assert not (tmp_path / "m.pdb").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_clean_geometry_gives_an_unrefined_model_real_peptide_bonds(tmp_path):
+    from immunofold.refine import find_problems
+
+    raw, clean = tmp_path / "raw.pdb", tmp_path / "clean.pdb"
+    assert immunofold(*ANTIBODY, "-o", str(raw))[0] == 0
+    code, _, stderr = immunofold(*ANTIBODY, "--clean-geometry", "-o", str(clean))
+    assert code == 0, stderr
+    broken = lambda path: [p for p in find_problems(path.read_text()) if "peptide bond" in str(p)]  # noqa: E731
+    assert broken(raw) and not broken(clean)
+    assert "GEOMETRY CLEANED" in clean.read_text() and "GEOMETRY CLEANED" not in raw.read_text()

@@ -495,7 +495,8 @@ class _Pipeline:
         if self._predictor is None:
             from immunofold.prediction import Predictor
 
-            self._predictor = Predictor(device=self.device)
+            self._predictor = Predictor(device=self.device,
+                                        clean_geometry=self.recorder.store.options.get("clean_geometry", False))
         return self._predictor
 
     def _numbered(self, records: Iterable[Record], executor):
@@ -706,6 +707,7 @@ def run_batch(
     address: str | None = None,
     ray_workers: int | None = None,
     developability: bool = False,
+    clean_geometry: bool = False,
 ) -> BatchReport:
     """Predict every record of a FASTA/CSV/TSV/AIRR file into `outdir`; resumable (see module docs).
 
@@ -724,6 +726,7 @@ def run_batch(
     at `address`, with `ray_workers` actors; `workers` and `threads` are the local engine's).
     developability: add each antibody's TAP and each nanobody's TNP profile (value and flag per metric) to the
     summary (`developability_columns()`; empty cells for other kinds), computed where the structure is rendered.
+    clean_geometry: give unrefined models real peptide bonds and no clashes without OpenMM (`cleanup`).
     """
     start = time.perf_counter()
     if kind not in KIND_CHOICES:
@@ -764,6 +767,10 @@ def run_batch(
                "weights": _weights_version(predictor)}
     if developability:  # only when asked: the fingerprints of runs without it stay as they were
         options["developability"] = True
+    if clean_geometry:
+        if predictor is not None and not predictor.ensemble.clean:
+            raise InputError("options", "clean_geometry needs a predictor whose ensemble cleans (Ensemble(clean=True))")
+        options["clean_geometry"] = True
     store = RecordStore(outdir, options, total)
     recorder = Recorder(store, on_event)
     if engine == "ray":
@@ -842,7 +849,7 @@ def _batch_command(args: argparse.Namespace) -> int:
             refine=not args.no_refine, plots=args.plots, fmt=args.format, numbering=args.numbering,
             device=args.device, progress=not args.quiet, threads=args.threads, on_note=note,
             engine=args.engine, address=args.address, ray_workers=args.workers if args.engine == "ray" else None,
-            developability=args.developability,
+            developability=args.developability, clean_geometry=args.clean_geometry,
         )
     except (InputError, PlotsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -890,6 +897,9 @@ def add_batch_parser(commands) -> None:
         "--no-refine", action="store_true",
         help="skip OpenMM refinement (about 30x faster; raw network geometry: some broken peptide bonds and clashes)",
     )
+    from immunofold.cli import CLEAN_GEOMETRY_HELP
+
+    parser.add_argument("--clean-geometry", action="store_true", help=CLEAN_GEOMETRY_HELP)
     parser.add_argument("--developability", action="store_true",
                         help="add the TAP (antibodies) / TNP (nanobodies) developability metrics and flags to the summary "
                         "(tap_* and tnp_* columns)")

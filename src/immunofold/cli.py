@@ -25,6 +25,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+CLEAN_GEOMETRY_HELP = (
+    "with --no-refine: join residues by real peptide bonds and remove clashes without OpenMM (~35 ms per model; "
+    "on val CDR3 RMSD +0.05-0.1 Å, like refinement)"
+)
+
+
 def _output_problem(args: argparse.Namespace) -> str | None:
     """Why the outputs of `immunofold predict` cannot be written (checked before the model runs), else None."""
     from immunofold.io import prepare_output_folder
@@ -59,7 +65,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     try:
         check_device(args.device, "--device")
-        predictor = Predictor(device=args.device)
+        predictor = Predictor(device=args.device, clean_geometry=args.clean_geometry)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             prediction = predictor.predict(args.kind, chains, name=name, refine=not args.no_refine, numbering=args.numbering)
@@ -115,6 +121,7 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     )
     from immunofold.numbering import SCHEMES
 
+    parser.add_argument("--clean-geometry", action="store_true", help=CLEAN_GEOMETRY_HELP)
     parser.add_argument("--numbering", choices=SCHEMES, default="imgt", help="residue numbering (default imgt)")
     parser.add_argument("--save-ensemble", metavar="DIR", default=None, help="also write every ensemble member to DIR")
     parser.add_argument("--format", choices=("pdb", "cif"), default=None, help="output format (default: from the suffix)")

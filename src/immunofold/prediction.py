@@ -62,6 +62,7 @@ class Prediction:
     head_error: np.ndarray  # [N] Å, the members' error heads (expected CA deviation), averaged
     weights_version: str
     refined: bool = False
+    geometry_cleaned: bool = False  # the consensus went through cleanup.clean_geometry
     error_calibrated: bool = False
     refine_message: str = ""
     notes: list[str] = field(default_factory=list)
@@ -103,6 +104,8 @@ class Prediction:
             CALIBRATED_ERROR_REMARK if self.error_calibrated else ERROR_REMARK,
             f"REFINED {'YES' if self.refined else 'NO'}" + (f" ({self.refine_message})" if self.refine_message else ""),
         ]
+        if self.geometry_cleaned:
+            lines.append("CONSENSUS GEOMETRY CLEANED WITHOUT A FORCE FIELD (PEPTIDE BONDS, CLASHES)")
         return lines + [note.upper() for note in self.notes]
 
     def _chain_atoms(self, atom14: np.ndarray) -> list[ChainAtoms]:
@@ -178,8 +181,10 @@ class Predictor:
     """Holds a loaded ensemble and, when one was fitted for its weights, the error calibrator; predicts one
     receptor or many at once."""
 
-    def __init__(self, ensemble: Ensemble | None = None, device: str = "cpu"):
-        self.ensemble = ensemble or Ensemble.packaged(device)
+    def __init__(self, ensemble: Ensemble | None = None, device: str = "cpu", clean_geometry: bool = False):
+        """ensemble: a loaded one, else the packaged ensemble on `device`, cleaning its consensus geometry
+        (`cleanup.clean_geometry`) when `clean_geometry`."""
+        self.ensemble = ensemble or Ensemble.packaged(device, clean=clean_geometry)
         self.calibrator = packaged_calibrator(self.ensemble.version)
 
     def number(self, kind: str, chains: dict[str, str], name: str) -> list[NumberedChain]:
@@ -227,6 +232,7 @@ class Predictor:
             spread=spread,
             head_error=head_error,
             weights_version=self.ensemble.version,
+            geometry_cleaned=getattr(self.ensemble, "clean", False),
             error_calibrated=self.calibrator is not None,
             notes=[note for c in chains for note in c.notes],
         )
@@ -257,12 +263,12 @@ def check_device(device: str, record: str = "device") -> str:
     return device
 
 
-def default_predictor(device: str = "cpu") -> Predictor:
+def default_predictor(device: str = "cpu", clean_geometry: bool = False) -> Predictor:
     """The shared Predictor of the packaged ensemble on `device`, loaded once even when threads ask at once."""
     with _predictors_lock:
-        if device not in _predictors:
-            _predictors[device] = Predictor(device=device)
-        return _predictors[device]
+        if (device, clean_geometry) not in _predictors:
+            _predictors[device, clean_geometry] = Predictor(device=device, clean_geometry=clean_geometry)
+        return _predictors[device, clean_geometry]
 
 
 def predict(
@@ -275,6 +281,7 @@ def predict(
     numbering: str = "imgt",
     device: str = "cpu",
     name: str = "input",
+    clean_geometry: bool = False,
 ) -> Prediction:
     """Predict one antibody (heavy + light), nanobody (heavy) or TCR (alpha + beta) from sequence.
 
@@ -290,4 +297,5 @@ def predict(
     if numbering not in NUMBERING_SCHEMES:
         raise InputError(name, f"unknown numbering scheme {numbering!r} ({', '.join(NUMBERING_SCHEMES)})", field="numbering")
     check_device(device, name)
-    return default_predictor(device).predict(kind, chains, name=name, refine=refine, numbering=numbering)
+    predictor = default_predictor(device, clean_geometry)
+    return predictor.predict(kind, chains, name=name, refine=refine, numbering=numbering)

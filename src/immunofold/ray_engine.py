@@ -49,7 +49,7 @@ class RayWorker:
     """One Ray actor: loads the ensemble once, then predicts chunks of records."""
 
     def __init__(self, kind: str, batch_size: int, refine: bool, numbering: str, fmt: str, device: str,
-                 developability: bool = False):
+                 developability: bool = False, clean_geometry: bool = False):
         import torch
 
         from immunofold.prediction import Predictor
@@ -57,7 +57,7 @@ class RayWorker:
         torch.set_num_threads(1)  # one actor per CPU
         self.kind, self.batch_size, self.refine, self.numbering, self.fmt = kind, batch_size, refine, numbering, fmt
         self.developability = developability
-        self.predictor = Predictor(device=device)
+        self.predictor = Predictor(device=device, clean_geometry=clean_geometry)
 
     def pid(self) -> int:
         return os.getpid()
@@ -112,7 +112,8 @@ class RayEngine:
                  address: str | None = None, workers: int | None = None):
         self.recorder = recorder
         options = recorder.store.options
-        self.worker_args = (kind, batch_size, refine, numbering, options["fmt"], device, options.get("developability", False))
+        self.worker_args = (kind, batch_size, refine, numbering, options["fmt"], device, options.get("developability", False),
+                            options.get("clean_geometry", False))
         self.address, self.workers = address, workers
         self.actors: list = []
 
