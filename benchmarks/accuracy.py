@@ -420,8 +420,8 @@ def error_estimate_section(report: dict) -> list[str]:
         "",
         "Per structure: Spearman correlation between the predicted per-residue error and the real CA deviation "
         "(after the per-chain framework superposition), mean over entries (`error_spearman` of `immunofold evaluate`). "
-        "Across entries: Spearman correlation between the predicted CDR3 error (mean over IMGT 105-117) and the real "
-        "CDR3 RMSD.",
+        "Across entries: Spearman correlation between the predicted CDR3 RMSD (root mean square of the per-residue "
+        "error over IMGT 105-117, as `Prediction.cdr3_errors`) and the real CDR3 RMSD.",
         "",
         "| kind | method | error estimate | n | per structure | CDR3 across entries |",
         "|---|---|---|--:|--:|---|",

@@ -55,8 +55,8 @@ def score_atom14(kind: str, pred_atom14, pred_keys: list[Key], truth: dict, pred
     The same code path as `immunofold.evaluate.score_entry`: residues matched by (chain, IMGT position),
     `immunofold.metrics.region_rmsds` (N, CA, C, CB; per-chain framework superposition; IMGT CDRs).
     With a per-residue error estimate `predicted_error` [N] (Å), also as `score_entry`: `error_spearman`
-    (against the real CA deviation of the matched residues) and `<chain id>3_predicted_error` (its mean over
-    the chain's CDR3 residues, IMGT 105-117).
+    (against the real CA deviation of the matched residues) and `<chain id>3_predicted_error` (predicted CDR3
+    RMSD: its root mean square over the chain's CDR3 residues, IMGT 105-117, as `Prediction.cdr3_errors`).
     """
     predicted = torch.as_tensor(np.asarray(pred_atom14), dtype=torch.float32)
     truth_index = {key: i for i, key in enumerate(example_keys(truth))}
@@ -78,7 +78,8 @@ def score_atom14(kind: str, pred_atom14, pred_keys: list[Key], truth: dict, pred
         row["error_spearman"] = error_spearman(predicted_error[pred_idx.numpy()], deviation)
         for slot, chain_id in enumerate(KIND_CHAIN_IDS[kind]):
             in_cdr3 = np.array([key[0] == slot and is_cdr(key[1][0], 3) for key in pred_keys], dtype=bool)
-            row[f"{chain_id}3_predicted_error"] = float(predicted_error[in_cdr3].mean()) if in_cdr3.any() else None
+            in_cdr3_error = predicted_error[in_cdr3]
+            row[f"{chain_id}3_predicted_error"] = float(np.sqrt(np.mean(in_cdr3_error**2))) if in_cdr3.any() else None
     row["matched_residues"] = len(common)
     row.update(truth_cdr3_reaches(kind, truth))
     return row

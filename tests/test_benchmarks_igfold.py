@@ -105,7 +105,8 @@ def test_accuracy_runs_igfold_in_a_subprocess_and_scores_its_prmsd(tmp_path, fak
     (entry,) = read_summary(str(data))
     (chain,) = number_entry(entry)
     cdr3 = [i for i, (number, _) in enumerate(chain.positions) if 105 <= number <= 117]
-    assert row["H3_predicted_error"] == pytest.approx(np.mean([0.5 + 0.001 * i for i in cdr3]), abs=1e-4)
+    expected = np.sqrt(np.mean([(0.5 + 2 * (i % 2)) ** 2 for i in cdr3]))  # RMS over CDR3, as Prediction.cdr3_errors
+    assert row["H3_predicted_error"] == pytest.approx(expected, abs=1e-4)
     assert "error_spearman" in row and report["error_estimates"]["igfold"]["nanobody"]["n"] == 1  # NaN: no deviation
     text = (out / "accuracy.md").read_text()
     assert "| IgFold 1.0.1 | 1 |" in text and "| nanobody | IgFold 1.0.1 | pRMSD (B-factor column) | 1 |" in text
