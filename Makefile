@@ -4,7 +4,7 @@ DATA ?= ../shared/data
 BENCH_ARGS ?=
 SPEED_ARGS ?=
 
-.PHONY: bench bench-accuracy bench-speed bench-ensemble bench-errors bench-geometry
+.PHONY: bench bench-accuracy bench-speed bench-ensemble bench-errors bench-geometry bench-igfold-env
 
 bench: bench-accuracy bench-speed bench-ensemble bench-errors bench-geometry
 
@@ -22,3 +22,6 @@ bench-errors:  # predicts val once (cached in /tmp/immunofold-calibration); refi
 
 bench-geometry:
 	$(PYTHON) benchmarks/geometry.py --data $(DATA)
+
+bench-igfold-env:  # IgFold 1.0.1 in .venv-igfold (it conflicts with our antiberty pin); accuracy.py and speed.py use it
+	bash scripts/setup_igfold.sh
