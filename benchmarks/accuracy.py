@@ -468,7 +468,7 @@ def plot_cdr3(report: dict, path: str) -> bool:
             for i, (values, method) in enumerate(zip(data, methods), start=1):
                 ax.scatter(i + rng.uniform(-0.18, 0.18, len(values)), values, s=9, alpha=0.7,
                            color=colours[method], zorder=3)
-            ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+            ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=30, ha="right")
         ax.set_title(f"{kind} CDR-{region}")
         ax.set_ylabel("RMSD (Å)")
         ax.grid(axis="y", alpha=0.3)
