@@ -37,10 +37,9 @@ from immunofold.ensemble import Ensemble
 from immunofold.evaluate import EVAL_BATCH_SIZE, number_entry
 from immunofold.io import to_pdb_string
 from immunofold.prediction import MAX_FORWARD_BATCH, Prediction, Predictor
-from immunofold.refine import find_problems
+from immunofold.refine import PROBLEM_KINDS, find_problems
 from immunofold.weights import packaged_weight_files
 
-PROBLEM_KINDS = ("broken", "clash", "cis", "D-amino")  # first word of each find_problems message
 
 
 def peptide_bond_deviations(prediction: Prediction, member: int | None) -> np.ndarray:
@@ -55,7 +54,7 @@ def peptide_bond_deviations(prediction: Prediction, member: int | None) -> np.nd
 
 def structure_stats(prediction: Prediction, member: int | None) -> dict:
     problems = find_problems(to_pdb_string(prediction.unrefined_structure(member)))
-    counts = Counter(problem.split()[0] for problem in problems)
+    counts = Counter(problem.kind for problem in problems)
     return {"problems": {key: counts.get(key, 0) for key in PROBLEM_KINDS}, "bond_deviation": peptide_bond_deviations(prediction, member)}
 
 

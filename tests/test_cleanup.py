@@ -41,9 +41,9 @@ def jiggled(atom14: torch.Tensor, seed: int, shift: float = 0.5, turn: float = 0
 
 
 def problems(atom14: np.ndarray, sequence: str, exists: np.ndarray) -> Counter:
-    """Counts of refinement's geometry problems (first word: broken, clash, cis, D-amino) of one chain."""
+    """Counts of refinement's geometry problems by kind (refine.PROBLEM_KINDS) of one chain."""
     chain = ChainAtoms("H", sequence, [(i + 1, "") for i in range(len(sequence))], atom14, exists, np.zeros(len(sequence)))
-    return Counter(p.split()[0] for p in find_problems(to_pdb_string(build_structure([chain], []))))
+    return Counter(p.kind for p in find_problems(to_pdb_string(build_structure([chain], []))))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def val_predictions():
 def test_unrefined_val_models_have_real_protein_geometry(val_predictions):
     _, predictions, raw = val_predictions
     for prediction, before in zip(predictions, raw):
-        found = Counter(p.split()[0] for p in find_problems(prediction.to_pdb_string()))
+        found = Counter(p.kind for p in find_problems(prediction.to_pdb_string()))
         assert found["broken"] == found["cis"] == found["D-amino"] == 0, (prediction.name, found)
         assert found["clash"] <= 1, (prediction.name, found)
         assert len(find_problems(before.to_pdb_string())) > 10  # what the clean-up had to repair

@@ -104,7 +104,8 @@ def with_cis_peptide_5(chain: ChainAtoms) -> ChainAtoms:
 
 def test_detects_d_amino_acid(nanobody):
     problems = find_problems(with_d_serine_7(nanobody))
-    assert problems == ["D-amino acid B7 SER"]
+    assert [str(p) for p in problems] == ["D-amino acid B7 SER"]
+    assert problems[0].kind == "D-amino" and problems[0].residues == ("B7 SER",)
 
 
 def test_refine_turns_a_d_amino_acid_into_l(nanobody):
@@ -137,7 +138,8 @@ def test_problems_left_after_every_round_return_the_input(nanobody, monkeypatch)
 
 def test_detects_clash(nanobody):
     problems = find_problems(with_clash(nanobody))
-    assert problems == ["clash B59 TYR OH - B69 ILE CG2: 1.60 Å"]
+    assert [str(p) for p in problems] == ["clash B59 TYR OH - B69 ILE CG2: 1.60 Å"]
+    assert problems[0].kind == "clash" and problems[0].atoms == ("OH", "CG2") and abs(problems[0].value - 1.60) < 0.005
 
 
 def test_refine_resolves_clash(nanobody):
@@ -151,10 +153,10 @@ def test_detects_broken_peptide_bond_and_cis_peptide(nanobody):
     i = residue_index(nanobody, (5, ""))  # GLN 5 - GLU 6
     atom14[i + 1:] += np.array([0.0, 0.0, 1.0], np.float32)  # stretches C(5)-N(6)
     problems = find_problems(pdb_of(replace(nanobody, atom14=atom14)))
-    assert any(p.startswith("broken peptide bond B5 GLN") for p in problems), problems
+    assert any(str(p).startswith("broken peptide bond B5 GLN") and p.kind == "broken" for p in problems), problems
 
     problems = find_problems(pdb_of(with_cis_peptide_5(nanobody)))
-    assert any(p.startswith("cis peptide B5 GLN") for p in problems), problems
+    assert any(str(p).startswith("cis peptide B5 GLN") and p.kind == "cis" for p in problems), problems
 
 
 @pytest.mark.parametrize("garbage", ["", "not a pdb file\n", "ATOM      1  N   GLN B   1     -1.0\n"])

@@ -98,7 +98,7 @@ def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int)
         problems = find_problems(refined)
         if not problems:
             return RefineResult(refined, True, "")
-    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    shown = "; ".join(str(p) for p in problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     return RefineResult(pdb_string, False, f"problems remain after refinement: {shown}")
 
 
@@ -210,8 +210,34 @@ def _with_input_annotations(refined_pdb: str, input_pdb: str) -> str:
 
 # --- geometry checks ---------------------------------------------------------------------------
 
-def find_problems(pdb_string: str, clash_distance: float = CLASH_CHECK_DISTANCE) -> list[str]:
-    """One-line descriptions of geometry problems among heavy atoms of a PDB structure.
+PROBLEM_KINDS = ("broken", "cis", "D-amino", "clash")  # GeometryProblem.kind values
+
+
+@dataclass(frozen=True)
+class GeometryProblem:
+    """One geometry problem: its kind (PROBLEM_KINDS), the residues involved ('H111A SER'), the atoms of a clash,
+    and its value (C-N length or clash distance in Å, omega in degrees; None for a D-amino acid).
+    str() is a one-line description, e.g. 'clash B59 TYR OH - B69 ILE CG2: 1.60 Å'."""
+
+    kind: str
+    residues: tuple[str, ...]
+    value: float | None = None
+    atoms: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        pair = " - ".join(self.residues)
+        if self.kind == "broken":
+            return f"broken peptide bond {pair}: C-N {self.value:.2f} Å"
+        if self.kind == "cis":
+            return f"cis peptide {pair}: omega {self.value:.0f}°"
+        if self.kind == "D-amino":
+            return f"D-amino acid {self.residues[0]}"
+        (first, second), (atom_a, atom_b) = self.residues, self.atoms
+        return f"clash {first} {atom_a} - {second} {atom_b}: {self.value:.2f} Å"
+
+
+def find_problems(pdb_string: str, clash_distance: float = CLASH_CHECK_DISTANCE) -> list[GeometryProblem]:
+    """Geometry problems among heavy atoms of a PDB structure (str() of each is one line).
 
     Reports non-proline cis peptides (|omega CA-C-N-CA| < 30°), D-amino acids (N-CA-C-CB
     chirality), broken peptide bonds (C-N outside 1.33 ± 0.1 Å) and clashes: non-bonded heavy
@@ -245,7 +271,7 @@ def _dihedral_degrees(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray
     return np.degrees(np.arctan2(y, x))
 
 
-def _peptide_bond_problems(chain: ChainAtoms) -> list[str]:
+def _peptide_bond_problems(chain: ChainAtoms) -> list[GeometryProblem]:
     """Broken peptide bonds and cis non-proline peptides between consecutive residues."""
     x, mask = chain.atom14, chain.atom_mask
     ca, c, n = x[:-1, 1], x[:-1, 2], x[1:, 0]
@@ -256,25 +282,25 @@ def _peptide_bond_problems(chain: ChainAtoms) -> list[str]:
     omega = _dihedral_degrees(ca, c, n, next_ca)
     problems = []
     for i in range(len(chain.sequence) - 1):
-        pair = f"{_residue_label(chain, i)} - {_residue_label(chain, i + 1)}"
+        pair = (_residue_label(chain, i), _residue_label(chain, i + 1))
         if has_bond_atoms[i] and abs(bond_length[i] - PEPTIDE_BOND_LENGTH) > PEPTIDE_BOND_TOLERANCE:
-            problems.append(f"broken peptide bond {pair}: C-N {bond_length[i]:.2f} Å")
+            problems.append(GeometryProblem("broken", pair, float(bond_length[i])))
         if has_omega_atoms[i] and abs(omega[i]) < CIS_OMEGA_LIMIT and chain.sequence[i + 1] != "P":
-            problems.append(f"cis peptide {pair}: omega {omega[i]:.0f}°")
+            problems.append(GeometryProblem("cis", pair, float(omega[i])))
     return problems
 
 
-def _chirality_problems(chain: ChainAtoms) -> list[str]:
+def _chirality_problems(chain: ChainAtoms) -> list[GeometryProblem]:
     """Residues whose CB lies on the D side of the N-CA-C plane."""
     x, mask = chain.atom14, chain.atom_mask
     n, ca, c, cb = x[:, 0], x[:, 1], x[:, 2], x[:, 4]
     has_atoms = mask[:, :3].all(axis=-1) & mask[:, 4]
     # Signed volume (N-CA) x (C-CA) . (CB-CA) is positive for L-amino acids.
     volume = np.sum(np.cross(n - ca, c - ca) * (cb - ca), axis=-1)
-    return [f"D-amino acid {_residue_label(chain, i)}" for i in np.flatnonzero(has_atoms & (volume < 0))]
+    return [GeometryProblem("D-amino", (_residue_label(chain, i),)) for i in np.flatnonzero(has_atoms & (volume < 0))]
 
 
-def _clash_problems(chains: list[ChainAtoms], clash_distance: float) -> list[str]:
+def _clash_problems(chains: list[ChainAtoms], clash_distance: float) -> list[GeometryProblem]:
     """Pairs of non-bonded heavy atoms in different residues closer than clash_distance (Å)."""
     coords, chain_index, residue_index, atom_names = [], [], [], []
     for c, chain in enumerate(chains):
@@ -299,10 +325,9 @@ def _clash_problems(chains: list[ChainAtoms], clash_distance: float) -> list[str
             if _bonded_across_residues(chain_index, residue_index, atom_names, a, b):
                 continue
             chain_a, chain_b = chains[chain_index[a]], chains[chain_index[b]]
-            problems.append(
-                f"clash {_residue_label(chain_a, residue_index[a])} {atom_names[a]} - "
-                f"{_residue_label(chain_b, residue_index[b])} {atom_names[b]}: "
-                f"{distances[a - start, b]:.2f} Å")
+            problems.append(GeometryProblem(
+                "clash", (_residue_label(chain_a, residue_index[a]), _residue_label(chain_b, residue_index[b])),
+                float(distances[a - start, b]), (atom_names[a], atom_names[b])))
     return problems
 
 
