@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from immunofold.batch import run_batch
+    from immunofold.batch import default_threads, run_batch
     from immunofold.prediction import Predictor
 
     sequences = nanobody_sequences(args.summary)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     write_fasta(fasta, sequences, args.n)
 
     start = time.perf_counter()
-    predictor = Predictor()
+    predictor = Predictor(members_side_by_side=True)  # as `immunofold batch` runs it
     load_seconds = time.perf_counter() - start
     # warm-up (first torch pass allocates), not timed
     warm = os.path.join(work, "warm.fasta")
@@ -76,11 +76,11 @@ def main(argv=None) -> int:
     def timed(workers, threads, label):
         outdir = os.path.join(work, f"out_{label}")
         start = time.perf_counter()
+        threads = threads or default_threads(workers)
         report = run_batch(fasta, outdir, refine=False, workers=workers, batch_size=args.batch_size,
                            predictor=predictor, progress=False, threads=threads)
         seconds = time.perf_counter() - start
         rate = report.ok_total / seconds
-        threads = threads or max(1, (os.cpu_count() or 1) - workers)
         results.append((workers, threads, report, seconds, rate))
         print(f"workers={workers} threads={threads} batch_size={args.batch_size}: {report.ok_total} structures "
               f"({report.failed_total} failed) in {seconds:.1f} s = {rate:.1f} structures/s", flush=True)

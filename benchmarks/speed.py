@@ -122,7 +122,7 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
         return
     timer = Timer()
     start = time.perf_counter()
-    predictor = Predictor(Ensemble(files))
+    predictor = Predictor(Ensemble(files, members_side_by_side=True))  # as the command line runs it
     result["load_seconds"] = round(time.perf_counter() - start, 3)
     result["weights"] = predictor.ensemble.version
     result["members"] = len(predictor.ensemble.models)

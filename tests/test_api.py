@@ -82,3 +82,12 @@ def test_unknown_numbering_is_refused_before_the_model_runs(monkeypatch):
     monkeypatch.setattr(immunofold.prediction, "default_predictor", lambda *args: pytest.fail("model loaded"))
     with pytest.raises(InputError, match="unknown numbering scheme 'martin'"):
         immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, numbering="martin")
+
+
+def test_the_python_api_leaves_torchs_thread_count_alone(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False)
+    assert calls == []

@@ -453,3 +453,16 @@ def test_clean_geometry_is_part_of_a_records_identity(tmp_path):
     assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q", "--clean-geometry"]) == 0
     cleaned = (outdir / "nb1.pdb").read_text()
     assert cleaned != raw and "GEOMETRY CLEANED" in cleaned
+
+
+def test_run_batch_without_threads_leaves_torchs_thread_count_alone(tmp_path, predictor, monkeypatch):
+    import torch
+
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n) or real(n))
+    before = torch.get_num_threads()
+    run_batch(fasta, tmp_path / "out", refine=False, workers=0, predictor=predictor)
+    assert all(n == before for n in calls) and torch.get_num_threads() == before

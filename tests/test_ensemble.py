@@ -102,6 +102,7 @@ def test_members_run_side_by_side_give_the_same_outputs_in_member_order(nanobody
     batch = collate([featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])])
     ensemble = Ensemble.__new__(Ensemble)  # three small, different random members; no weight files needed
     ensemble.device = torch.device("cpu")
+    ensemble.members_side_by_side = True
     ensemble.models = []
     for seed in range(3):
         torch.manual_seed(seed)

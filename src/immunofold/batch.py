@@ -486,9 +486,7 @@ class _Pipeline:
         self.kind, self.batch_size, self.workers = kind, batch_size, workers
         self.refine, self.numbering, self.device = refine, numbering, device
         self._predictor = predictor
-        # The model pass gets the cores the workers leave free: on a busy machine, torch threads
-        # fighting the numbering workers (or each other) cost more than they give.
-        self.threads = threads or max(1, (os.cpu_count() or 1) - workers)
+        self.threads = threads  # None: torch's setting as the caller left it
 
     @property
     def predictor(self):
@@ -496,7 +494,8 @@ class _Pipeline:
             from immunofold.prediction import Predictor
 
             self._predictor = Predictor(device=self.device,
-                                        clean_geometry=self.recorder.store.options.get("clean_geometry", False))
+                                        clean_geometry=self.recorder.store.options.get("clean_geometry", False),
+                                        members_side_by_side=self.threads is not None)
         return self._predictor
 
     def _numbered(self, records: Iterable[Record], executor):
@@ -567,7 +566,7 @@ class _Pipeline:
         import torch
 
         previous_threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads or previous_threads)
         try:
             self._stream(pending, executor)
         finally:
@@ -714,8 +713,9 @@ def run_batch(
     kind: auto | antibody | nanobody | tcr. batch_size: records handed to the model at once (same-length
     records only; the ensemble runs them in groups of at most `prediction.MAX_FORWARD_BATCH`).
     workers: processes for numbering and refinement (0: all in this process).
-    threads: torch threads for the model pass during the run (default: CPU cores minus workers,
-    at least 1). predictor: a loaded `immunofold.prediction.Predictor` to reuse. on_event(event, record) is
+    threads: torch threads for the model pass during the run, set for the run and restored (the command line passes
+    `default_threads(workers)`, and ensemble members then run side by side); None leaves torch's thread count and
+    the members' order as the caller has them (what a library caller such as the web server wants). predictor: a loaded `immunofold.prediction.Predictor` to reuse. on_event(event, record) is
     called with "structure_written" and "record_done" (for progress hooks and tests); on_note(text) with
     notes about the input as a whole (e.g. heavy chains read as nanobodies), before the run starts.
     Raises InputError for an unreadable input file or bad options, plots.PlotsUnavailable when `plots`
@@ -836,18 +836,24 @@ def _count_and_notes(records: Iterable[Record], kind: str) -> tuple[int, list[st
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
+def default_threads(workers: int) -> int:
+    """Torch threads for the model pass of a command-line run: the cores the worker processes leave free (on a busy
+    machine torch threads fighting the numbering workers cost more than they give), at least 1."""
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
 def _batch_command(args: argparse.Namespace) -> int:
     from immunofold.plots import PlotsUnavailable
 
     def note(text: str) -> None:
         print(f"note: {text}", file=sys.stderr)
 
+    workers = 1 if args.workers is None or args.engine == "ray" else args.workers
     try:
         report = run_batch(
-            args.input, args.outdir, kind=args.kind, batch_size=args.batch_size,
-            workers=1 if args.workers is None or args.engine == "ray" else args.workers,
+            args.input, args.outdir, kind=args.kind, batch_size=args.batch_size, workers=workers,
             refine=not args.no_refine, plots=args.plots, fmt=args.format, numbering=args.numbering,
-            device=args.device, progress=not args.quiet, threads=args.threads, on_note=note,
+            device=args.device, progress=not args.quiet, threads=args.threads or default_threads(workers), on_note=note,
             engine=args.engine, address=args.address, ray_workers=args.workers if args.engine == "ray" else None,
             developability=args.developability, clean_geometry=args.clean_geometry,
         )

@@ -65,7 +65,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     try:
         check_device(args.device, "--device")
-        predictor = Predictor(device=args.device, clean_geometry=args.clean_geometry)
+        predictor = Predictor(device=args.device, clean_geometry=args.clean_geometry, members_side_by_side=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             prediction = predictor.predict(args.kind, chains, name=name, refine=not args.no_refine, numbering=args.numbering)

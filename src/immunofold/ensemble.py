@@ -83,13 +83,17 @@ def consensus_structure(members: torch.Tensor, restype: torch.Tensor, residue_ma
 class Ensemble:
     """The ensemble members of one weights release, run on the same batch."""
 
-    def __init__(self, weight_files: list[str], device: str = "cpu", clean: bool = False):
+    def __init__(self, weight_files: list[str], device: str = "cpu", clean: bool = False,
+                 members_side_by_side: bool = False):
         """clean: pass the consensus through `cleanup.clean_geometry` (real peptide bonds, no clashes; on val
-        0.05-0.10 Å worse CDR3 RMSDs, see benchmarks/results/geometry.md)."""
+        0.05-0.10 Å worse CDR3 RMSDs, see benchmarks/results/geometry.md). members_side_by_side: see
+        `forward_members`; it changes torch's process-wide thread count during a run, so only a program that owns
+        its process (the command line) should ask for it."""
         if not weight_files:
             raise FileNotFoundError("no immunofold weight files found (the package ships them in immunofold/weights)")
         self.device = torch.device(device)
         self.clean = clean
+        self.members_side_by_side = members_side_by_side
         loaded = [load_model(path) for path in weight_files]
         self.models = [model.to(self.device) for model, _ in loaded]
         self.infos = [info for _, info in loaded]
@@ -98,15 +102,17 @@ class Ensemble:
         self.needs_language = any(model.config.language_dim > 0 for model in self.models)
 
     @classmethod
-    def packaged(cls, device: str = "cpu", clean: bool = False) -> "Ensemble":
-        return cls(packaged_weight_files(), device, clean)
+    def packaged(cls, device: str = "cpu", clean: bool = False, members_side_by_side: bool = False) -> "Ensemble":
+        return cls(packaged_weight_files(), device, clean, members_side_by_side)
 
     def forward_members(self, batch: dict[str, torch.Tensor]) -> list[dict]:
         """Each member's output on `batch` (already on the device), in member order, without gradients.
 
-        On the CPU with n >= 2 torch threads, members run side by side in n Python threads of one torch
-        thread each (torch releases the GIL in its kernels): measured on 2 cores, 10-15 % faster than one
-        member after another on 2 threads at batch 1, 8 and 64, where single small kernels use the cores poorly.
+        With `members_side_by_side`, on the CPU with n >= 2 torch threads, members run side by side in n Python
+        threads of one torch thread each (torch releases the GIL in its kernels; torch's thread count is lowered for
+        the run and restored): measured on 2 cores, 10-15 % faster than one member after another on 2 threads at
+        batch 1, 8 and 64, where single small kernels use the cores poorly. Otherwise one after another, leaving
+        torch's settings alone.
         """
         def run(models: list) -> list[dict]:
             with torch.inference_mode():  # grad mode is per thread: set it in each worker
@@ -114,7 +120,7 @@ class Ensemble:
 
         threads = torch.get_num_threads()
         workers = min(threads, len(self.models))
-        if self.device.type != "cpu" or workers < 2:
+        if self.device.type != "cpu" or workers < 2 or not self.members_side_by_side:
             return run(self.models)
         groups = [self.models[i::workers] for i in range(workers)]  # member k is in group k % workers
         torch.set_num_threads(max(1, threads // workers))

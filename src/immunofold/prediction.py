@@ -181,10 +181,11 @@ class Predictor:
     """Holds a loaded ensemble and, when one was fitted for its weights, the error calibrator; predicts one
     receptor or many at once."""
 
-    def __init__(self, ensemble: Ensemble | None = None, device: str = "cpu", clean_geometry: bool = False):
+    def __init__(self, ensemble: Ensemble | None = None, device: str = "cpu", clean_geometry: bool = False,
+                 members_side_by_side: bool = False):
         """ensemble: a loaded one, else the packaged ensemble on `device`, cleaning its consensus geometry
-        (`cleanup.clean_geometry`) when `clean_geometry`."""
-        self.ensemble = ensemble or Ensemble.packaged(device, clean=clean_geometry)
+        (`cleanup.clean_geometry`) when `clean_geometry` (members_side_by_side: see `Ensemble`)."""
+        self.ensemble = ensemble or Ensemble.packaged(device, clean_geometry, members_side_by_side)
         self.calibrator = packaged_calibrator(self.ensemble.version)
 
     def number(self, kind: str, chains: dict[str, str], name: str) -> list[NumberedChain]:
