@@ -196,8 +196,8 @@ def write_report(args, memory, local, on_ray, ray_same, small_local, cluster, cl
         "",
         f"`python benchmarks/repertoire.py --records {args.records} --memory {args.memory} "
         f"--cluster-records {args.cluster_records}`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}. The machine is shared: one of its 2 cores runs a "
-        "training job, so every rate here is about half of what an idle 2-core machine gives.",
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, load average at the start "
+        f"{os.getloadavg()[0]:.1f} (other work on the machine slows every rate).",
         "",
         "Synthetic repertoire: val antibodies, nanobodies and TCRs of ../shared/data with 1-2 random CDR3 "
         "substitutions each, as FASTA; unrefined (`--no-refine`). Rates are the run's own records/s line "
