@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="worker counts to try (default 1)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--summary", default=DEFAULT_SUMMARY, help="SAbDab-like summary.tsv")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: run_batch's: cores - workers)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the command line's, batch.default_threads)")
     parser.add_argument("--profile", action="store_true", help="also profile a run with workers 0, threads 1")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "batch_throughput.md"))
     parser.add_argument("--note", default="", help="free text added to the results (e.g. machine load)")
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     def timed(workers, threads, label):
         outdir = os.path.join(work, f"out_{label}")
         start = time.perf_counter()
-        threads = threads or default_threads(workers)
+        threads = threads or default_threads(workers, refine=False)
         report = run_batch(fasta, outdir, refine=False, workers=workers, batch_size=args.batch_size,
                            predictor=predictor, progress=False, threads=threads)
         seconds = time.perf_counter() - start
