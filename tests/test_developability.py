@@ -220,3 +220,20 @@ def _without_seconds_text(text):
 
 def _without_seconds(path):
     return _without_seconds_text(path.read_text())
+
+
+def test_an_unrefined_prediction_is_profiled_after_the_geometry_clean_up():
+    """Raw unrefined models clash, which inflates PSH; the profile of an unrefined prediction is that of its
+    cleaned geometry (trastuzumab: raw PSH above 200, red; cleaned within the green range, as its crystal 1N8Z)."""
+    import immunofold
+    from immunofold.developability import profile_structure
+
+    prediction = immunofold.predict(heavy=TRASTUZUMAB_H, light=TRASTUZUMAB_L, refine=False)
+    imgt = [{rid: number for rid, (number, _) in zip(ids, chain.positions)}
+            for ids, chain in zip(prediction.residue_ids, prediction.chains)]
+    raw = profile_structure(prediction.structure(), tuple(prediction.chain_ids), imgt, "raw")
+    cleaned = prediction.developability()
+    assert not prediction.geometry_cleaned  # the prediction itself is left as it was
+    assert raw["psh"].value > 200 and raw["psh"].flag == "red"
+    assert cleaned["psh"].value < raw["psh"].value - 50
+    assert cleaned == prediction.with_clean_geometry().developability()

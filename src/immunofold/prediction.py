@@ -22,6 +22,7 @@ import torch
 from immunofold import __version__
 from immunofold.calibration import packaged_calibrator
 from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE, is_cdr
+from immunofold.cleanup import clean_geometry
 from immunofold.data.features import collate, featurise
 from immunofold.ensemble import Ensemble, EnsembleOutput
 from immunofold.geometry import residue_tables
@@ -117,6 +118,17 @@ class Prediction:
             chains.append(ChainAtoms(chain_id, chain.sequence, list(ids), atom14[start:end], exists[restype], self.error[start:end]))
             start = end
         return chains
+
+    def with_clean_geometry(self) -> "Prediction":
+        """A copy whose consensus went through `cleanup.clean_geometry` (real peptide bonds, no clashes, ~35 ms);
+        itself if refined or already cleaned."""
+        if self.refined or self.geometry_cleaned:
+            return self
+        restype = torch.tensor([[RESTYPE_INDEX.get(aa, UNKNOWN_RESTYPE) for chain in self.chains for aa in chain.sequence]])
+        chain_slot = torch.tensor([[slot for slot, chain in enumerate(self.chains) for _ in chain.sequence]])
+        cleaned = clean_geometry(torch.from_numpy(self.atom14)[None], restype, torch.ones_like(restype, dtype=torch.bool),
+                                 chain_slot)
+        return dataclasses.replace(self, atom14=cleaned[0].numpy(), geometry_cleaned=True)
 
     def unrefined_structure(self, member: int | None = None) -> gemmi.Structure:
         atoms = self.atom14 if member is None else self.members[member]

@@ -238,8 +238,8 @@ function drawDevelopability(profile, refined) {
   $("developability-hint").textContent =
     `${source}, computed on this predicted structure. Amber: outside 95% of clinical-stage therapeutics; ` +
     "red: beyond all of them. Patch metrics depend on the modelled side chains; see the README for how far to trust them." +
-    (refined ? "" : " This model is unrefined: clashing side chains inflate PSH; tick \u201cRefine with OpenMM\u201d for a " +
-      "profile to hold against the thresholds.");
+    (refined ? "" : " This model is unrefined: the profile is computed after a quick geometry clean-up (no clashes); " +
+      "tick \u201cRefine with OpenMM\u201d for the refined structure's profile.");
   body.replaceChildren(...Object.values(profile.metrics).map((m) => {
     const row = el("tr", null, { "data-metric": m.name, "data-flag": m.flag });
     row.appendChild(el("td", m.label));
