@@ -123,7 +123,7 @@ def section_markdown(mode: str, section: dict) -> list[str]:
     lines = [
         f"## {mode.capitalize()} predictions",
         "",
-        f"immunofold {meta['weights']} ({'refined' if meta['refined'] else 'unrefined, --no-refine'}"
+        f"immunofold {meta['weights']} ({'refined' if meta['refined'] else 'unrefined, --no-refine, profiled after the geometry clean-up'}"
         f"{', code ' + meta['commit'] if meta.get('commit') else ''}{', ' + meta['date'] if meta.get('date') else ''}) "
         f"vs the crystal structure of {'' if meta.get('not_run') else 'every '}val antibody ({meta['n_antibody']}) and "
         f"nanobody ({meta['n_nanobody']}) in /work/shared/data; skipped: {meta['skipped'] or 'none'}.",
