@@ -13,7 +13,6 @@ Usage: python benchmarks/error_calibration.py [--data ../shared/data] [--cache /
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -140,9 +139,7 @@ def meaning_table(records: list[dict], errors: list[np.ndarray]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import calibration_data
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    parser.add_argument("--cache", default=calibration_data.DEFAULT_CACHE)
+    parser = calibration_data.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "error_calibration.md"))
     args = parser.parse_args(argv)
     data = calibration_data.load(args.data, args.cache)

@@ -12,6 +12,7 @@ Used by scripts/fit_calibration.py and benchmarks/error_calibration.py.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import pickle
@@ -31,6 +32,15 @@ NEW_SOURCES = ("abag_docking_benchmark", "nbframe_tests", "structcr", "abpacking
 MAX_IDENTITY = 0.95  # an OOF candidate this identical to an older train entry of its kind is not new
 MIN_SHARED_POSITIONS = 60
 DEFAULT_CACHE = "/tmp/immunofold-calibration"
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The options every script on the calibration data takes: --data (the data folder) and --cache."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--cache", default=DEFAULT_CACHE)
+    return parser
 
 
 def entry_sources(data_root: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ Val is never fitted on: benchmarks/error_calibration.py scores the result there.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -42,10 +41,7 @@ def apply(calibrator: Calibrator, record: dict) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
-    parser.add_argument("--cache", default=calibration_data.DEFAULT_CACHE)
-    args = parser.parse_args(argv)
+    args = calibration_data.argument_parser(__doc__.splitlines()[0]).parse_args(argv)
     data = calibration_data.load(args.data, args.cache)
     fitted_on = {
         "data": "../shared/data train rows of sources " + ", ".join(calibration_data.NEW_SOURCES)

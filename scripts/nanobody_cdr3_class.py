@@ -13,7 +13,6 @@ Usage: python scripts/nanobody_cdr3_class.py [--data ../shared/data] [--cache /t
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import pickle
@@ -80,10 +79,7 @@ def labelled_rows(data_root: str, cache_dir: str) -> list[tuple[str, object, int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
-    parser.add_argument("--cache", default=calibration_data.DEFAULT_CACHE)
-    args = parser.parse_args(argv)
+    args = calibration_data.argument_parser(__doc__.splitlines()[0]).parse_args(argv)
     data = calibration_data.load(args.data, args.cache)
     numbered = calibration_data.numbered_entries(args.data, args.cache)
     rows = labelled_rows(args.data, args.cache)
