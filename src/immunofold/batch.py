@@ -189,6 +189,12 @@ def _file_digest(path: str) -> str | None:
         return None
 
 
+def _stop_if_machine_fault(error: BaseException, stage: str) -> None:
+    """Raise BatchStopped ('<stage>: <error>') when `error` is the machine's fault (`_is_environment_fault`)."""
+    if _is_environment_fault(error):
+        raise BatchStopped(f"{stage}: {type(error).__name__}: {one_line(error)}") from None
+
+
 def _is_environment_fault(error: BaseException) -> bool:
     """Out of memory, a full or read-only disk, a dead worker pool: the machine's problem, not the record's."""
     if isinstance(error, (MemoryError, BrokenProcessPool)):
@@ -353,15 +359,13 @@ def predict_group(predictor, items: list[tuple[str, str, list]], numbering: str)
     try:
         return predictor.predict_numbered(items, numbering)
     except Exception as error:  # noqa: BLE001
-        if _is_environment_fault(error):
-            raise BatchStopped(f"the model pass failed: {type(error).__name__}: {one_line(error)}") from None
+        _stop_if_machine_fault(error, "the model pass failed")
     predictions = []
     for item in items:  # find the record that breaks the pass
         try:
             predictions.append(predictor.predict_numbered([item], numbering)[0])
         except Exception as error:  # noqa: BLE001
-            if _is_environment_fault(error):
-                raise BatchStopped(f"the model pass failed: {type(error).__name__}: {one_line(error)}") from None
+            _stop_if_machine_fault(error, "the model pass failed")
             predictions.append(error)
     return predictions
 
@@ -547,8 +551,7 @@ class _Pipeline:
             try:
                 refined, refine_seconds = future.result()
             except Exception as error:  # noqa: BLE001
-                if _is_environment_fault(error):
-                    raise BatchStopped(f"refinement stopped: {type(error).__name__}: {one_line(error)}") from None
+                _stop_if_machine_fault(error, "refinement stopped")
                 self.recorder.fail(record, f"refinement crashed ({type(error).__name__}: {one_line(error)})",
                                    seconds=seconds)
                 continue

@@ -97,6 +97,7 @@ def _write_developability(prediction, output: str) -> int:
     """Print the TAP/TNP profile and write it as <output stem>.developability.json beside the model."""
     import json
 
+    from immunofold.io import write_text_atomic
     from immunofold.sequences import InputError
 
     try:
@@ -105,8 +106,7 @@ def _write_developability(prediction, output: str) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     path = os.path.splitext(output)[0] + ".developability.json"
-    with open(path, "w") as handle:
-        json.dump(profile.to_dict(), handle, indent=1)
+    write_text_atomic(path, json.dumps(profile.to_dict(), indent=1))
     print(profile)
     print(f"wrote {path}")
     return 0
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted{getattr(args, 'resume_hint', '')}", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
 
 

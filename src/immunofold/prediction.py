@@ -245,7 +245,7 @@ class Predictor:
             spread=spread,
             head_error=head_error,
             weights_version=self.ensemble.version,
-            geometry_cleaned=getattr(self.ensemble, "clean", False),
+            geometry_cleaned=self.ensemble.clean,
             error_calibrated=self.calibrator is not None,
             notes=[note for c in chains for note in c.notes],
         )
