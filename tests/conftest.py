@@ -1,5 +1,6 @@
 """Shared fixtures: a real nanobody structure (7F5G, val split) committed under tests/fixtures."""
 
+import contextlib
 import os
 
 import pytest
@@ -26,3 +27,30 @@ def nanobody_atoms():
     mask = torch.tensor(chain.atom_mask)
     restype = torch.tensor([RESTYPE_INDEX[aa] for aa in chain.sequence])
     return atom14, mask, restype, chain.sequence
+
+
+WEB_BASE_URL = "http://127.0.0.1:8000"  # a loopback Host header: the only kind a default web app serves
+
+
+@contextlib.contextmanager
+def web_clients(tmp_path, **defaults):
+    """make(base_url=WEB_BASE_URL, **create_app options) -> a started TestClient on tmp_path/jobs.sqlite (options
+    not given take `defaults`); every client is closed when the block ends."""
+    from fastapi.testclient import TestClient
+
+    from immunofold.web.app import create_app
+
+    clients = []
+
+    def make(base_url=WEB_BASE_URL, **options):
+        options = {"db_path": str(tmp_path / "jobs.sqlite"), **defaults, **options}
+        client = TestClient(create_app(**options), base_url=base_url)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.__exit__(None, None, None)

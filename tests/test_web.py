@@ -16,7 +16,7 @@ import pytest
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT  # noqa: E402
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, WEB_BASE_URL, web_clients  # noqa: E402
 from immunofold.cli import build_parser  # noqa: E402
 from immunofold.sequences import InputError, number_receptor  # noqa: E402
 from immunofold.web import assets as web_assets  # noqa: E402
@@ -37,7 +37,7 @@ NANOBODY = (
 TCR_ALPHA = "QSVSQHNHHVILSEAASLELGCNYSYGGTVNLFWYVQYPGQHLQLLLKYFSGDPLVKGIKGFEAEFIKSKFSFNLRKPSVQWSDTAEYFCAVNARRNTPLVFGKGTRLSVIA"
 TCR_BETA = "GITQSPKYLFRKEGQNVTLSCEQNLNHDAMYWYRQDPGQGLRLIYYSQIVNDFQKGDIAEGYSVSREKKESFPLTVTSAQKNPTAFYLCASSITLSSYNEQFFGPGTRLTVL"
 DEV_WEIGHTS = "/tmp/devweights"
-BASE_URL = "http://127.0.0.1:8000"  # a loopback Host header: the only kind a default app serves
+BASE_URL = WEB_BASE_URL
 TRASTUZUMAB = {"kind": "antibody", "name": "trastuzumab", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}
 
 
@@ -62,19 +62,8 @@ def predictor():
 @pytest.fixture
 def make_client(tmp_path, predictor):
     """make_client(**create_app options) -> a started TestClient on a fresh job database."""
-    clients = []
-
-    def make(**options):
-        options.setdefault("db_path", str(tmp_path / "jobs.sqlite"))
-        options.setdefault("predictor_factory", lambda: predictor)
-        client = TestClient(create_app(**options), base_url=BASE_URL)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with web_clients(tmp_path, predictor_factory=lambda: predictor) as make:
+        yield make
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import io
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, WEB_BASE_URL, web_clients
 from immunofold.cli import build_parser
 from immunofold.web import server as web_server
 from immunofold.web.security import SECURITY_HEADERS, TOKEN_COOKIE, host_name, is_loopback
 from immunofold.web.app import MAX_SINGLE_BYTES, create_app
 
-BASE_URL = "http://127.0.0.1:8000"
+BASE_URL = WEB_BASE_URL
 ANTIBODY = {"kind": "antibody", "name": "tz", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT}
 FASTA = f">tz|H\n{TRASTUZUMAB_HEAVY}\n>tz|L\n{TRASTUZUMAB_LIGHT}\n".encode()
 
@@ -28,20 +28,8 @@ class NoModel:
 
 @pytest.fixture
 def make_client(tmp_path):
-    clients = []
-
-    def make(base_url=BASE_URL, **options):
-        options.setdefault("db_path", str(tmp_path / "jobs.sqlite"))
-        options.setdefault("predictor_factory", NoModel)
-        options.setdefault("batch_runner", lambda *args, **kwargs: None)
-        client = TestClient(create_app(**options), base_url=base_url)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with web_clients(tmp_path, predictor_factory=NoModel, batch_runner=lambda *args, **kwargs: None) as make:
+        yield make
 
 
 def page_token(client) -> str:
