@@ -83,13 +83,17 @@ def test_airr_round_trip_through_batch(tmp_path, predictor):  # noqa: F811
     assert (tmp_path / "out" / "cell1.pdb").is_file() and (tmp_path / "out" / "vhh1.pdb").is_file()
 
 
-def test_parquet_summary_equals_csv(tmp_path, predictor):  # noqa: F811
+def test_parquet_summary_equals_csv(tmp_path, predictor, monkeypatch):  # noqa: F811
     import pyarrow.parquet as pq
 
+    monkeypatch.setattr(batch, "PARQUET_ROWS", 3)  # 5 rows: row groups of 3 (record batches of 2 + 1) and 2
+    monkeypatch.setattr(batch, "ARROW_ROWS", 2)
     path = tmp_path / "rearrangements.tsv"
     write_airr(path, AIRR_ROWS)
     report = run_batch(path, tmp_path / "out", refine=False, workers=0, predictor=predictor, threads=1)
-    table = pq.read_table(tmp_path / "out" / "summary.parquet")
+    parquet = pq.ParquetFile(tmp_path / "out" / "summary.parquet")
+    assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)] == [3, 2]
+    table = parquet.read()
     assert table.column_names == batch.SUMMARY_COLUMNS
     assert str(table.schema.field("mean_error").type) == "double"
     rows = read_csv(report.summary_path)

@@ -9,7 +9,8 @@ SHARD_THRESHOLD records), `summary.csv` and `summary.parquet` (every record, in 
 
 Streaming
     The input is read as a stream, several times (count, predict, reports): memory does not grow with
-    the number of records beyond 8 bytes per name (duplicate names, unique file names).
+    the number of records: the names seen (duplicates, unique file names) are kept on disk (`inputs.NameSet`) and
+    summary.parquet is written one row group at a time.
 
 Engines
     local (default): the processes of this machine (below). ray: Ray actors on this machine or a
@@ -100,7 +101,8 @@ SUMMARY_COLUMNS = (
 DEVELOPABILITY_PROFILERS = {"antibody": "tap", "nanobody": "tnp"}  # column prefix of each kind's profile
 FAILURE_COLUMNS = ["name", "source", "reason"]
 PARQUET_FILE = "summary.parquet"
-PARQUET_ROWS = 50_000  # rows per Parquet row group (and per write)
+PARQUET_ROWS = 50_000  # rows per Parquet row group
+ARROW_ROWS = 1_000  # summary rows held as Python dicts before they become a compact Arrow record batch
 STRUCTURES_DIR = "structures"
 SHARD_THRESHOLD = 10_000  # records: larger runs write structures/<2 hex>/<stem>.<format>
 ENGINES = ("local", "ray")
@@ -636,7 +638,8 @@ def _csv_cell(column: str, value) -> str:
 def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool = False) -> tuple[int, int, list[dict]]:
     """Write summary.csv, summary.parquet (every record, in input order; SUMMARY_COLUMNS, then
     `developability_columns()` when the run has that option) and failures.csv from the record store,
-    streaming: one Parquet row group per PARQUET_ROWS records. (ok, failed, ok sidecars if keep_ok else [])."""
+    streaming: rows wait as Arrow record batches (ARROW_ROWS each) until a Parquet row group of PARQUET_ROWS
+    records is written. (ok, failed, ok sidecars if keep_ok else [])."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -656,7 +659,9 @@ def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool =
         failure_writer = csv.DictWriter(failures, FAILURE_COLUMNS, lineterminator="\n")
         summary_writer.writeheader()
         failure_writer.writeheader()
-        rows: list[dict] = []
+        rows: list[dict] = []  # the next record batch
+        batches: list = []  # the next row group
+        held = 0  # rows in `batches`
         for record in store.scan(records):
             data = store.load(record) or {
                 "status": "failed", "kind": "", "reason": "not finished (run interrupted)", "seconds": None,
@@ -673,11 +678,17 @@ def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool =
                                          (("name", record.name), ("source", record.source), ("reason", data["reason"]))})
             summary_writer.writerow({column: _csv_cell(column, value) for column, value in row.items()})
             rows.append(row)
-            if len(rows) == PARQUET_ROWS:
-                parquet.write_table(pa.Table.from_pylist(rows, schema))
+            if len(rows) == ARROW_ROWS or held + len(rows) == PARQUET_ROWS:
+                batches.append(pa.RecordBatch.from_pylist(rows, schema))
+                held += len(rows)
                 rows = []
+            if held == PARQUET_ROWS:
+                parquet.write_table(pa.Table.from_batches(batches, schema))
+                batches, held = [], 0
         if rows:
-            parquet.write_table(pa.Table.from_pylist(rows, schema))
+            batches.append(pa.RecordBatch.from_pylist(rows, schema))
+        if batches:
+            parquet.write_table(pa.Table.from_batches(batches, schema))
     return n_ok, n_failed, ok_rows
 
 

@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -154,8 +155,8 @@ def detect_format(path: str | os.PathLike, first: str) -> str:
 def iter_records(path: str | os.PathLike, fmt: str | None = None) -> Iterator[Record]:
     """Records of a FASTA/CSV/TSV/AIRR file, in input order (bad ones carry `error`), read as a stream.
 
-    Memory is bounded: at most PAIRING_WINDOW receptors wait for a partner chain, plus 8 bytes per name for the
-    duplicate check. Raises InputError for a file that cannot be read as a whole (when iteration starts)."""
+    Memory is bounded: at most PAIRING_WINDOW receptors wait for a partner chain; the duplicate check keeps the names
+    in a `NameSet` (on disk past about 2 MB). Raises InputError for a file that cannot be read as a whole (when iteration starts)."""
     first = _first_line(path)
     if not first.strip():
         raise InputError(str(path), "input file is empty")
@@ -195,9 +196,25 @@ def _lines(handle) -> Iterator[str]:
         yield from raw.splitlines() or [""]
 
 
-def _name_key(name: str) -> int:
-    """8-byte digest of a name: the duplicate check holds these, not the names."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+class NameSet:
+    """The names seen so far in a stream, as 8-byte digests in a private temporary SQLite database (deleted when the
+    set is): memory stays at SQLite's page cache (about 2 MB) however many names pass; past that the digests spill
+    to a file in the temporary folder (about 15 MB per 10^6 names)."""
+
+    def __init__(self):
+        self._db = sqlite3.connect("", check_same_thread=False)  # "": temporary, on disk only when it outgrows the cache
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("CREATE TABLE names (digest INTEGER PRIMARY KEY)")
+
+    @staticmethod
+    def _digest(name: str) -> int:
+        return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little", signed=True)
+
+    def __contains__(self, name: str) -> bool:
+        return self._db.execute("SELECT 1 FROM names WHERE digest = ?", (self._digest(name),)).fetchone() is not None
+
+    def add(self, name: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO names VALUES (?)", (self._digest(name),))
 
 
 class _Pairing:
@@ -211,7 +228,7 @@ class _Pairing:
         self.heavy_alone_vhh_only = heavy_alone_vhh_only
         self.waiting: deque[dict] = deque()  # groups in order of first appearance, not given out yet
         self.open: dict[str, dict] = {}  # name -> group that may still take a chain
-        self.seen: set[int] = set()
+        self.seen = NameSet()
         self.entries = 0
         self.index = 0
 
@@ -223,7 +240,7 @@ class _Pairing:
         if group is not None and (slot is None or slot in [s for s, _ in group["parts"]]):
             group = None
             error = self.clash
-        elif group is None and error is None and name and _name_key(name) in self.seen:
+        elif group is None and error is None and name and name in self.seen:
             error = self.clash
         if group is not None:
             group["parts"].append((slot, sequence))
@@ -232,7 +249,7 @@ class _Pairing:
         else:
             group = {"name": name, "parts": [(slot, sequence)], "source": source, "error": error, "entry": self.entries}
             if error is None and name:
-                self.seen.add(_name_key(name))
+                self.seen.add(name)
                 if slot is not None and not alone:
                     self.open[name] = group
             self.waiting.append(group)
@@ -359,7 +376,7 @@ def _table_records(handle, delimiter: str, label: str) -> Iterator[Record]:
     if len(set(seen_slots)) != len(seen_slots):
         raise InputError(label, "the header names the same chain in more than one column")
 
-    names: set[int] = set()
+    names = NameSet()
     for index, (row_number, row) in enumerate(rows):
         source = f"row {row_number}"
         name = _clean_name(row[name_col]) if name_col < len(row) else ""
@@ -368,7 +385,7 @@ def _table_records(handle, delimiter: str, label: str) -> Iterator[Record]:
             error = f"has {len(row)} fields, the header has {len(header)}"
         elif not name:
             error = "empty name"
-        elif _name_key(name) in names:
+        elif name in names:
             error = "duplicate name"
         kind = row[kind_col].strip().lower() if kind_col is not None and kind_col < len(row) else ""
         if error is None and kind and kind not in KIND_CHOICES:
@@ -377,7 +394,7 @@ def _table_records(handle, delimiter: str, label: str) -> Iterator[Record]:
         if error is None and not chains:
             error = "no sequence in any chain column"
         if error is None:
-            names.add(_name_key(name))
+            names.add(name)
         yield Record(index, name or source, chains, kind if kind not in ("", "auto") else None, source, error)
 
 
@@ -541,19 +558,19 @@ def safe_name(name: str, max_length: int = 100) -> str:
 
 class StemAssigner:
     """Unique safe file stems for names given one at a time, in order: a name whose stem collides, case-insensitively,
-    with an earlier one, or that had to be changed, gets a short hash of the original appended. Holds 8 bytes per
-    stem given out, so a stream of any length is named in bounded memory."""
+    with an earlier one, or that had to be changed, gets a short hash of the original appended. The stems
+    given out are kept in a `NameSet`, so a stream of any length is named in bounded memory."""
 
     def __init__(self):
-        self.used: set[int] = set()
+        self.used = NameSet()
 
     def __call__(self, name: str) -> str:
         stem = safe_name(name)
-        if stem != name or _name_key(stem.lower()) in self.used:
+        if stem != name or stem.lower() in self.used:
             stem = f"{stem[:90]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-        while _name_key(stem.lower()) in self.used:
+        while stem.lower() in self.used:
             stem = f"{stem}_{hashlib.sha1(stem.encode()).hexdigest()[:4]}"
-        self.used.add(_name_key(stem.lower()))
+        self.used.add(stem.lower())
         return stem
 
 
