@@ -53,6 +53,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from immunofold.allocator import keep_freed_memory
     from immunofold.batch import default_threads, run_batch
     from immunofold.prediction import Predictor
 
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     fasta = os.path.join(work, "nanobodies.fasta")
     write_fasta(fasta, sequences, args.n)
 
+    keep_freed_memory()  # as the command line does
     start = time.perf_counter()
     predictor = Predictor(members_side_by_side=True)  # as `immunofold batch` runs it
     load_seconds = time.perf_counter() - start

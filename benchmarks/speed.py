@@ -42,6 +42,7 @@ from common import (
 )
 from peers import igfold_peer
 
+from immunofold.allocator import keep_freed_memory
 from immunofold.data.sabdab import read_summary
 
 TOOLS = ("immunofold", "flashabb", "igfold", "immunebuilder")
@@ -462,6 +463,7 @@ def ratios(report: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as the command line runs (every tool of this process gets it)
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_info()

@@ -210,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from immunofold.allocator import keep_freed_memory
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # this program owns its process
     try:
         return args.handler(args)
     except KeyboardInterrupt:
