@@ -87,8 +87,11 @@ def immunofold_batch(input_path: str, outdir: str, *extra: str) -> dict:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"immunofold batch {' '.join(extra)} failed: {done.stderr.strip()[-2000:]}")
-    line = done.stdout.splitlines()[0]
-    return {"line": line, "wall": wall, "rate": float(line.split(" records/s")[0].split()[-1])}
+    line = done.stdout.splitlines()[0]  # "N records: P predicted, F failed, ... in S s, R records/s (...)"
+    words = line.replace(",", "").split()
+    finished = int(words[words.index("predicted") - 1]) + int(words[words.index("failed") - 1])
+    seconds = float(line.split(" in ")[-1].split(" s")[0])
+    return {"line": line, "wall": wall, "rate": finished / seconds}  # the line's rate, unrounded
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
