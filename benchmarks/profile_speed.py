@@ -94,12 +94,18 @@ def main(argv=None) -> int:
         lines.append(f"| {size} | " + " | ".join(f"{v:.1f}" for v in best.values()) + f" | {sum(best.values()):.1f} |")
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             stages(items)
-        events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
-        total = sum(e.self_cpu_time_total for e in events)
-        operator_tables += [f"### batch {size}", "", "| operator | input shapes | share of self time | calls |",
-                            "|---|---|--:|--:|"]
-        operator_tables += [f"| `{e.key}` | {shapes(e.input_shapes)} | {100 * e.self_cpu_time_total / total:.1f} % | "
-                            f"{e.count} |" for e in events[:TOP_OPERATORS]]
+        by_operator: dict[str, list] = {}  # name -> [self time, calls, (self time, shapes) of its costliest shape]
+        for e in prof.key_averages(group_by_input_shape=True):
+            entry = by_operator.setdefault(e.key, [0.0, 0, (0.0, "")])
+            entry[0] += e.self_cpu_time_total
+            entry[1] += e.count
+            entry[2] = max(entry[2], (e.self_cpu_time_total, shapes(e.input_shapes)))
+        total = sum(entry[0] for entry in by_operator.values())
+        operator_tables += [f"### batch {size}", "",
+                            "| operator | share of self time | calls | its costliest input shapes |", "|---|--:|--:|---|"]
+        operator_tables += [f"| `{name}` | {100 * own / total:.1f} % | {calls} | {costliest[1]} |"
+                            for name, (own, calls, costliest) in sorted(by_operator.items(), key=lambda kv: -kv[1][0])
+                            [:TOP_OPERATORS]]
         operator_tables.append("")
     lines += ["", "## torch operators with the most self time (torch.profiler)", "", *operator_tables]
     text = "\n".join(lines)
