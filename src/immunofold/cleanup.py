@@ -51,7 +51,10 @@ SEARCH_MARGIN = 1.0  # Å: pairs closer than CLASH_DISTANCE + SEARCH_MARGIN at t
 GEOMETRY_WEIGHT = 100.0  # per Å², bond-geometry distance terms
 PEPTIDE_BOND_FACTOR = 10.0  # C(i)-N(i+1) length held this many times harder (5: a few bonds stayed at 1.44 Å)
 CLASH_WEIGHT = 100.0  # per Å², clash terms
-BACKBONE_RESTRAINT = 1.0  # per Å², N, CA, C, O, CB held at the prediction
+# Per Å², N, CA, C, O, CB held at the prediction. On val (v0.7, 149 models): 1.0 left one cis non-proline peptide
+# (148/149 models clean), 3.0 none (149/149) and CDR RMSDs 0.005-0.03 Å lower; 10.0 lower still by ~0.015 Å but
+# left 4 models with a clash or cis peptide (benchmarks/results/geometry.md, docs/benchmarks.md).
+BACKBONE_RESTRAINT = 3.0
 SIDE_CHAIN_RESTRAINT = 0.1  # per Å², other atoms
 # Minimisation stages: (fraction of the geometry and clash weights, L-BFGS iterations at most). Soft terms first
 # converge in few iterations; the full weights then only polish.
