@@ -122,6 +122,21 @@ def test_large_runs_write_sharded_structure_folders(tmp_path, predictor, monkeyp
     assert (again.skipped, again.done) == (3, 0)
 
 
+def test_full_temporary_disk_stops_the_run(tmp_path, monkeypatch):
+    """The names seen spill to a temporary file (inputs.NameSet); when it cannot grow the run stops with one line."""
+    opened = inputs.NameSet.__init__
+
+    def small_disk(self):
+        opened(self)
+        self._db.execute("PRAGMA max_page_count = 2")  # the table's first page and no more: "database or disk is full"
+
+    monkeypatch.setattr(inputs.NameSet, "__init__", small_disk)
+    fasta = tmp_path / "many.fasta"
+    fasta.write_text("".join(f">nb{i}\n{NB1}\n" for i in range(2000)))
+    with pytest.raises(batch.BatchStopped, match=r"^reading .*many.fasta: OSError: .*temporary folder .*disk is full"):
+        run_batch(fasta, tmp_path / "out", refine=False)
+
+
 def test_fasta_is_streamed_and_pairs_within_the_window(tmp_path, monkeypatch):
     monkeypatch.setattr(inputs, "PAIRING_WINDOW", 3)
     fasta = tmp_path / "pairs.fasta"

@@ -768,7 +768,11 @@ def run_batch(
     outdir = os.fspath(outdir)
 
     def records() -> Iterator[Record]:  # one pass over the input file; each pass gives the same records
-        return iter_records(input_path)
+        try:
+            yield from iter_records(input_path)
+        except OSError as error:  # a failing disk under the input or the names' temporary file (inputs.NameSet)
+            _stop_if_machine_fault(error, f"reading {os.fspath(input_path)}")
+            raise
 
     total, notes = _count_and_notes(records(), kind)
     for note in notes:

@@ -26,12 +26,14 @@ This module imports no torch, so worker processes that number sequences start fa
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import re
 import sqlite3
+import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -211,10 +213,19 @@ class NameSet:
         return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little", signed=True)
 
     def __contains__(self, name: str) -> bool:
-        return self._db.execute("SELECT 1 FROM names WHERE digest = ?", (self._digest(name),)).fetchone() is not None
+        return self._execute("SELECT 1 FROM names WHERE digest = ?", name).fetchone() is not None
 
     def add(self, name: str) -> None:
-        self._db.execute("INSERT OR IGNORE INTO names VALUES (?)", (self._digest(name),))
+        self._execute("INSERT OR IGNORE INTO names VALUES (?)", name)
+
+    def _execute(self, statement: str, name: str) -> sqlite3.Cursor:
+        """OSError (ENOSPC, else EIO) when the temporary file cannot grow: the machine's fault, not the input's."""
+        try:
+            return self._db.execute(statement, (self._digest(name),))
+        except sqlite3.OperationalError as error:
+            code = errno.ENOSPC if "full" in str(error) else errno.EIO
+            raise OSError(code, f"cannot keep the names seen in the temporary folder {tempfile.gettempdir()} "
+                                f"({error})") from None
 
 
 class _Pairing:
