@@ -57,7 +57,7 @@ class InvariantPointAttention(nn.Module):
         key = torch.cat([k, k_pts, -gamma * (k_pts**2).sum(-1, keepdim=True)], dim=-1)  # [B, N, H, c + 3 Pq + 1]
         values = torch.cat([v, v_pts], dim=-1)  # [B, N, H, c + 3 Pv]
         # The CPU's fused (flash) kernel needs one width for query, key and value, else a ~3x slower unfused path
-        # runs: zero columns widen the narrower side without changing a logit or an output.
+        # runs: zero columns widen the narrower side and change no logit (outputs differ by float rounding only).
         width = max(query.shape[-1], values.shape[-1])
         query, key = (F.pad(x, (0, width - x.shape[-1])) for x in (query, key))
         attended = F.scaled_dot_product_attention(

@@ -60,7 +60,7 @@ def attention_biases(
     """
     table = torch.cat([module.embedding.weight for module in modules], dim=-1).T  # [sum of H, buckets]
     # Looked up head by head, so that each head's N x N map is contiguous: the attention kernels read it in rows, and
-    # a [B, N, N, H] lookup permuted to [B, H, N, N] makes every later add and copy of the maps ~5x slower.
+    # a [B, N, N, H] lookup permuted to [B, H, N, N] makes every later add and copy of the maps strided and slow.
     biases = table.index_select(1, buckets.flatten()).unflatten(1, buckets.shape).transpose(0, 1)  # [B, sum of H, N, N]
     biases = biases + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
     if cysteine_pair is not None and any(module.cysteine is not None for module in modules):
