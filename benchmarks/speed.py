@@ -75,22 +75,26 @@ def log(message: str) -> None:
 
 
 class Timer:
-    """Collects named wall-clock samples; best = min, med = median."""
+    """Collects named wall-clock samples (and this process's CPU time, all threads, for `time`); best = min, med =
+    median. CPU time is the work done, which other load on a shared machine inflates far less than wall time."""
 
     def __init__(self):
         self.samples: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
 
     def add(self, name: str, seconds: float) -> None:
         self.samples.setdefault(name, []).append(seconds)
 
     def time(self, name: str, fn, *args, **kwargs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = fn(*args, **kwargs)
         self.add(name, time.perf_counter() - start)
+        self.cpu.setdefault(name, []).append(time.process_time() - cpu_start)
         return result
 
     def stats(self) -> dict:
-        return {k: {"best": round(min(v), 4), "median": round(statistics.median(v), 4), "runs": len(v)}
+        return {k: {"best": round(min(v), 4), "median": round(statistics.median(v), 4), "runs": len(v),
+                    **({"cpu_best": round(min(self.cpu[k]), 4)} if k in self.cpu else {})}
                 for k, v in self.samples.items()}
 
 
@@ -184,7 +188,8 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
     for name, stat in timer.stats().items():
         size = int(name.rsplit(" ", 1)[1])
         throughput[name] = {**stat, "batch": size, "structures_per_s": round(size / stat["best"], 3),
-                            "s_per_structure": round(stat["best"] / size, 4)}
+                            "s_per_structure": round(stat["best"] / size, 4),
+                            "cpu_s_per_structure": round(stat["cpu_best"] / size, 4)}
     result["throughput"] = throughput
 
 
@@ -228,7 +233,8 @@ def bench_flashabb(args, batches, numbered_inputs, tmp: str, result: dict) -> No
     for name, stat in timer.stats().items():
         size = int(name.rsplit(" ", 1)[1])
         throughput[name] = {**stat, "batch": size, "structures_per_s": round(size / stat["best"], 3),
-                            "s_per_structure": round(stat["best"] / size, 4)}
+                            "s_per_structure": round(stat["best"] / size, 4),
+                            "cpu_s_per_structure": round(stat["cpu_best"] / size, 4)}
     result["throughput"] = throughput
     result["trastuzumab_pdb"] = os.path.join(tmp, f"{names1[0]}.pdb")
 
@@ -399,6 +405,8 @@ def markdown(report: dict) -> str:
                   f"Loading the 4 models: {fmt_s(ib['load_seconds'])}. Refinement input: "
                   f"`{ib.get('refine_input', '-')}` (a real-geometry model; random-weight output is not a meaningful "
                   "refinement input).", ""]
+    lines += ["Where the time goes (CPU time per stage, top torch operators at batch 1/8/64): [profile.md](profile.md), "
+              "written by `python benchmarks/profile_speed.py`.", ""]
     lines += ["## Throughput (end to end)", "",
               "immunofold: numbering -> features -> ensemble -> PDB files. FlashABB: forward (+ writing PDBs), from "
               "the same IMGT-trimmed V-domain sequences (it does no numbering). IgFold: `fold()` of the same V "
@@ -406,12 +414,16 @@ def markdown(report: dict) -> str:
               "(model loading not included). ImmuneBuilder: ANARCI numbering -> "
               "4 models -> ranking -> unrefined PDB (it has no batching: batch 1 only); refined = that + its "
               "refinement.", "",
-              "| tool | mode | batch | s / batch (median) | s / structure | structures / s |", "|---|---|--:|--:|--:|--:|"]
+              "CPU / structure: this process's CPU time (all its threads) in the best run, divided by the batch: the "
+              "work done, which other load on a shared machine inflates far less than wall time.", "",
+              "| tool | mode | batch | s / batch (median) | s / structure | structures / s | CPU / structure |",
+              "|---|---|--:|--:|--:|--:|--:|"]
     for key, label in TOOL_LABELS.items():
         for name, stat in report["tools"].get(key, {}).get("throughput", {}).items():
             mode = name.rsplit(",", 1)[0]
+            cpu = fmt_s(stat["cpu_s_per_structure"]) if "cpu_s_per_structure" in stat else "-"
             lines.append(f"| {label} | {mode} | {stat['batch']} | {stat['best']:.3f} ({stat['median']:.3f}) | "
-                         f"{fmt_s(stat['s_per_structure'])} | {stat['structures_per_s']:.2f} |")
+                         f"{fmt_s(stat['s_per_structure'])} | {stat['structures_per_s']:.2f} | {cpu} |")
     lines.append("")
     igfold = report["tools"].get("igfold", {})
     if igfold.get("throughput"):
@@ -446,6 +458,8 @@ def ratios(report: dict) -> dict:
         fab = tools.get("flashabb", {}).get("throughput", {}).get(f"forward + write PDBs, batch {size}")
         if ours and fab:
             out[f"FlashABB / immunofold time, batch {size} (unrefined, with writing)"] = round(fab["best"] / ours["best"], 2)
+            out[f"FlashABB / immunofold CPU time, batch {size} (unrefined, with writing)"] = round(
+                fab["cpu_s_per_structure"] / ours["cpu_s_per_structure"], 2)
     igfold = tools.get("igfold", {}).get("throughput", {}).get("unrefined, batch 1")
     if igfold and imf.get("unrefined, batch 1"):
         out["IgFold / immunofold time, batch 1, unrefined"] = round(igfold["best"] / imf["unrefined, batch 1"]["best"], 2)
