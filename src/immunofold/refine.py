@@ -1,7 +1,7 @@
-"""Energy minimisation of predicted structures (OpenMM + PDBFixer) and geometry checks.
+"""Energy minimisation of predicted structures (OpenMM) and geometry checks.
 
-In the spirit of ImmuneBuilder's refinement: PDBFixer completes missing heavy atoms and adds
-hydrogens (pH 7); the Amber14 force field in vacuum is minimised with harmonic
+In the spirit of ImmuneBuilder's refinement: hydrogens are added at pH 7 (`immunofold.protonation`);
+the Amber14 force field in vacuum is minimised with harmonic
 restraints holding heavy atoms near the prediction (backbone and CB ten times harder than side
 chains). If the result still has a cis non-proline peptide, a D-amino acid, a steric clash or a
 broken peptide bond, minimisation continues with torsion terms that push every non-proline peptide
@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import functools
 import io as text_io
-import random
 from dataclasses import dataclass
 
 import gemmi
 import numpy as np
 import openmm
 from openmm import app, unit
-from pdbfixer import PDBFixer
 
 from immunofold.constants import BACKBONE_ATOMS, ONE_TO_THREE, PEPTIDE_BOND_LENGTH
 from immunofold.io import ChainAtoms, atom14_names, read_chains, to_pdb_string
+from immunofold.protonation import protonated
 
 DEFAULT_RESTRAINT_K = 1000.0  # kJ/mol/nm^2 (about 2.4 kcal/mol/Å^2, ImmuneBuilder's first stiffness)
 # One minimisation round per (scale of restraint_k, torsion strength): the torsion terms come in at full
@@ -76,7 +75,7 @@ def refine(pdb_string: str, max_iterations: int = 0, restraint_k: float = DEFAUL
     max_iterations: limit per minimisation round (0 = until converged).
     restraint_k: harmonic restraint stiffness on heavy atoms, kJ/mol/nm^2; later rounds use
         restraint_k times each of RESTRAINT_SCALES.
-    seed: random seed for placing missing atoms and hydrogens (same input and seed, same output).
+    seed: random seed for completing residues that miss heavy atoms (same input and seed, same output).
     """
     try:
         return _refine(pdb_string, max_iterations, restraint_k, seed)
@@ -87,42 +86,27 @@ def refine(pdb_string: str, max_iterations: int = 0, restraint_k: float = DEFAUL
 
 def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int) -> RefineResult:
     """refine() without the exception guard."""
-    fixer = _protonated(pdb_string, seed)
-    context = _restrained_context(fixer.topology, fixer.positions)
+    topology, positions = protonated(pdb_string, seed)
+    return minimised(topology, positions, pdb_string, max_iterations, restraint_k)
+
+
+def minimised(topology: app.Topology, positions: np.ndarray, pdb_string: str, max_iterations: int = 0,
+              restraint_k: float = DEFAULT_RESTRAINT_K, tolerance: float = MINIMISATION_TOLERANCE) -> RefineResult:
+    """The rounds of restrained minimisation of a protonated structure (positions [N_atoms, 3] nm) until
+    `find_problems` finds nothing; pdb_string is the input, whose annotations the result keeps.
+    tolerance: largest force component at convergence, kJ/mol/nm."""
+    context = _restrained_context(topology, positions)
     for scale, torsion_k in zip(RESTRAINT_SCALES, TORSION_K):
         context.setParameter("k", restraint_k * scale)
         context.setParameter("k_torsion", torsion_k)
-        openmm.LocalEnergyMinimizer.minimize(context, MINIMISATION_TOLERANCE, max_iterations)
+        openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations)
         positions = context.getState(getPositions=True).getPositions()
-        refined = _with_input_annotations(_openmm_pdb_string(fixer.topology, positions), pdb_string)
+        refined = _with_input_annotations(_openmm_pdb_string(topology, positions), pdb_string)
         problems = find_problems(refined)
         if not problems:
             return RefineResult(refined, True, "")
     shown = "; ".join(str(p) for p in problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     return RefineResult(pdb_string, False, f"problems remain after refinement: {shown}")
-
-
-def _protonated(pdb_string: str, seed: int) -> PDBFixer:
-    """PDBFixer model with hetero groups removed, missing heavy atoms and hydrogens (pH 7) added.
-
-    Missing residues are not modelled: a gap stays a gap.
-    """
-    # The Reference platform keeps PDBFixer's small minimisations deterministic (CPU's are not).
-    reference = openmm.Platform.getPlatformByName("Reference")
-    fixer = PDBFixer(pdbfile=text_io.StringIO(pdb_string), platform=reference)
-    fixer.removeHeterogens(keepWater=False)
-    fixer.findNonstandardResidues()
-    fixer.replaceNonstandardResidues()
-    fixer.missingResidues = {}
-    fixer.findMissingAtoms()
-    fixer.addMissingAtoms(seed=seed)
-    global_random_state = random.getstate()
-    random.seed(seed)  # OpenMM's Modeller.addHydrogens starts hydrogens at random positions
-    try:
-        fixer.addMissingHydrogens(PH)
-    finally:
-        random.setstate(global_random_state)
-    return fixer
 
 
 @functools.lru_cache(maxsize=1)
@@ -131,7 +115,7 @@ def _force_field() -> app.ForceField:
     return app.ForceField("amber14-all.xml")
 
 
-def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
+def _restrained_context(topology: app.Topology, positions: np.ndarray) -> openmm.Context:
     """Vacuum Amber14 system (1 nm cutoff) with harmonic restraints (global parameter k,
     kJ/mol/nm^2, times BACKBONE_RESTRAINT_FACTOR for backbone atoms and CB) holding each heavy
     atom at its starting position.
@@ -144,7 +128,7 @@ def _restrained_context(topology: app.Topology, positions) -> openmm.Context:
     restraint.addGlobalParameter("k", 0.0)
     for name in ("weight", "x0", "y0", "z0"):
         restraint.addPerParticleParameter(name)
-    for atom, position in zip(topology.atoms(), positions.value_in_unit(unit.nanometer)):
+    for atom, position in zip(topology.atoms(), positions.tolist()):
         if atom.element is not None and atom.element.symbol != "H":
             weight = BACKBONE_RESTRAINT_FACTOR if atom.name in HARD_RESTRAINED_ATOMS else 1.0
             restraint.addParticle(atom.index, [weight, *position])
