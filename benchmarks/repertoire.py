@@ -79,13 +79,10 @@ def write_repertoire(path: str, n: int, seed: int = 0) -> None:
                 handle.write(f">{name}_{i:07d}|{slot}\n{sequence}\n")
 
 
-NICENESS = 10  # of the batch runs (--nice): polite on a shared machine; 0 when the machine is the benchmark's
-
-
 def immunofold_batch(input_path: str, outdir: str, *extra: str) -> dict:
     """Run `immunofold batch` in a fresh process; the report line parsed, plus wall time."""
     start = time.perf_counter()
-    done = subprocess.run(["nice", "-n", str(NICENESS), "immunofold", "batch", input_path, "-o", outdir, "--no-refine", "-q",
+    done = subprocess.run(["immunofold", "batch", input_path, "-o", outdir, "--no-refine", "-q",
                            *extra], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
@@ -173,10 +170,10 @@ def main() -> None:
     parser.add_argument("--cluster-records", type=int, default=60,
                         help="records for the loopback cluster run (0: skip it)")
     parser.add_argument("--out", default=RESULTS)
-    parser.add_argument("--nice", type=int, default=NICENESS, help="niceness of the batch runs")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="niceness of this script and its runs (10: polite on a shared machine)")
     args = parser.parse_args()
-    global NICENESS
-    NICENESS = args.nice
+    os.nice(args.nice)
     command = shlex.join(["python", "benchmarks/repertoire.py", *sys.argv[1:]])
     stamp = (f"`{command}`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, load average at the start "
