@@ -32,7 +32,9 @@ import json, sys, time
 start = time.perf_counter()
 import torch
 from flash_abb import pretrained
-records, out, batch = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+records, out, batch, threads = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if threads:
+    torch.set_num_threads(threads)
 model = pretrained(device="cpu")
 with torch.inference_mode():
     for i in range(0, len(records), batch):
@@ -54,6 +56,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=128, help="records (val antibodies repeated with distinct names)")
     parser.add_argument("--flashabb-batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="alternating timed runs of each tool (best reported)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for both (immunofold batch --threads N); default: each tool's own default. "
+                             "On a busy machine use 1: FlashABB's 2 OpenMP threads stall each other when descheduled")
     parser.add_argument("--out-dir", default=RESULTS_DIR)
     args = parser.parse_args(argv)
 
@@ -83,7 +88,8 @@ def main(argv=None) -> int:
     for round_ in range(args.rounds):
         out = os.path.join(work, f"immunofold_{round_}")
         start = time.perf_counter()
-        subprocess.run([immunofold_cli, "batch", fasta, "-o", out, "--no-refine"], check=True,
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        subprocess.run([immunofold_cli, "batch", fasta, "-o", out, "--no-refine", *threads], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         runs["immunofold"].append(time.perf_counter() - start)
         written = sum(name.endswith(".pdb") for _, _, names in os.walk(out) for name in names)
@@ -94,25 +100,29 @@ def main(argv=None) -> int:
         os.makedirs(out)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", FLASHABB_RUNNER, os.path.join(work, "flashabb.json"), out,
-                        str(args.flashabb_batch)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        str(args.flashabb_batch), str(args.threads)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         runs["flashabb"].append(time.perf_counter() - start)
         print(f"round {round_ + 1}: immunofold {runs['immunofold'][-1]:.1f} s, FlashABB {runs['flashabb'][-1]:.1f} s",
               file=sys.stderr)
     load_end = list(os.getloadavg())
     best = {tool: min(seconds) for tool, seconds in runs.items()}
     report = {"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine, "load_average_at_end": load_end,
-              "records": args.n, "flashabb_batch": args.flashabb_batch, "seconds": runs,
+              "records": args.n, "threads": args.threads or None, "flashabb_batch": args.flashabb_batch,
+              "seconds": runs,
               "records_per_s": {tool: round(args.n / s, 2) for tool, s in best.items()},
               "ratio_flashabb_over_immunofold_time": round(best["flashabb"] / best["immunofold"], 2)}
     lines = [
         "# `immunofold batch` vs FlashABB: records/s on val antibodies, start-up included",
         "",
-        f"Generated {report['generated']} by `python benchmarks/batch_vs_flashabb.py --n {args.n}`. Machine: "
+        f"Generated {report['generated']} by `python benchmarks/batch_vs_flashabb.py --n {args.n} --rounds {args.rounds}"
+        f"{f' --threads {args.threads}' if args.threads else ''}`. Machine: "
         f"{machine['cpu_model']}, {machine['cpu_count']} cores, torch {machine['torch_version']}; load average at start "
         f"{machine['load_average_at_start']}, at end {[round(x, 2) for x in load_end]} (1, 5, 15 min).",
         "",
         f"{args.n} records: the {len(antibodies)} val-split antibodies repeated with distinct names. immunofold: "
-        "`immunofold batch records.fasta -o out --no-refine`, default options, one subprocess (start-up, loading, "
+        f"`immunofold batch records.fasta -o out --no-refine{f' --threads {args.threads}' if args.threads else ''}`, "
+        "otherwise default options, one subprocess (start-up, loading, "
         "numbering, model, files, summaries). FlashABB: one subprocess (start-up, loading, forward and `to_pdbs` in "
         f"batches of {args.flashabb_batch}) on the IMGT-trimmed V domains, numbered before its clock. "
         f"{args.rounds} alternating rounds; best shown, all runs in brackets.",
