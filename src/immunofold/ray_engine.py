@@ -52,9 +52,11 @@ class RayWorker:
                  developability: bool = False, clean_geometry: bool = False):
         import torch
 
+        from immunofold.allocator import keep_freed_memory
         from immunofold.prediction import Predictor
 
         torch.set_num_threads(1)  # one actor per CPU
+        keep_freed_memory()  # the actor owns its process, as the command line does
         self.kind, self.batch_size, self.refine, self.numbering, self.fmt = kind, batch_size, refine, numbering, fmt
         self.developability = developability
         self.predictor = Predictor(device=device, clean_geometry=clean_geometry)
