@@ -28,7 +28,6 @@ from openmm import app, unit
 
 from immunofold.constants import BACKBONE_ATOMS, ONE_TO_THREE, PEPTIDE_BOND_LENGTH
 from immunofold.io import ChainAtoms, atom14_names, read_chains, to_pdb_string
-from immunofold.protonation import protonated
 
 DEFAULT_RESTRAINT_K = 1000.0  # kJ/mol/nm^2 (about 2.4 kcal/mol/Å^2, ImmuneBuilder's first stiffness)
 # One minimisation round per (scale of restraint_k, torsion strength): the torsion terms come in at full
@@ -89,6 +88,8 @@ def refine(pdb_string: str, max_iterations: int = 0, restraint_k: float = DEFAUL
 
 def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int) -> RefineResult:
     """refine() without the exception guard."""
+    from immunofold.protonation import protonated  # Biotite and hydride load at the first refinement (~0.5 s)
+
     topology, positions = protonated(pdb_string, seed)
     return minimised(topology, positions, pdb_string, max_iterations, restraint_k)
 
