@@ -97,18 +97,22 @@ def test_typos_inside_a_sequence_are_refused_with_the_chain_and_position(tmp_pat
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    output = tmp_path / "new" / "m.pdb"
     process = subprocess.Popen(
         [sys.executable, "-m", "immunofold.cli", "predict", "antibody", "--heavy", TRASTUZUMAB_HEAVY, "--light",
-         TRASTUZUMAB_LIGHT, "-o", str(tmp_path / "m.pdb")],
+         TRASTUZUMAB_LIGHT, "-o", str(output)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(3)  # loading the ensemble or predicting
+    # The folder note comes after the output checks, before the ensemble loads: the interrupt lands while it loads,
+    # predicts or refines (a fixed sleep raced a prediction that finished in under 3 s).
+    first_line = process.stderr.readline()
+    assert first_line.startswith("note: created folder"), first_line
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "interrupted"
-    assert not (tmp_path / "m.pdb").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not output.exists() and not list(output.parent.glob(".*.tmp"))
 
 
 def test_clean_geometry_gives_an_unrefined_model_real_peptide_bonds(tmp_path):
