@@ -48,7 +48,6 @@ L_CHIRALITY_DIHEDRAL = -122.0  # degrees, N-CA-C-CB of L-amino acids (-122 ± 2 
 MINIMISATION_TOLERANCE = 30.0
 NONBONDED_CUTOFF = 1.0 * unit.nanometer
 CPU_THREADS = 1  # one thread: minimisation is deterministic and, on 2 cores, about as fast as two
-PH = 7.0
 
 PEPTIDE_BOND_TOLERANCE = 0.1  # Å around constants.PEPTIDE_BOND_LENGTH
 CIS_OMEGA_LIMIT = 30.0  # degrees: |omega| below this is cis
@@ -98,7 +97,7 @@ def minimised(topology: app.Topology, positions: np.ndarray, pdb_string: str, ma
               restraint_k: float = DEFAULT_RESTRAINT_K, tolerance: float = MINIMISATION_TOLERANCE) -> RefineResult:
     """The rounds of restrained minimisation of a protonated structure (positions [N_atoms, 3] nm) until
     `find_problems` finds nothing; pdb_string is the input, whose annotations the result keeps.
-    tolerance: largest force component at convergence, kJ/mol/nm."""
+    tolerance: root-mean-square force at convergence, kJ/mol/nm."""
     context = _restrained_context(topology, positions)
     for scale, torsion_k in zip(RESTRAINT_SCALES, TORSION_K):
         context.setParameter("k", restraint_k * scale)
