@@ -6,7 +6,7 @@ by side for the antibodies when flash_abb is importable (bench extra).
 
 Writes benchmarks/results/developability.md and developability.json, one section per mode (refined, unrefined):
 a run replaces its own mode's section and keeps the other. Each entry's row is appended to a rows file
-(--rows, default in the temp folder, one per mode and weights version) as soon as it is known, so an
+(--rows, default in the temp folder, one per mode, package and weights version) as soon as it is known, so an
 interrupted run resumes where it stopped (antibodies and nanobodies taken in turn, so a part-run covers both;
 --report-only reports the rows file as it stands). --jobs N profiles N entries at a time (each process loads the
 ensemble once). The crystal side is numbered from its observed residues with the prediction code's IMGT
@@ -262,7 +262,11 @@ def main() -> int:
     from immunofold.weights import packaged_weight_files, weights_version
 
     version = weights_version(packaged_weight_files())
-    rows_path = args.rows or os.path.join(tempfile.gettempdir(), f"immunofold-developability-{mode}-{version}.jsonl")
+    from immunofold import __version__
+
+    # rows of another package or weights version are not resumed (the profile's code may differ)
+    rows_path = args.rows or os.path.join(tempfile.gettempdir(),
+                                          f"immunofold-developability-{mode}-{__version__}-{version}.jsonl")
     done = read_rows(rows_path)
     by_kind = [[e for e in entries if e.kind == kind and e.name not in done] for kind in ("antibody", "nanobody")]
     todo = [] if args.report_only else [e for pair in itertools.zip_longest(*by_kind) for e in pair if e is not None]

@@ -1,11 +1,13 @@
 """Developability metrics on hand-made structures whose hydrophobicity, charges and distances give known values."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import gemmi
+import numpy as np
 import pytest
 
 from immunofold.developability import HYDROPHOBICITY, TAP_BANDS, TNP_BANDS, profile_structure
@@ -237,3 +239,30 @@ def test_an_unrefined_prediction_is_profiled_after_the_geometry_clean_up():
     assert raw["psh"].value > 200 and raw["psh"].flag == "red"
     assert cleaned["psh"].value < raw["psh"].value - 50
     assert cleaned == prediction.with_clean_geometry().developability()
+
+
+def test_mean_profile_averages_values_and_keeps_residues_counted_in_half_the_structures():
+    from immunofold.developability import DevelopabilityProfile, Metric, mean_profile
+
+    def profile(ppc, residues):
+        return DevelopabilityProfile("x", "antibody", "TAP", (Metric("ppc", ppc, TAP_BANDS["ppc"], residues),))
+
+    mean = mean_profile([profile(0.0, ()), profile(1.2, ("H1", "H2")), profile(2.4, ("H2", "L3")), profile(1.2, ("H2",))])
+    assert mean["ppc"].value == pytest.approx(1.2)
+    assert mean["ppc"].residues == ("H2",)  # in 3 of 4; H1 and L3 in 1 of 4
+    assert mean["ppc"].flag == "green" and mean_profile([profile(1.32, ()), profile(1.34, ())])["ppc"].flag == "amber"
+
+
+def test_a_prediction_is_profiled_as_the_mean_of_its_cleaned_members():
+    import immunofold
+    from immunofold.developability import mean_profile, profile_structure
+
+    prediction = immunofold.predict(heavy=TRASTUZUMAB_H, light=TRASTUZUMAB_L, refine=False)
+    imgt = [{rid: number for rid, (number, _) in zip(ids, chain.positions)}
+            for ids, chain in zip(prediction.residue_ids, prediction.chains)]
+    members = [profile_structure(prediction.structure_of(x), ("H", "L"), imgt, "m") for x in prediction.cleaned_members()]
+    profile = prediction.developability()
+    assert len(members) == len(prediction.members) == 4
+    assert profile == dataclasses.replace(mean_profile(members), name=prediction.name)
+    assert profile["psh"].value == pytest.approx(np.mean([m["psh"].value for m in members]))
+    assert len({round(m["psh"].value, 3) for m in members}) > 1  # the members differ, so the mean is not any one of them

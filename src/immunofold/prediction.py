@@ -124,15 +124,28 @@ class Prediction:
         itself if refined or already cleaned."""
         if self.refined or self.geometry_cleaned:
             return self
+        return dataclasses.replace(self, atom14=self._cleaned(self.atom14[None])[0], geometry_cleaned=True)
+
+    def cleaned_members(self) -> np.ndarray:
+        """[M, N, 14, 3] Å, every ensemble member after `cleanup.clean_geometry` (one batched call)."""
+        return self._cleaned(self.members)
+
+    def _cleaned(self, atom14: np.ndarray) -> np.ndarray:
+        """[B, N, 14, 3] Å structures of this receptor through `cleanup.clean_geometry`."""
+        batch = len(atom14)
         restype = torch.tensor([[RESTYPE_INDEX.get(aa, UNKNOWN_RESTYPE) for chain in self.chains for aa in chain.sequence]])
         chain_slot = torch.tensor([[slot for slot, chain in enumerate(self.chains) for _ in chain.sequence]])
-        cleaned = clean_geometry(torch.from_numpy(self.atom14)[None], restype, torch.ones_like(restype, dtype=torch.bool),
-                                 chain_slot)
-        return dataclasses.replace(self, atom14=cleaned[0].numpy(), geometry_cleaned=True)
+        cleaned = clean_geometry(torch.from_numpy(np.ascontiguousarray(atom14)), restype.repeat(batch, 1),
+                                 torch.ones((batch, restype.shape[1]), dtype=torch.bool), chain_slot.repeat(batch, 1))
+        return cleaned.numpy()
 
     def unrefined_structure(self, member: int | None = None) -> gemmi.Structure:
         atoms = self.atom14 if member is None else self.members[member]
-        return build_structure(self._chain_atoms(atoms), self.remarks())
+        return self.structure_of(atoms)
+
+    def structure_of(self, atom14: np.ndarray) -> gemmi.Structure:
+        """This receptor's chains, numbering and errors with the coordinates `atom14` [N, 14, 3] Å."""
+        return build_structure(self._chain_atoms(atom14), self.remarks())
 
     def structure(self) -> gemmi.Structure:
         """The final structure: refined (with hydrogens) when refinement succeeded."""
