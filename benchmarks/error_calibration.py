@@ -8,7 +8,9 @@ calibration by quintile of predicted CDR3 RMSD (mean real / mean predicted). Wri
 benchmarks/results/error_calibration.md and .png (reliability diagram); the markdown printed is the file's content.
 
 Usage: python benchmarks/error_calibration.py [--data ../shared/data] [--cache /tmp/immunofold-calibration]
-(the shipped ensemble's unrefined val predictions, made once by scripts/calibration_data.py and cached).
+[--previous calibration.json] (the shipped ensemble's unrefined val predictions, made once by
+scripts/calibration_data.py and cached; --previous adds an earlier calibrator's file, e.g. from `git show`, as a
+third estimate).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
 from common import RESULTS_DIR  # noqa: E402
 
-from immunofold.calibration import packaged_calibrator  # noqa: E402
+from immunofold.calibration import Calibrator, packaged_calibrator  # noqa: E402
 from immunofold.constants import KIND_CHAIN_IDS, KINDS  # noqa: E402
 from immunofold.metrics import error_spearman  # noqa: E402
 
@@ -105,10 +107,11 @@ def reliability_plot(records: list[dict], estimates: dict[str, list[np.ndarray]]
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(KINDS), figsize=(4.2 * len(KINDS), 4.2))
-    colours = ("0.6", "tab:blue")
+    colours = {"raw": "0.6", "previous calibrated": "tab:orange", "calibrated": "tab:blue"}
     for axis, kind in zip(axes, KINDS):
         top = 1.0
-        for (label, errors), colour in zip(estimates.items(), colours):
+        for label, errors in estimates.items():
+            colour = colours[label]
             pairs = cdr3_pairs(records, errors, kind)
             groups = quintiles(pairs)
             axis.scatter(pairs[:, 0], pairs[:, 1], s=8, color=colour, alpha=0.5)
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = calibration_data.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "error_calibration.md"))
+    parser.add_argument("--previous", help="an earlier calibration.json to score beside the shipped one")
     args = parser.parse_args(argv)
     data = calibration_data.load(args.data, args.cache)
     calibrator = packaged_calibrator(data["weights"])
@@ -149,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     records = data["val"]
     calibrated = [calibrator.apply(r["kind"], r["slot"], r["position"], r["spread"], r["head_error"]) for r in records]
     estimates = {"raw": raw_errors(records), "calibrated": calibrated}
+    if args.previous:
+        with open(args.previous) as handle:
+            previous = Calibrator.from_json(handle.read())
+        estimates = {"raw": estimates["raw"], "previous calibrated": [previous.apply(r["kind"], r["slot"], r["position"],
+                     r["spread"], r["head_error"]) for r in records], "calibrated": calibrated}
     png = os.path.splitext(args.out)[0] + ".png"
     reliability_plot(records, estimates, png)
     lines = [

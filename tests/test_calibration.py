@@ -1,12 +1,13 @@
 """The error calibrator: its model (positive, monotone in spread and head), its fit, its file and its use."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
-from immunofold.calibration import GROUPS, Calibrator, fit, packaged_calibrator
+from immunofold.calibration import GROUPS, Calibrator, design, fit, packaged_calibrator
 from immunofold.prediction import CALIBRATED_ERROR_REMARK, Predictor
 
 # A nanobody-like receptor: IMGT 1-128 with a 15-residue CDR3 (105-117 plus 111A, 112A).
@@ -14,10 +15,10 @@ POSITIONS = np.array([*range(1, 112), 111, 112, *range(112, 129)])
 SLOTS = np.zeros(len(POSITIONS), dtype=int)
 
 
-def calibrator(spread_power=0.8, head_power=0.5, depth_slope=0.2) -> Calibrator:
+def calibrator(spread_power=0.8, head_power=0.5, depth_slope=0.2, position_offsets=None) -> Calibrator:
     offsets = {g: (0.6 if g.endswith("cdr3") else 0.0) for g in GROUPS}
     return Calibrator("v-test", offsets, spread_power, head_power, {"antibody": 0.02, "nanobody": 0.05, "tcr": 0.0},
-                      depth_slope, {"data": "synthetic"})
+                      depth_slope, {"data": "synthetic"}, position_offsets or {})
 
 
 def test_error_is_positive_and_rises_with_spread_and_head():
@@ -39,6 +40,28 @@ def test_json_round_trips():
     spread = np.linspace(0.1, 4, len(POSITIONS))
     np.testing.assert_array_equal(again.apply("nanobody", SLOTS, POSITIONS, spread, spread),
                                   model.apply("nanobody", SLOTS, POSITIONS, spread, spread))
+
+
+def test_a_position_offset_scales_its_position_only():
+    spread = np.linspace(0.1, 4, len(POSITIONS))
+    plain = calibrator().apply("nanobody", SLOTS, POSITIONS, spread, spread)
+    shifted = calibrator(position_offsets={"nanobody H 84": 0.5, "antibody H 40": 1.0}).apply(
+        "nanobody", SLOTS, POSITIONS, spread, spread)
+    at_84 = POSITIONS == 84
+    np.testing.assert_allclose(shifted[at_84], plain[at_84] * np.exp(0.5))
+    np.testing.assert_array_equal(shifted[~at_84], plain[~at_84])  # antibody H 40 is another kind's position
+
+
+def test_a_file_without_position_offsets_loads_with_the_old_estimates():
+    model = calibrator()
+    fields = json.loads(model.to_json())
+    del fields["position_offsets"]  # as files written before position offsets existed
+    old = Calibrator.from_json(json.dumps(fields))
+    assert old.position_offsets == {}
+    rng = np.random.default_rng(2)
+    spread, head = rng.uniform(0, 3, len(POSITIONS)), rng.uniform(0, 3, len(POSITIONS))
+    before = np.exp(model._parameters() @ design("nanobody", SLOTS, POSITIONS, spread, head).T)  # the model without positions
+    np.testing.assert_allclose(old.apply("nanobody", SLOTS, POSITIONS, spread, head), before, rtol=1e-12)
 
 
 def synthetic_receptors(model: Calibrator, n: int, seed: int = 1) -> list[dict]:
@@ -64,6 +87,17 @@ def test_fit_recovers_the_parameters_that_made_the_data():
     for region in ("fr", "cdr3"):
         assert fitted.offsets[f"nanobody H {region}"] == pytest.approx(truth.offsets[f"nanobody H {region}"], abs=0.15)
     assert all(np.isfinite(v) for v in fitted.offsets.values())  # groups without data get a region mean
+
+
+def test_fit_recovers_a_planted_position_offset_and_leaves_the_others_near_zero():
+    truth = calibrator(position_offsets={"nanobody H 84": 0.7})
+    fitted = fit(synthetic_receptors(truth, 150), "v-test", {}, position_prior=0.3)
+    assert fitted.position_offsets["nanobody H 84"] == pytest.approx(0.7, abs=0.12)
+    others = [v for k, v in fitted.position_offsets.items() if k != "nanobody H 84"]
+    seen = np.unique(np.delete(POSITIONS, np.s_[::17]))  # IMGT numbers with a known deviation (synthetic_receptors)
+    assert len(others) == len(seen) - 1 and max(abs(v) for v in others) < 0.2
+    without = fit(synthetic_receptors(truth, 150), "v-test", {}, position_prior=0.0)
+    assert without.position_offsets == {}
 
 
 def test_fit_never_lets_the_error_fall_as_spread_rises():

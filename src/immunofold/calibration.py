@@ -5,11 +5,12 @@ The members' error heads learnt their deviations on their own training structure
 accurate than on new ones, so the raw estimate sqrt(spread² + head²) is overconfident where it matters. The
 calibrator is a log-linear model of the expected squared CA deviation of each residue:
 
-    log error = offset[kind, chain, region] + a · log spread + b · log head
+    log error = offset[kind, chain, region] + offset[kind, chain, IMGT position] + a · log spread + b · log head
                 + (CDR3 residues) c[kind] · (CDR3 length - 13) + d · log(1 + depth in the CDR3)
 
-(region: framework, CDR1, CDR2, CDR3 by IMGT; depth: residues to the nearer end of the CDR3; a, b >= 0 so the error
-never falls as spread or head rises). It is fitted by maximum likelihood with error² as the variance of the
+(region: framework, CDR1, CDR2, CDR3 by IMGT; position: the IMGT number, insertions sharing their position's offset,
+shrunk to 0 by a Gaussian prior so that positions rare in the fit data keep their region's offset; depth: residues
+to the nearer end of the CDR3; a, b >= 0 so the error never falls as spread or head rises). It is fitted by maximum likelihood with error² as the variance of the
 deviation (`fit`), so error² estimates the mean squared deviation and the RMS of the errors over a loop estimates
 its RMSD. Parameters live in weights/calibration.json with the weights version they were fitted for and the data
 they were fitted on; `scripts/fit_calibration.py` refits them (see docs/calibration.md).
@@ -35,6 +36,9 @@ MIN_ESTIMATE = 0.05  # Å; spread and head below this are read as this (log of 0
 # 19 out-of-fold nanobodies of v0.7 a fitted slope reordered val nanobody CDR3s (ROC AUC 0.75 -> 0.66; see
 # docs/calibration.md), and 5-fold cross-validation on those 19 was at chance.
 MIN_RECEPTORS_FOR_LENGTH_SLOPE = 50
+# Standard deviation (log units) of the Gaussian prior on each position offset; chosen by 5-fold cross-validation
+# over receptors of the out-of-fold set (scripts/fit_calibration.py, benchmarks/results/calibration_fit.md).
+POSITION_PRIOR = 0.15
 PACKAGED_FILE = "weights/calibration.json"
 
 
@@ -49,30 +53,40 @@ class Calibrator:
     cdr3_length_slope: dict[str, float]  # kind -> per residue of CDR3 length
     depth_slope: float
     fitted_on: dict = field(default_factory=dict)  # provenance: data set, counts, fit statistics
+    position_offsets: dict[str, float] = field(default_factory=dict)  # position_keys -> log Å; absent keys are 0
 
     def apply(self, kind: str, slot: np.ndarray, position: np.ndarray, spread: np.ndarray,
               head_error: np.ndarray) -> np.ndarray:
         """Calibrated error [N] Å of one receptor from its residues' chain slot [N], IMGT position number [N],
         spread [N] Å and head error [N] Å."""
-        return np.exp(self._parameters() @ design(kind, slot, position, spread, head_error).T)
+        shift = np.array([self.position_offsets.get(k, 0.0) for k in position_keys(kind, slot, position)])
+        return np.exp(self._parameters() @ design(kind, slot, position, spread, head_error).T + shift)
 
     def _parameters(self) -> np.ndarray:
         return np.array([*(self.offsets[g] for g in GROUPS), self.spread_power, self.head_power,
                          *(self.cdr3_length_slope[k] for k in KINDS), self.depth_slope])
 
     @classmethod
-    def from_vector(cls, theta: np.ndarray, weights_version: str, fitted_on: dict) -> "Calibrator":
+    def from_vector(cls, theta: np.ndarray, weights_version: str, fitted_on: dict,
+                    position_offsets: dict[str, float] | None = None) -> "Calibrator":
         n = len(GROUPS)
         return cls(weights_version, {g: float(v) for g, v in zip(GROUPS, theta[:n])}, float(theta[n]),
                    float(theta[n + 1]), {k: float(v) for k, v in zip(KINDS, theta[n + 2 : n + 5])},
-                   float(theta[n + 5]), fitted_on)
+                   float(theta[n + 5]), fitted_on, dict(position_offsets or {}))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "Calibrator":
+        """Parameters from `to_json`'s text; files written before position offsets existed load with none (0)."""
         return cls(**json.loads(text))
+
+
+def position_keys(kind: str, slot: np.ndarray, position: np.ndarray) -> list[str]:
+    """Names "kind chain position" [N] of the position offsets of one receptor's residues (e.g. "antibody L 40")."""
+    chains = KIND_CHAIN_IDS[kind]
+    return [f"{kind} {chains[s]} {p}" for s, p in zip(np.asarray(slot), np.asarray(position))]
 
 
 def design(kind: str, slot: np.ndarray, position: np.ndarray, spread: np.ndarray, head_error: np.ndarray) -> np.ndarray:
@@ -97,41 +111,53 @@ def design(kind: str, slot: np.ndarray, position: np.ndarray, spread: np.ndarray
     return rows
 
 
-def fit(receptors: list[dict], weights_version: str, fitted_on: dict, prior: float = 1.0) -> Calibrator:
+def fit(receptors: list[dict], weights_version: str, fitted_on: dict, prior: float = 1.0,
+        position_prior: float = POSITION_PRIOR) -> Calibrator:
     """Maximum-likelihood parameters from receptors, each a dict with kind, slot, position, spread, head_error
     and deviation (real CA deviation [N] Å, NaN where unknown): the deviation of a residue is read as a Gaussian
     displacement of variance error², so error² fits its mean square. A weak Gaussian prior (standard deviation
-    `prior`, log units) pulls each nanobody offset towards the same region's antibody H offset (few nanobodies).
-    Groups without residues take the mean offset of their region; a kind with fewer than
-    MIN_RECEPTORS_FOR_LENGTH_SLOPE receptors gets no CDR3-length slope."""
-    rows, target = [], []
+    `prior`, log units) pulls each nanobody offset towards the same region's antibody H offset (few nanobodies);
+    each position offset has a Gaussian prior of mean 0 and standard deviation `position_prior` (log units; 0: no
+    position offsets). Groups without residues take the mean offset of their region; positions without residues
+    get no offset (0); a kind with fewer than MIN_RECEPTORS_FOR_LENGTH_SLOPE receptors gets no CDR3-length slope."""
+    rows, target, keys = [], [], []
     for r in receptors:
         keep = np.isfinite(r["deviation"])
         rows.append(design(r["kind"], r["slot"], r["position"], r["spread"], r["head_error"])[keep])
         target.append(r["deviation"][keep] ** 2)
+        keys += [k for k, kept in zip(position_keys(r["kind"], r["slot"], r["position"]), keep) if kept]
     x, d2 = np.concatenate(rows), np.concatenate(target)
+    names, key_index = np.unique(keys, return_inverse=True) if position_prior > 0 else (np.array([]), None)
     present = x[:, : len(GROUPS)].any(0)
-    n = len(GROUPS)
+    n, p = len(GROUPS), x.shape[1]
 
     def loss(theta):
-        z = x @ theta
+        z = x @ theta[:p]
+        if key_index is not None:
+            z = z + theta[p:][key_index]
         scaled = d2 * np.exp(-2 * z)
         value = np.sum(scaled + 2 * z) / len(d2)
-        grad = x.T @ (2 - 2 * scaled) / len(d2)
+        residual = (2 - 2 * scaled) / len(d2)
+        grad = np.concatenate([x.T @ residual, np.bincount(key_index, residual, len(names)) if len(names) else []])
         penalty, pgrad = _offset_prior(theta[:n], prior, len(d2))
         grad[:n] += pgrad
+        if len(names):  # -2 log prior per residue, as the loss is -2 log likelihood per residue
+            penalty += np.sum(theta[p:] ** 2) / (position_prior**2 * len(d2))
+            grad[p:] += 2 * theta[p:] / (position_prior**2 * len(d2))
         return value + penalty, grad
 
-    start = np.zeros(x.shape[1])
+    start = np.zeros(p + len(names))
     start[:n] = 0.5 * np.log(max(d2.mean(), 1e-3))
     counts = {kind: sum(r["kind"] == kind for r in receptors) for kind in KINDS}
     slope_bounds = [(None, None) if counts[kind] >= MIN_RECEPTORS_FOR_LENGTH_SLOPE else (0.0, 0.0) for kind in KINDS]
-    bounds = [(None, None)] * n + [(0.0, None), (0.0, None)] + slope_bounds + [(None, None)]
-    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
-    theta = result.x
+    bounds = [(None, None)] * n + [(0.0, None), (0.0, None)] + slope_bounds + [(None, None)] * (1 + len(names))
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 5000})
+    theta = result.x[:p].copy()
     theta[:n][~present] = np.nan
-    fitted = dict(fitted_on, residues=int(len(d2)), receptors=len(receptors), converged=bool(result.success))
-    return Calibrator.from_vector(_fill_missing(theta), weights_version, fitted)
+    fitted = dict(fitted_on, residues=int(len(d2)), receptors=len(receptors), converged=bool(result.success),
+                  position_prior=position_prior)
+    positions = {str(k): float(v) for k, v in zip(names, result.x[p:])}
+    return Calibrator.from_vector(_fill_missing(theta), weights_version, fitted, positions)
 
 
 def _offset_prior(offsets: np.ndarray, prior: float, n: int) -> tuple[float, np.ndarray]:
