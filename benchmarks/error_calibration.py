@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "over IMGT 105-117, as `prediction.cdr3_errors()` gives it; real: CDR3 RMSD over N, CA, C, CB after superposing "
         f"the chain on its framework. A quintile is calibrated when its mean real RMSD is within {CALIBRATED_WITHIN:.0%} "
         "of its mean predicted. CDR3 columns pool all CDR3 loops of a kind (antibody H3 + L3, TCR A3 + B3).",
+        *([f"Previous calibrated: the calibrator of `--previous` ({previous.fitted_on.get('receptors')} receptors, "
+           f"{len(previous.position_offsets)} position offsets)."] if args.previous else []),
         "",
         *score_table(records, estimates),
         "",
