@@ -266,3 +266,14 @@ def test_a_prediction_is_profiled_as_the_mean_of_its_cleaned_members():
     assert profile == dataclasses.replace(mean_profile(members), name=prediction.name)
     assert profile["psh"].value == pytest.approx(np.mean([m["psh"].value for m in members]))
     assert len({round(m["psh"].value, 3) for m in members}) > 1  # the members differ, so the mean is not any one of them
+
+
+def test_refinement_leaves_the_profile_as_it_was():
+    """The profile comes from the ensemble members, which refinement does not change."""
+    from immunofold.prediction import default_predictor
+
+    predictor = default_predictor()
+    unrefined = predictor.predict("nanobody", {"heavy": NANOBODY}, "nb", refine=False)
+    refined = predictor.refine(unrefined)
+    assert refined.refined
+    assert refined.developability() == unrefined.developability()
