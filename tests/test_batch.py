@@ -253,7 +253,12 @@ def test_resume_after_exception_in_the_middle(mixed_input, reference_run, predic
     assert outputs(tmp_path) == outputs(reference_run[0])
 
 
-def test_workers_csv_input_and_plots(tmp_path, predictor):
+def test_workers_csv_input_and_plots(tmp_path, predictor, monkeypatch):
+    import immunofold.plots
+
+    overview_rows = []
+    plot_overview = immunofold.plots.plot_overview
+    monkeypatch.setattr(immunofold.plots, "plot_overview", lambda rows, path: overview_rows.extend(rows) or plot_overview(rows, path))
     table = tmp_path / "in.tsv"
     table.write_text(f"name\theavy\tlight\talpha\tbeta\nab1\t{AB1_H}\t{AB1_L}\t\t\nnb1\t{NB1}\t\t\t\n"
                      f"tcr1\t\t\t{TCR1_A}\t{TCR1_B}\nvl\t\t{AB1_L}\t\t\n")
@@ -262,6 +267,9 @@ def test_workers_csv_input_and_plots(tmp_path, predictor):
     plots = sorted(os.listdir(tmp_path / "out" / "plots"))
     assert plots == ["ab1.png", "nb1.png", "overview.png", "tcr1.png"]
     assert all(os.path.getsize(tmp_path / "out" / "plots" / p) > 1000 for p in plots)
+    # the run holds only what the overview reads of each record, not whole sidecars (memory at repertoire scale)
+    assert sorted(r["kind"] for r in overview_rows) == ["antibody", "nanobody", "tcr"]
+    assert all(set(r) == {"kind", "mean_error", "cdr3_error"} for r in overview_rows)
     inline = run_batch(table, tmp_path / "inline", refine=False, workers=0, batch_size=1, predictor=predictor, threads=1)
     assert inline.ok_total == 3
     for name in ("ab1", "nb1", "tcr1"):
