@@ -474,3 +474,24 @@ def test_run_batch_without_threads_leaves_torchs_thread_count_alone(tmp_path, pr
     before = torch.get_num_threads()
     run_batch(fasta, tmp_path / "out", refine=False, workers=0, predictor=predictor)
     assert all(n == before for n in calls) and torch.get_num_threads() == before
+
+
+def test_a_resume_trusts_untouched_structure_files_without_reading_them(tmp_path, predictor, monkeypatch):
+    """Finished records are checked by the size and modification time taken when their file was written; only a
+    file whose stat changed is hashed again (and counts as unfinished if its content changed)."""
+    import immunofold.batch
+
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB1[:-3]}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    assert run_batch(fasta, outdir, **options).ok_total == 2
+    hashed = []
+    digest = immunofold.batch._file_digest
+    monkeypatch.setattr(immunofold.batch, "_file_digest", lambda path: hashed.append(os.path.basename(path)) or digest(path))
+    again = run_batch(fasta, outdir, **options)
+    assert (again.done, again.skipped, hashed) == (0, 2, [])
+    structure = outdir / "nb2.pdb"
+    structure.write_text(structure.read_text().replace("ATOM  ", "HETATM", 1))  # changed content, new stat
+    third = run_batch(fasta, outdir, **options)
+    assert (third.done, third.skipped) == (1, 1) and "nb2.pdb" in hashed
+    assert "HETATM" not in structure.read_text()  # predicted and written again

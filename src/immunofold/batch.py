@@ -184,6 +184,16 @@ def spreadsheet_safe(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
+def _file_stat(path: str) -> list[int] | None:
+    """[size in bytes, modification time in ns] of a file, None if it cannot be read: a structure file whose stat
+    still equals the one taken when it was written is not read again to check its SHA-256 (as git trusts its index)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def _file_digest(path: str) -> str | None:
     try:
         with open(path, "rb") as handle:
@@ -280,8 +290,9 @@ class RecordStore:
 
     A record's fingerprint covers its name, sequences and kind and every option that changes its output (kind,
     numbering, refinement, format, file name, weights version, developability), so a changed record is a new record. A success
-    also holds the SHA-256 of its structure file: when another input wrote a different structure under the same
-    file name, the record counts as unfinished and is predicted again.
+    also holds the SHA-256 of its structure file (and its size and modification time, so an untouched file is not
+    read again): when another input wrote a different structure under the same file name, the record counts as
+    unfinished and is predicted again.
 
     The store reads the input as a stream: `scan` names each record as it passes (the same names on every pass over
     the same input) and `forget` drops a finished record's names, so memory does not grow with the input. A run of
@@ -332,7 +343,9 @@ class RecordStore:
         except (OSError, ValueError):
             return None
         if data.get("status") == "ok":
-            if _file_digest(os.path.join(self.outdir, data.get("file", ""))) != data.get("sha256"):
+            path = os.path.join(self.outdir, data.get("file", ""))
+            stat = _file_stat(path)
+            if stat is None or (stat != data.get("file_stat") and _file_digest(path) != data.get("sha256")):
                 return None
         return data
 
@@ -457,7 +470,7 @@ class Recorder:
             raise BatchStopped(f"cannot write {path}: {error.strerror or error}") from None
         self.on_event("structure_written", record)
         data = {**data, "name": record.name, "source": record.source, "file": file_name,
-                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "sha256": hashlib.sha256(text.encode()).hexdigest(), "file_stat": _file_stat(path),
                 "seconds": round(seconds + time.perf_counter() - start, 4)}
         self.store.save(record, data)
         self.done += 1
