@@ -58,6 +58,15 @@ def test_unwritable_ensemble_folder_and_a_name_with_folders_are_refused(tmp_path
     assert not list(tmp_path.parent.glob("escape*")) and not (tmp_path / "m.pdb").exists()
 
 
+def test_a_bad_sequence_is_refused_before_any_folder_is_made(tmp_path):
+    output = tmp_path / "new" / "model.pdb"
+    code, stdout, stderr = immunofold("predict", "nanobody", "--heavy", "XXXX", "-o", str(output), "--save-ensemble",
+                                      str(tmp_path / "members"))
+    assert code == 2 and stdout == ""
+    assert_one_line_error(stderr, "heavy chain", "invalid letters")
+    assert "created folder" not in stderr and not (tmp_path / "new").exists() and not (tmp_path / "members").exists()
+
+
 def test_missing_output_folder_is_created_and_said_and_files_follow_the_umask(tmp_path):
     output = tmp_path / "new" / "deeper" / "model.pdb"
     code, stdout, stderr = immunofold(*ANTIBODY, "-o", str(output), "--save-ensemble", str(tmp_path / "members"), umask=0o022)

@@ -54,11 +54,16 @@ def _predict(args: argparse.Namespace) -> int:
     import warnings
 
     from immunofold.prediction import Predictor, check_device
-    from immunofold.sequences import InputError
+    from immunofold.sequences import InputError, number_receptor
 
     chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
     name = args.name or os.path.splitext(os.path.basename(args.output))[0]
     fmt = args.format or ("cif" if args.output.lower().endswith((".cif", ".mmcif")) else "pdb")
+    try:  # the input first: a bad sequence leaves no folder behind
+        numbered = number_receptor(args.kind, chains, name)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     problem = _output_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -68,7 +73,9 @@ def _predict(args: argparse.Namespace) -> int:
         predictor = Predictor(device=args.device, clean_geometry=args.clean_geometry, members_side_by_side=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            prediction = predictor.predict(args.kind, chains, name=name, refine=not args.no_refine, numbering=args.numbering)
+            prediction = predictor.predict_numbered([(name, args.kind, numbered)], args.numbering)[0]
+            if not args.no_refine:
+                prediction = predictor.refine(prediction)
         for note in prediction.notes:
             print(f"note: {note}", file=sys.stderr)
         for warning in caught:
