@@ -224,9 +224,10 @@ def _without_seconds(path):
     return _without_seconds_text(path.read_text())
 
 
-def test_an_unrefined_prediction_is_profiled_after_the_geometry_clean_up():
-    """Raw unrefined models clash, which inflates PSH; the profile of an unrefined prediction is that of its
-    cleaned geometry (trastuzumab: raw PSH above 200, red; cleaned within the green range, as its crystal 1N8Z)."""
+def test_a_prediction_is_profiled_on_cleaned_geometry():
+    """Raw unrefined models clash, which inflates PSH; a prediction is profiled on its members after the geometry
+    clean-up (trastuzumab: the raw consensus scores PSH above 200, red; the profile lies within the green range, as
+    its crystal 1N8Z), and cleaning the consensus first changes nothing."""
     import immunofold
     from immunofold.developability import profile_structure
 
