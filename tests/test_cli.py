@@ -48,6 +48,27 @@ def test_unwritable_output_is_a_one_line_error_before_the_model_runs(tmp_path, o
     assert time.perf_counter() - start < 20  # refused before the ensemble is loaded and run
 
 
+def test_output_without_a_file_name_or_onto_a_device_or_pipe_is_refused_before_any_folder_is_made(tmp_path):
+    """`-o new/` used to create new/, run the model, then fail; `-o PIPE` (or /dev/null as root) replaced the node."""
+    os.mkfifo(tmp_path / "pipe")
+    for output, words in ((f"{tmp_path}/new/", ["names no file", "new/model.pdb"]), ("", ["names no file"]),
+                          (str(tmp_path / "pipe"), ["not a regular file"])):
+        code, stdout, stderr = immunofold(*ANTIBODY, "-o", output)
+        assert code == 2 and stdout == ""
+        assert_one_line_error(stderr, *words)
+    assert not (tmp_path / "new").exists() and stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode)
+
+
+def test_developability_of_a_tcr_is_refused_before_the_model_runs(tmp_path):
+    tcr = ["predict", "tcr", "--alpha", "QSVSQHNHHVILSEAASLELGCNYSYGGTVNLFWYVQYPGQHLQLLLKYFSGDPLVKGIKGFEAEFIKSKFSFNLRKPSVQW"
+           "SDTAEYFCAVNARRNTPLVFGKGTRLSVIA", "--beta", "GITQSPKYLFRKEGQNVTLSCEQNLNHDAMYWYRQDPGQGLRLIYYSQIVNDFQKGDIAEGYSV"
+           "SREKKESFPLTVTSAQKNPTAFYLCASSITLSSYNEQFFGPGTRLTVL"]
+    code, stdout, stderr = immunofold(*tcr, "--no-refine", "--developability", "-o", str(tmp_path / "new" / "tcr.pdb"))
+    assert code == 2 and stdout == ""
+    assert_one_line_error(stderr, "--developability", "not TCRs")
+    assert not (tmp_path / "new").exists()
+
+
 def test_unwritable_ensemble_folder_and_a_name_with_folders_are_refused(tmp_path):
     code, _, stderr = immunofold(*ANTIBODY, "-o", str(tmp_path / "m.pdb"), "--save-ensemble", "/proc/members")
     assert code == 2

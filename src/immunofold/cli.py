@@ -39,6 +39,10 @@ def _output_problem(args: argparse.Namespace) -> str | None:
         return f"--name {args.name!r}: give a plain name, without folders"
     if os.path.isdir(args.output):
         return f"-o {args.output} is a folder; give a file name such as {os.path.join(args.output, 'model.pdb')}"
+    if not os.path.basename(args.output):
+        return f"-o {args.output!r} names no file; give a file name such as {os.path.join(args.output, 'model.pdb')}"
+    if os.path.exists(args.output) and not os.path.isfile(args.output):
+        return f"-o {args.output} is not a regular file (a device or pipe would be replaced); give a file name"
     for option, folder in (("-o", os.path.dirname(args.output)), ("--save-ensemble", args.save_ensemble)):
         if folder is None:
             continue
@@ -59,6 +63,9 @@ def _predict(args: argparse.Namespace) -> int:
     chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
     name = args.name or os.path.splitext(os.path.basename(args.output))[0]
     fmt = args.format or ("cif" if args.output.lower().endswith((".cif", ".mmcif")) else "pdb")
+    if args.developability and args.kind == "tcr":
+        print("error: --developability: profiles cover antibodies and nanobodies, not TCRs", file=sys.stderr)
+        return 2
     try:  # the input first: a bad sequence leaves no folder behind
         numbered = number_receptor(args.kind, chains, name)
     except InputError as error:
