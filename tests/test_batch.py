@@ -287,6 +287,19 @@ def test_cli_batch(tmp_path, capsys):
     assert "input file not found" in capsys.readouterr().err
 
 
+def test_an_empty_or_impossible_output_folder_is_a_bad_option_not_a_stopped_run(tmp_path, monkeypatch, capsys):
+    """-o '' wrote into the current folder; -o A_FILE said 'rerun the same command to resume' (exit 1)."""
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    for outdir, words in (("", "give an output folder"), ("a_file", "cannot create the output folder (Not a directory)")):
+        assert main(["batch", str(fasta), "-o", outdir, "--no-refine", "--workers", "0", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "resume" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "in.fasta"]
+
+
 def test_plots_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     fasta = tmp_path / "in.fasta"

@@ -781,6 +781,8 @@ def run_batch(
 
         require_matplotlib()
     outdir = os.fspath(outdir)
+    if not outdir.strip():
+        raise InputError("-o", "give an output folder (an empty name would write into the current folder)")
 
     def records() -> Iterator[Record]:  # one pass over the input file; each pass gives the same records
         try:
@@ -794,8 +796,9 @@ def run_batch(
         (on_note or (lambda text: None))(note)
     try:
         os.makedirs(os.path.join(outdir, STATE_DIR, RECORDS_DIR), exist_ok=True)
-    except OSError as error:
-        raise BatchStopped(f"{outdir}: cannot create the output folder ({error.strerror or error})") from None
+    except OSError as error:  # a full or read-only disk stops the run; a path through a file is the user's to fix
+        problem = f"{outdir}: cannot create the output folder ({error.strerror or error})"
+        raise (BatchStopped(problem) if _is_environment_fault(error) else InputError("-o", problem)) from None
     options = {"kind": kind, "numbering": numbering, "refine": bool(refine), "fmt": fmt,
                "weights": _weights_version(predictor)}
     if developability:  # only when asked: the fingerprints of runs without it stay as they were
