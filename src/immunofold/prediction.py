@@ -82,7 +82,8 @@ class Prediction:
         return float(np.mean(self.error))
 
     def developability(self):
-        """TAP (antibody) or TNP (nanobody) profile of the final structure; see `immunofold.developability`."""
+        """TAP (antibody) or TNP (nanobody) profile: the mean over the cleaned ensemble members, not the final
+        structure, so refinement leaves it as it is (`developability.profile_prediction`); InputError for a TCR."""
         from immunofold.developability import profile_prediction
 
         return profile_prediction(self)
