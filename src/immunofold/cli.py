@@ -120,7 +120,11 @@ def _write_developability(prediction, output: str) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     path = os.path.splitext(output)[0] + ".developability.json"
-    write_text_atomic(path, json.dumps(profile.to_dict(), indent=1))
+    try:
+        write_text_atomic(path, json.dumps(profile.to_dict(), indent=1))
+    except OSError as error:  # e.g. a folder of that name, a full disk
+        print(f"error: cannot write {path}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(profile)
     print(f"wrote {path}")
     return 0
