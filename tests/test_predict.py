@@ -139,3 +139,4 @@ def test_refining_returns_a_new_prediction_and_leaves_the_unrefined_one_as_it_wa
     assert refined is not unrefined and refined.refined and not unrefined.refined
     assert unrefined.to_pdb_string() == before
     assert " H" in refined.to_pdb_string() and refined.to_pdb_string() != before
+    assert refined.to_cif_string().startswith("data_model\n") and unrefined.to_cif_string().startswith("data_model\n")

@@ -152,6 +152,7 @@ class Prediction:
         """The final structure: refined (with hydrogens) when refinement succeeded."""
         if self._refined_pdb is not None:
             structure = gemmi.read_pdb_string(self._refined_pdb)
+            structure.name = "model"  # the mmCIF block name of unrefined models; gemmi names a parsed string "string"
             structure.setup_entities()
             return structure
         return self.unrefined_structure()
