@@ -278,3 +278,13 @@ def test_refinement_leaves_the_profile_as_it_was():
     refined = predictor.refine(unrefined)
     assert refined.refined
     assert refined.developability() == unrefined.developability()
+
+
+def test_a_nanobody_cut_inside_its_cdr3_gets_no_compactness_from_one_side_of_anchors():
+    """Without FR4 only the N-side anchors exist; a compactness from them alone flagged red. Refused instead."""
+    import immunofold
+
+    cut = NANOBODY[: NANOBODY.index("WGQG") - 6]  # ends inside CDR3, no FR4
+    prediction = immunofold.predict(heavy=cut, refine=False)
+    with pytest.raises(InputError, match="anchor residues on both sides"):
+        prediction.developability()

@@ -271,8 +271,10 @@ def _cdr3_compactness(residues: _Residues, cdr3_length: int, name: str) -> float
     imgt = residues.imgt[residues.atom_residue]
     loop = backbone & _in_ranges(imgt, [IMGT_CDRS[3]])
     anchors = backbone & np.isin(imgt, CDR3_ANCHORS)
-    if not loop.any() or not anchors.any():
-        raise InputError(name, "CDR3 or its anchor residues (IMGT 102, 103, 118, 119) have no backbone atoms")
+    before, after = np.isin(imgt, CDR3_ANCHORS[:2]), np.isin(imgt, CDR3_ANCHORS[2:])
+    if not loop.any() or not (anchors & before).any() or not (anchors & after).any():
+        raise InputError(name, "CDR3 compactness needs the CDR3 and anchor residues on both sides of it (IMGT 102-103 "
+                               "and 118-119); is the chain cut inside CDR3 or FR4?")
     rho = np.linalg.norm(residues.coords[loop].mean(0) - residues.coords[anchors].mean(0))
     return float(cdr3_length / rho)
 
