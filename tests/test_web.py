@@ -258,6 +258,12 @@ def test_not_json_is_refused(client):
     assert response.status_code == 422 and "detail" in response.json()
 
 
+def test_an_option_the_api_does_not_have_is_refused_not_ignored(client):
+    response = client.post("/api/predict", json={**TRASTUZUMAB, "numbering": "kabat"})
+    assert response.status_code == 422
+    assert response.json()["field"] == "numbering" and response.json()["detail"].startswith("numbering: ")
+
+
 def test_oversized_requests_are_refused_before_parsing(client):
     big = {"kind": "antibody", "heavy": TRASTUZUMAB_HEAVY, "light": TRASTUZUMAB_LIGHT, "notes": "x" * MAX_SINGLE_BYTES}
     response = client.post("/api/predict", json=big)

@@ -33,7 +33,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from immunofold.inputs import CSV_SUFFIXES, FASTA_SUFFIXES, TSV_SUFFIXES, parse_fasta
@@ -118,6 +118,8 @@ def chains_from_fasta(kind: str, text: str, name: str) -> tuple[str, dict[str, s
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an option the API does not have (e.g. "numbering") is refused, not ignored
+
     kind: Literal["antibody", "nanobody", "tcr"] = "antibody"
     name: str = Field("", max_length=1000)
     heavy: str = Field("", max_length=MAX_SEQUENCE_CHARS)
