@@ -69,6 +69,7 @@ SALT_BRIDGE_ACCEPTORS = {"D": ("OD1", "OD2"), "E": ("OE1", "OE2")}
 BACKBONE = ("N", "CA", "C")
 
 FLAGS = ("green", "amber", "red")
+PROFILED_KINDS = ("antibody", "nanobody")  # receptor kinds with a profile (TAP, TNP); TCRs have none
 
 
 @dataclass(frozen=True)
@@ -270,9 +271,9 @@ def _cdr3_compactness(residues: _Residues, cdr3_length: int, name: str) -> float
     backbone = np.array([n in BACKBONE for n in residues.atom_names])
     imgt = residues.imgt[residues.atom_residue]
     loop = backbone & _in_ranges(imgt, [IMGT_CDRS[3]])
-    anchors = backbone & np.isin(imgt, CDR3_ANCHORS)
-    before, after = np.isin(imgt, CDR3_ANCHORS[:2]), np.isin(imgt, CDR3_ANCHORS[2:])
-    if not loop.any() or not (anchors & before).any() or not (anchors & after).any():
+    before, after = backbone & np.isin(imgt, CDR3_ANCHORS[:2]), backbone & np.isin(imgt, CDR3_ANCHORS[2:])
+    anchors = before | after
+    if not loop.any() or not before.any() or not after.any():
         raise InputError(name, "CDR3 compactness needs the CDR3 and anchor residues on both sides of it (IMGT 102-103 "
                                "and 118-119); is the chain cut inside CDR3 or FR4?")
     rho = np.linalg.norm(residues.coords[loop].mean(0) - residues.coords[anchors].mean(0))
@@ -362,7 +363,7 @@ def profile_prediction(prediction) -> DevelopabilityProfile:
     the crystal's value more closely than any single model does (val antibodies, Spearman against the crystal:
     PPC 0.72 vs 0.59 for the cleaned consensus and 0.61 for the refined model, PNC 0.78 vs 0.73 and 0.78;
     benchmarks/results/developability.md). Raises InputError for a TCR."""
-    if prediction.kind not in ("antibody", "nanobody"):
+    if prediction.kind not in PROFILED_KINDS:
         raise InputError(prediction.name, f"developability profiles cover antibodies and nanobodies, not {prediction.kind}s")
     imgt = [{rid: number for rid, (number, _) in zip(ids, chain.positions)}
             for ids, chain in zip(prediction.residue_ids, prediction.chains)]  # fmt: skip

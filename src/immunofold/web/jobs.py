@@ -220,10 +220,10 @@ def developability_result(prediction) -> dict | None:
     """The TAP/TNP profile of an antibody or nanobody (`DevelopabilityProfile.to_dict()`, each metric's residues
     as {chain, resi, icode} of the model file, for the 3D view), {"error": reason} when it cannot be computed,
     None for a TCR."""
-    from immunofold.developability import profile_prediction
+    from immunofold.developability import PROFILED_KINDS, profile_prediction
     from immunofold.sequences import InputError
 
-    if prediction.kind not in ("antibody", "nanobody"):
+    if prediction.kind not in PROFILED_KINDS:
         return None
     try:
         profile = profile_prediction(prediction).to_dict()
