@@ -133,6 +133,26 @@ def test_typos_inside_a_sequence_are_refused_with_the_chain_and_position(tmp_pat
     assert_one_line_error(stderr, *words)
 
 
+def test_ctrl_c_that_a_library_turns_into_its_own_error_is_still_an_interruption(monkeypatch, capsys):
+    """Ctrl-C while safetensors loads the weights surfaced as its ValueError (a traceback, exit 1)."""
+    import immunofold.cli
+
+    def interrupted_inside_a_library(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+
+    monkeypatch.setattr(immunofold.cli, "_predict", interrupted_inside_a_library)
+    assert immunofold.cli.main(["predict", "nanobody", "--heavy", "EVQL", "-o", "x.pdb"]) == 130
+    assert capsys.readouterr().err == "\ninterrupted\n"
+    monkeypatch.setattr(immunofold.cli, "_predict", lambda args: (_ for _ in ()).throw(ValueError("a real bug")))
+    with pytest.raises(ValueError, match="a real bug"):  # without an interruption an error stays an error
+        immunofold.cli.main(["predict", "nanobody", "--heavy", "EVQL", "-o", "x.pdb"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main leaves the handler as it found it
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     output = tmp_path / "new" / "m.pdb"
     process = subprocess.Popen(

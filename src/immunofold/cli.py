@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -57,13 +59,14 @@ def _output_problem(args: argparse.Namespace) -> str | None:
 def _predict(args: argparse.Namespace) -> int:
     import warnings
 
+    from immunofold.developability import PROFILED_KINDS
     from immunofold.prediction import Predictor, check_device
     from immunofold.sequences import InputError, number_receptor
 
     chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
     name = args.name or os.path.splitext(os.path.basename(args.output))[0]
     fmt = args.format or ("cif" if args.output.lower().endswith((".cif", ".mmcif")) else "pdb")
-    if args.developability and args.kind == "tcr":
+    if args.developability and args.kind not in PROFILED_KINDS:
         print("error: --developability: profiles cover antibodies and nanobodies, not TCRs", file=sys.stderr)
         return 2
     try:  # the input first: a bad sequence leaves no folder behind
@@ -232,11 +235,29 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # this program owns its process
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if not interrupted:
+            raise
+        # Ctrl-C inside a native call that turns the KeyboardInterrupt into its own error (safetensors loading weights
+        # raised ValueError): still an interruption
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
