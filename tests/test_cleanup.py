@@ -113,12 +113,12 @@ def val_predictions():
     entries = [e for e in read_summary(str(DATA)) if e.split == "val"]
     chosen = [next(e for e in entries if e.kind == kind) for kind in ("antibody", "nanobody", "tcr")]
     items = [(e.name, e.kind, number_entry(e)) for e in chosen]
-    predictor = Predictor(Ensemble.packaged(clean=True))
-    cleaned = predictor.predict_numbered(items)
-    predictor.ensemble.clean = False
-    raw = predictor.predict_numbered(items)
-    predictor.ensemble.clean = True
-    return predictor, cleaned, raw
+    predictor = Predictor(Ensemble.packaged())
+    cleaning = predictor.with_clean_geometry()
+    assert cleaning.ensemble.models is predictor.ensemble.models and not predictor.ensemble.clean  # no second copy
+    cleaned, raw = cleaning.predict_numbered(items), predictor.predict_numbered(items)
+    assert all(p.geometry_cleaned for p in cleaned) and not any(p.geometry_cleaned for p in raw)
+    return cleaning, cleaned, raw
 
 
 def test_unrefined_val_models_have_real_protein_geometry(val_predictions):

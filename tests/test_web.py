@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, WEB_BASE_URL, web_clients  # noqa: E402
 from immunofold.cli import build_parser  # noqa: E402
+from immunofold.refine import find_problems  # noqa: E402
 from immunofold.sequences import InputError, number_receptor  # noqa: E402
 from immunofold.web import assets as web_assets  # noqa: E402
 from immunofold.web.jobs import JobStore  # noqa: E402
@@ -155,6 +156,7 @@ def test_predict_antibody_result_downloads_and_numbering(client):
 
     pdb = client.get(f"/api/jobs/{job_id}/model.pdb")
     assert pdb.status_code == 200
+    assert result["geometry_cleaned"] is True and find_problems(pdb.text) == []  # real peptide bonds, no clashes
     disposition = pdb.headers["content-disposition"]
     assert disposition.startswith("attachment;") and "/" not in disposition and ".." not in disposition.split("=")[1][:3]
     structure = gemmi.read_pdb_string(pdb.text)
@@ -468,7 +470,9 @@ def test_batch_upload_gives_one_zip_with_summary(client):
         assert {"immunofold_results/summary.csv", "immunofold_results/failures.csv"} <= names
         assert {"immunofold_results/trastuzumab.pdb", "immunofold_results/vhh.pdb"} <= names
         assert not any("/." in name for name in names)
-        assert "REMARK 250" in zf.read("immunofold_results/vhh.pdb").decode()
+        vhh = zf.read("immunofold_results/vhh.pdb").decode()
+        assert "REMARK 250" in vhh and "GEOMETRY CLEANED" in vhh
+        assert find_problems(vhh) == [] and find_problems(zf.read("immunofold_results/trastuzumab.pdb").decode()) == []
 
 
 def test_batch_csv_upload(client):

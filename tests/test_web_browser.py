@@ -239,7 +239,8 @@ def test_developability_panel_and_flagged_patches_in_3d(server, browser):
     assert patches, "this nanobody was chosen for a flagged patch; pick another if the model changed"
 
     assert browser.find_element(By.ID, "developability-title").text == "Developability (TNP)"
-    assert "profile is computed after a quick geometry clean-up" in browser.find_element(By.ID, "developability-hint").text
+    assert "mean over the four ensemble members" in browser.find_element(By.ID, "developability-hint").text
+    assert "unrefined, geometry cleaned" in browser.find_element(By.ID, "result-summary").text
     rows = browser.find_elements(By.CSS_SELECTOR, "#developability-table tbody tr")
     assert [(r.get_attribute("data-metric"), r.get_attribute("data-flag")) for r in rows] == [
         (name, metric["flag"]) for name, metric in profile["metrics"].items()]

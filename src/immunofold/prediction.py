@@ -9,6 +9,7 @@ Data flow: sequences -> numbered chains -> features -> ensemble -> atoms -> refi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import threading
@@ -214,6 +215,15 @@ class Predictor:
         (`cleanup.clean_geometry`) when `clean_geometry` (members_side_by_side: see `Ensemble`)."""
         self.ensemble = ensemble or Ensemble.packaged(device, clean_geometry, members_side_by_side)
         self.calibrator = packaged_calibrator(self.ensemble.version)
+
+    def with_clean_geometry(self) -> "Predictor":
+        """A Predictor over the same loaded members whose consensus goes through `cleanup.clean_geometry`;
+        itself if its ensemble already cleans."""
+        if self.ensemble.clean:
+            return self
+        ensemble = copy.copy(self.ensemble)  # shares the loaded member models
+        ensemble.clean = True
+        return Predictor(ensemble)
 
     def number(self, kind: str, chains: dict[str, str], name: str) -> list[NumberedChain]:
         return number_receptor(kind, chains, name)

@@ -197,14 +197,14 @@ async function showResult(job) {
   const nres = result.chains.reduce((n, c) => n + c.residues.length, 0);
   $("result-summary").textContent =
     `${kindLabel}, ${nres} residues, mean predicted error ${result.mean_error.toFixed(2)} Å ` +
-    `(max ${result.max_error.toFixed(2)} Å), ${result.refined ? "refined" : "unrefined"}, weights ${result.weights_version}`;
+    `(max ${result.max_error.toFixed(2)} Å), ${result.refined ? "refined" : result.geometry_cleaned ? "unrefined, geometry cleaned" : "unrefined"}, weights ${result.weights_version}`;
   const notes = $("result-notes");
   notes.replaceChildren(...[...result.notes, result.refine_message].filter(Boolean).map((n) => el("li", n)));
   $("download-pdb").href = `/api/jobs/${job.id}/model.pdb`;
   $("download-cif").href = `/api/jobs/${job.id}/model.cif`;
   drawPlots(result);
   drawTable(result);
-  drawDevelopability(result.developability, result.refined);
+  drawDevelopability(result.developability);
   const pdb = await (await fetch(`/api/jobs/${job.id}/model.pdb`)).text();
   drawViewer(pdb, result);
 }
@@ -221,7 +221,7 @@ function rangeText(m) {
   return `green ${green}, red ${red.filter(Boolean).join(" or ")}`;
 }
 
-function drawDevelopability(profile, refined) {
+function drawDevelopability(profile) {
   const box = $("developability");
   box.hidden = !profile;
   if (!profile) return;
@@ -236,10 +236,9 @@ function drawDevelopability(profile, refined) {
     : "Therapeutic Nanobody Profiler (Gordon et al. 2025)";
   $("developability-title").textContent = `Developability (${profile.profiler})`;
   $("developability-hint").textContent =
-    `${source}, computed on this predicted structure. Amber: outside 95% of clinical-stage therapeutics; ` +
+    `${source}, computed on the predicted structure. Amber: outside 95% of clinical-stage therapeutics; ` +
     "red: beyond all of them. Patch metrics depend on the modelled side chains; see the README for how far to trust them." +
-    (refined ? "" : " This model is unrefined: the profile is computed after a quick geometry clean-up (no clashes); " +
-      "tick \u201cRefine with OpenMM\u201d for the refined structure's profile.");
+    " It is the mean over the four ensemble members (each with its geometry cleaned), so refining does not change it.";
   body.replaceChildren(...Object.values(profile.metrics).map((m) => {
     const row = el("tr", null, { "data-metric": m.name, "data-flag": m.flag });
     row.appendChild(el("td", m.label));
