@@ -108,6 +108,18 @@ def test_missing_output_folder_is_created_and_said_and_files_follow_the_umask(tm
     assert stat.S_IMODE((tmp_path / "private.pdb").stat().st_mode) == 0o600
 
 
+def test_an_output_that_is_a_symbolic_link_is_written_through(tmp_path):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "current.pdb"
+    target.write_text("old")
+    link = tmp_path / "latest.pdb"
+    link.symlink_to(target)
+    code, _, stderr = immunofold(*ANTIBODY, "-o", str(link))
+    assert code == 0, stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text().startswith("REMARK") and sorted(os.listdir(tmp_path / "models")) == ["current.pdb"]
+
+
 def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
     import torch
 

@@ -154,8 +154,11 @@ os.umask(_UMASK)
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside `path` to write to; renamed onto `path` when the block succeeds, removed when it
-    fails, so no half-written file ever carries the final name. The file gets the user's umask, as open() does."""
+    fails, so no half-written file ever carries the final name. The file gets the user's umask, as open() does;
+    a symbolic link is written through (its target gets the new file), as a shell redirect would."""
     path = os.fspath(path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     handle, temp_path = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     os.close(handle)
     try:
