@@ -256,8 +256,11 @@ def test_malformed_requests_name_their_field(client, body, field, needle):
 
 
 def test_not_json_is_refused(client):
-    response = client.post("/api/predict", content=b"heavy=EVQL", headers={"content-type": "application/json"})
-    assert response.status_code == 422 and "detail" in response.json()
+    for body, offset in ((b"heavy=EVQL", 0), (b'{"kind": "antibody", "heavy":', 29)):
+        response = client.post("/api/predict", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422 and response.json()["field"] is None  # not a form field
+        assert response.json()["detail"].startswith("the request body is not valid JSON (")
+        assert response.json()["detail"].endswith(f"at character {offset})")
 
 
 def test_an_option_the_api_does_not_have_is_refused_not_ignored(client):

@@ -171,6 +171,10 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # loc is ("body", character offset), not a field
+            reason = " ".join(str(first.get("ctx", {}).get("error", "")).split())
+            return error(422, f"the request body is not valid JSON ({reason or 'decode error'} at character "
+                              f"{first['loc'][-1]})")
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
         field = loc[0] if loc else None
         message = " ".join(str(first.get("msg", "invalid request")).split())
