@@ -14,6 +14,7 @@ from immunofold import weights
 from immunofold.batch import STATE_DIR, run_batch
 from immunofold.cli import main
 from immunofold.inputs import parse_input, resolve_record
+from immunofold.sequences import InputError
 
 DEV_WEIGHTS = "/tmp/devweights"
 
@@ -474,6 +475,9 @@ def test_clean_geometry_is_part_of_a_records_identity(tmp_path):
     assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q", "--clean-geometry"]) == 0
     cleaned = (outdir / "nb1.pdb").read_text()
     assert cleaned != raw and "GEOMETRY CLEANED" in cleaned
+    with pytest.raises(InputError, match="--clean-geometry: applies to unrefined models"):
+        run_batch(fasta, tmp_path / "refined", clean_geometry=True, workers=0)
+    assert not (tmp_path / "refined").exists()
 
 
 def test_run_batch_without_threads_leaves_torchs_thread_count_alone(tmp_path, predictor, monkeypatch):

@@ -76,6 +76,28 @@ def test_developability_of_a_tcr_is_refused_before_the_model_runs(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--format", "cif", "-o", "{tmp}/model.pdb"], ["ends in .pdb but --format is cif", "model.cif"]),
+        (["--format", "pdb", "-o", "{tmp}/model.CIF"], ["ends in .cif but --format is pdb"]),
+        (["--clean-geometry", "-o", "{tmp}/model.pdb"], ["--clean-geometry", "add --no-refine"]),
+    ],
+)
+def test_contradicting_options_are_refused_before_the_model_runs(tmp_path, options, words):
+    args = ["predict", "nanobody", "--heavy", TRASTUZUMAB_HEAVY] + [o.format(tmp=tmp_path / "new") for o in options]
+    code, stdout, stderr = immunofold(*args)
+    assert code == 2 and stdout == ""
+    assert_one_line_error(stderr, *words)
+    assert not (tmp_path / "new").exists()
+
+
+def test_clean_geometry_is_said_in_the_summary_line(tmp_path):
+    code, stdout, stderr = immunofold(*ANTIBODY, "--clean-geometry", "-o", str(tmp_path / "m.cif"), "--format", "cif")
+    assert code == 0, stderr
+    assert "unrefined, geometry cleaned" in stdout and (tmp_path / "m.cif").read_text().startswith("data_")
+
+
 def test_unwritable_ensemble_folder_and_a_name_with_folders_are_refused(tmp_path):
     code, _, stderr = immunofold(*ANTIBODY, "-o", str(tmp_path / "m.pdb"), "--save-ensemble", "/proc/members")
     assert code == 2

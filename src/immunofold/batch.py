@@ -768,6 +768,9 @@ def run_batch(
         raise InputError("options", "batch size must be >= 1 and workers >= 0")
     if engine not in ENGINES:
         raise InputError("--engine", f"unknown engine {engine!r} ({', '.join(ENGINES)})")
+    if clean_geometry and refine:
+        raise InputError("--clean-geometry", "applies to unrefined models: add --no-refine (refined models have real "
+                                             "geometry)")
     if engine == "ray":
         from immunofold.ray_engine import require_ray
 

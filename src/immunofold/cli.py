@@ -33,6 +33,21 @@ CLEAN_GEOMETRY_HELP = (
 )
 
 
+def _option_problem(args: argparse.Namespace, fmt: str) -> str | None:
+    """Why the options of `immunofold predict` contradict each other, else None."""
+    from immunofold.developability import PROFILED_KINDS
+
+    if args.developability and args.kind not in PROFILED_KINDS:
+        return "--developability: profiles cover antibodies and nanobodies, not TCRs"
+    if args.clean_geometry and not args.no_refine:
+        return "--clean-geometry applies to unrefined models: add --no-refine (refined models have real geometry)"
+    suffix = os.path.splitext(args.output)[1].lower()
+    implied = {".pdb": "pdb", ".ent": "pdb", ".cif": "cif", ".mmcif": "cif"}.get(suffix)
+    if implied and implied != fmt:
+        return f"-o {args.output} ends in {suffix} but --format is {fmt}; name it {os.path.splitext(args.output)[0]}.{fmt}"
+    return None
+
+
 def _output_problem(args: argparse.Namespace) -> str | None:
     """Why the outputs of `immunofold predict` cannot be written (checked before the model runs), else None."""
     from immunofold.io import prepare_output_folder
@@ -59,15 +74,15 @@ def _output_problem(args: argparse.Namespace) -> str | None:
 def _predict(args: argparse.Namespace) -> int:
     import warnings
 
-    from immunofold.developability import PROFILED_KINDS
     from immunofold.prediction import Predictor, check_device
     from immunofold.sequences import InputError, number_receptor
 
     chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
     name = args.name or os.path.splitext(os.path.basename(args.output))[0]
     fmt = args.format or ("cif" if args.output.lower().endswith((".cif", ".mmcif")) else "pdb")
-    if args.developability and args.kind not in PROFILED_KINDS:
-        print("error: --developability: profiles cover antibodies and nanobodies, not TCRs", file=sys.stderr)
+    problem = _option_problem(args, fmt)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:  # the input first: a bad sequence leaves no folder behind
         numbered = number_receptor(args.kind, chains, name)
@@ -103,7 +118,8 @@ def _predict(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.output}: {prediction.kind}, {len(prediction.error)} residues, "
         f"mean error {prediction.mean_error:.2f} Å ({', '.join(cdr3)} Å), "
-        f"{'refined' if prediction.refined else 'unrefined'}, weights {prediction.weights_version}"
+        f"{'refined' if prediction.refined else 'unrefined, geometry cleaned' if prediction.geometry_cleaned else 'unrefined'}, "
+        f"weights {prediction.weights_version}"
     )
     if args.developability:
         return _write_developability(prediction, args.output)
