@@ -149,3 +149,21 @@ def test_ray_engine_refines_in_the_actors(ray_runtime, predictor, tmp_path):  # 
     remote = run_batch(fasta, tmp_path / "ray", refine=True, engine="ray", ray_workers=2)
     assert local.ok_total == remote.ok_total == 2
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+
+
+def test_an_address_where_no_cluster_answers_is_a_one_line_error_at_once(tmp_path):
+    """ray.init retried an unreachable head for minutes, silently; the run now stops before any folder is made."""
+    import socket
+    import time
+
+    with socket.socket() as unused:  # a port nothing listens on: bound, never listening
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        fasta = tmp_path / "one.fasta"
+        fasta.write_text(f">nb1\n{NB1}\n")
+        start = time.perf_counter()
+        for address, words in ((f"127.0.0.1:{port}", "no Ray cluster answers at"), ("headnode", "is not HOST:PORT")):
+            with pytest.raises(ray_engine.InputError, match=words):
+                run_batch(fasta, tmp_path / "out", refine=False, engine="ray", address=address)
+        assert time.perf_counter() - start < ray_engine.ADDRESS_TIMEOUT_S
+    assert not (tmp_path / "out").exists()

@@ -772,9 +772,10 @@ def run_batch(
         raise InputError("--clean-geometry", "applies to unrefined models: add --no-refine (refined models have real "
                                              "geometry)")
     if engine == "ray":
-        from immunofold.ray_engine import require_ray
+        from immunofold.ray_engine import check_address, require_ray
 
         require_ray()
+        check_address(address)
     if predictor is None:
         from immunofold.prediction import check_device
 

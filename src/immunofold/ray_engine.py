@@ -16,6 +16,7 @@ kills a worker: it comes back as a failure.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterable
 
@@ -43,6 +44,24 @@ def require_ray() -> None:
         import ray  # noqa: F401
     except ImportError:
         raise InputError("--engine ray", "Ray is not installed: pip install 'immunofold[ray]'") from None
+
+
+ADDRESS_TIMEOUT_S = 5.0  # a head node answers a TCP connection at once; ray.init itself retries for minutes
+
+
+def check_address(address: str | None) -> None:
+    """InputError when nothing accepts a TCP connection at a Ray address ("HOST:PORT" or "ray://HOST:PORT"; "auto"
+    and no address are left to Ray). ray.init retries an unreachable head for minutes without raising."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError("--address", f"{address!r} is not HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as error:
+        raise InputError("--address", f"no Ray cluster answers at {address} ({error.strerror or error}); start one "
+                                      "with `ray start --head` or check the address") from None
 
 
 class RayWorker:
