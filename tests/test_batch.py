@@ -512,3 +512,21 @@ def test_a_resume_trusts_untouched_structure_files_without_reading_them(tmp_path
     third = run_batch(fasta, outdir, **options)
     assert (third.done, third.skipped) == (1, 1) and "nb2.pdb" in hashed
     assert "HETATM" not in structure.read_text()  # predicted and written again
+
+
+def test_a_rerun_with_other_options_leaves_only_what_the_summary_lists(tmp_path, predictor):
+    """Another format replaces a record's earlier file; a record that now fails loses its earlier model; a file
+    immunofold did not write is never removed."""
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n>ab1|H\n{AB1_H}\n>ab1|L\n{AB1_L}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    assert run_batch(fasta, outdir, **options).ok_total == 2
+    (outdir / "ab1.cif").write_text("data_mine\n")  # the user's own file under a name the next run would use
+    assert run_batch(fasta, outdir, fmt="cif", **options).ok_total == 2
+    assert sorted(p.name for p in outdir.glob("*.pdb")) == [] and (outdir / "nb1.cif").is_file()
+    assert "IMMUNOFOLD" in (outdir / "ab1.cif").read_text()  # overwritten by this run's model, as before
+    (outdir / "nb1.pdb").write_text("HEADER    mine\n")
+    report = run_batch(fasta, outdir, fmt="cif", kind="antibody", **options)
+    assert (report.ok_total, report.failed_total) == (1, 1)
+    assert not (outdir / "nb1.cif").exists() and (outdir / "nb1.pdb").read_text() == "HEADER    mine\n"
+    assert {name: row["file"] for name, row in read_summary(outdir).items()} == {"nb1": "", "ab1": "ab1.cif"}

@@ -98,6 +98,33 @@ def test_table_formats(tmp_path, sep, suffix):
     assert [resolve_record(r).kind for r in records] == ["antibody", "nanobody", "tcr"]
 
 
+def test_gzip_compressed_inputs_are_read_and_a_damaged_one_is_one_line(tmp_path):
+    import gzip
+
+    text = f"sequence_id\tlocus\tproductive\tsequence_aa\tcell_id\nh1\tIGH\tT\t{VH}\tc1\nl1\tIGK\tT\t{VL}\tc1\n"
+    path = tmp_path / "rearrangements.tsv.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    (record,) = parse_input(path)
+    assert resolve_record(record).kind == "antibody"
+    short = gzip.compress(f">nb1\n{VHH}\n".encode())  # cut inside the first 4 KB: refused before any record
+    (tmp_path / "short.fa.gz").write_bytes(short[:-20])
+    assert "cannot read input file (Compressed file ended" in resolve_all(tmp_path / "short.fa.gz")["<file>"]
+    long = gzip.compress("".join(f">nb{i}\n{VHH}\n" for i in range(100)).encode())  # 13 KB: cut after the start
+    (tmp_path / "long.fa.gz").write_bytes(long[:-20])
+    with pytest.raises(InputError, match=r"compressed input is damaged after \d+ records"):
+        parse_input(tmp_path / "long.fa.gz")
+
+
+def test_a_lone_heavy_chain_without_vhh_hallmarks_is_a_nanobody_with_a_note(tmp_path):
+    out = resolve_all(write(tmp_path, f">vh\n{VH}\n>vhh\n{VHH}\n", ".fa"))
+    vh, vhh = out["vh"][0], out["vhh"][0]
+    assert vh.kind == vhh.kind == "nanobody"
+    notes = [note for chain in vh.chains for note in chain.notes]
+    assert len(notes) == 1 and "of 4 VHH hallmarks" in notes[0] and "vh|L" in notes[0]
+    assert not [note for chain in vhh.chains for note in chain.notes]
+    assert not resolve_all(write(tmp_path, f">vh\n{VH}\n", ".fasta"), kind="nanobody")["vh"][0].chains[0].notes
+
+
 def test_kind_column_and_explicit_kind(tmp_path):
     path = write(tmp_path, f"name,heavy,kind\nnb1,{VHH},nanobody\nnb2,{VHH},tcr\n", ".csv")
     out = resolve_all(path)

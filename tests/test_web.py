@@ -489,7 +489,7 @@ def test_batch_csv_upload(client):
 @pytest.mark.parametrize(
     "filename, content, needle",
     [
-        ("run.exe", b">a\nEVQL\n", "expected a FASTA or CSV"),
+        ("run.exe", b">a\nEVQL\n", "expected a FASTA, CSV, TSV or AIRR"),
         ("empty.fasta", b"   \n", "empty"),
         ("binary.fasta", b"\xff\xfe\x00\x01" * 10, "not a text file"),
         ("nocols.csv", b"foo,bar\n1,2\n", "file:"),

@@ -3,7 +3,8 @@
 INPUT is FASTA, CSV/TSV or an AIRR rearrangement TSV (see `immunofold.inputs`). OUTDIR receives one
 structure file per record (`<safe name>.pdb`; `structures/<2 hex>/<safe name>.pdb` in runs of more than
 SHARD_THRESHOLD records), `summary.csv` and `summary.parquet` (every record, in input order; with
-`developability=True` also each antibody's TAP and each nanobody's TNP metrics and flags), `failures.csv`
+`developability=True` also each antibody's TAP and each nanobody's TNP metrics and flags; `notes`: what was
+trimmed or guessed), `failures.csv`
 (one line per record that could not be modelled, with its one-line reason) and, with `plots=True`,
 `plots/<safe name>.png` plus `plots/overview.png`.
 
@@ -22,7 +23,9 @@ Resumable and atomic
     written (temp file + os.replace) after its structure file. A record is finished when its
     sidecar exists (and, for a success, its structure file with the content the sidecar's hash names).
     The fingerprint covers the record's sequences and every option that changes its output, so an edited
-    record or another input reusing a name is predicted again. One run at a time per folder (a lock file
+    record or another input reusing a name is predicted again; a record predicted again in another format or
+    folder layout replaces its earlier file, and one that now fails loses it (`remove_earlier_structures`), so
+    the files of this input's records are those the summary lists. One run at a time per folder (a lock file
     in OUTDIR/.immunofold). Faults of the machine (no GPU, out of memory, disk full) stop the run
     without marking any record; a rerun resumes. Re-running the same command skips
     finished records; summary.csv and failures.csv are rebuilt from the sidecars, in input
@@ -97,7 +100,7 @@ SUMMARY_COLUMNS = (
     ["name", "kind", "status", "file", "mean_error"]
     + [f"cdr3_error_{c}" for c in CHAIN_COLUMNS]
     + [f"length_{c}" for c in CHAIN_COLUMNS]
-    + ["refined", "seconds"]
+    + ["refined", "seconds", "notes"]
 )
 DEVELOPABILITY_PROFILERS = {"antibody": "tap", "nanobody": "tnp"}  # column prefix of each kind's profile
 FAILURE_COLUMNS = ["name", "source", "reason"]
@@ -136,7 +139,7 @@ class BatchReport:
 
     def __str__(self) -> str:
         return (
-            f"{self.total} records: {self.done} predicted, {self.failed} failed, {self.skipped} already finished "
+            f"{self.total} record{'' if self.total == 1 else 's'}: {self.done} predicted, {self.failed} failed, {self.skipped} already finished "
             f"({self.ok_total} ok, {self.failed_total} failed in total) in {self.seconds:.1f} s, "
             f"{self.records_per_second:.1f} records/s ({self.engine} engine)"
         )
@@ -325,12 +328,22 @@ class RecordStore:
 
     def file_stem(self, stem: str) -> str:
         """The structure file's path under OUTDIR, without the format suffix."""
-        if not self.sharded:
-            return stem
-        return f"{STRUCTURES_DIR}/{hashlib.sha1(stem.encode()).hexdigest()[:2]}/{stem}"
+        return _sharded_stem(stem) if self.sharded else stem
 
     def structure_file(self, record: Record) -> str:
         return f"{self.file_stem(self.stems[record.index])}.{self.options['fmt']}"
+
+    def remove_earlier_structures(self, record: Record, keep: str | None = None) -> None:
+        """Delete the structure files an earlier run wrote for this record's name in another format or folder
+        layout (or at all, when it now fails), so the folder holds what the summary says; `keep` is this run's file.
+        Only files immunofold wrote (its REMARK inside) are removed."""
+        stem = self.stems.get(record.index)
+        if stem is None:
+            return
+        for name in (f"{base}.{fmt}" for base in (stem, _sharded_stem(stem)) for fmt in ("pdb", "cif")):
+            path = os.path.join(self.outdir, name)
+            if name != keep and os.path.isfile(path) and _written_by_immunofold(path):
+                os.unlink(path)
 
     def path(self, record: Record) -> str:
         return os.path.join(self.folder, f"{self.fingerprints[record.index]}.json")
@@ -351,6 +364,20 @@ class RecordStore:
 
     def save(self, record: Record, data: dict) -> None:
         write_text_atomic(self.path(record), json.dumps(data, sort_keys=True))
+
+
+def _sharded_stem(stem: str) -> str:
+    """A structure file's path without suffix in a sharded run: one of 256 folders by the stem's hash."""
+    return f"{STRUCTURES_DIR}/{hashlib.sha1(stem.encode()).hexdigest()[:2]}/{stem}"
+
+
+def _written_by_immunofold(path: str) -> bool:
+    """Whether a structure file carries immunofold's REMARK 250 (first line of a PDB, near the end of an mmCIF)."""
+    try:
+        with open(path, "rb") as handle:
+            return b"IMMUNOFOLD " in handle.read()
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +475,7 @@ class Recorder:
     def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0) -> None:
         data = {"status": "failed", "name": record.name, "source": record.source, "kind": kind or "",
                 "reason": one_line(reason), "seconds": round(seconds, 4)}
+        self.store.remove_earlier_structures(record)
         self.store.save(record, data)
         self.failed += 1
         self._finish(record)
@@ -466,6 +494,7 @@ class Recorder:
             if self.store.sharded:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             write_text_atomic(path, text)
+            self.store.remove_earlier_structures(record, keep=file_name)
         except OSError as error:  # the folder's problem (full, read-only, gone), not the record's
             raise BatchStopped(f"cannot write {path}: {error.strerror or error}") from None
         self.on_event("structure_written", record)
@@ -630,10 +659,11 @@ PARQUET_TYPES = {"mean_error": "float64", "refined": "bool", "seconds": "float64
 
 def _summary_row(record: Record, data: dict) -> dict:
     """One summary row as typed values (None: empty; developability columns only where the sidecar has them)."""
-    row = {"name": record.name, "kind": data.get("kind", ""), "status": data["status"], "seconds": data.get("seconds"),
-           "file": None, "mean_error": None, "refined": None}
+    row = {"name": record.name, "kind": data.get("kind") or None, "status": data["status"], "seconds": data.get("seconds"),
+           "file": None, "mean_error": None, "refined": None, "notes": None}
     if data["status"] == "ok":
-        row.update(file=data["file"], mean_error=data["mean_error"], refined=bool(data["refined"]))
+        row.update(file=data["file"], mean_error=data["mean_error"], refined=bool(data["refined"]),
+                   notes="; ".join(data.get("notes", [])) or None)
         for chain in data["chains"]:
             row[f"length_{chain['id']}"] = chain["length"]
             row[f"cdr3_error_{chain['id']}"] = data["cdr3_error"].get(chain["id"])

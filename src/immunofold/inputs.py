@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import gzip
 import hashlib
 import io
 import json
@@ -114,18 +115,25 @@ def _clean_name(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # file reading: line by line, so a file of any size is read in bounded memory
 # --------------------------------------------------------------------------------------------
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _open_text(path: str | os.PathLike):
-    """The file as text lines (UTF-8, BOM dropped, bad bytes replaced); InputError if it cannot be read or is binary."""
+    """The file as text lines (UTF-8, BOM dropped, bad bytes replaced; gzip-compressed files decompressed as they are
+    read); InputError if it cannot be read or is binary."""
     try:
         with open(path, "rb") as handle:
+            compressed = handle.read(2) == GZIP_MAGIC
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as handle:
             head = handle.read(4096)
-        text = open(path, encoding="utf-8-sig", errors="replace", newline="")
+        text = opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
     except FileNotFoundError:
         raise InputError(str(path), "input file not found") from None
     except IsADirectoryError:
         raise InputError(str(path), "is a folder, not an input file") from None
-    except OSError as error:
-        raise InputError(str(path), f"cannot read input file ({one_line(error.strerror or error)})") from None
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a cut-off gzip stream an EOFError
+        raise InputError(str(path), f"cannot read input file ({one_line(getattr(error, 'strerror', None) or error)})") from None
     if b"\x00" in head:
         text.close()
         raise InputError(str(path), "is a binary file, not FASTA/CSV/TSV text")
@@ -139,7 +147,7 @@ def _first_line(path: str | os.PathLike) -> str:
 
 def detect_format(path: str | os.PathLike, first: str) -> str:
     """'fasta', 'csv', 'tsv' or 'airr' from the suffix and the first non-empty line."""
-    suffix = os.path.splitext(str(path))[1].lower()
+    suffix = os.path.splitext(str(path).removesuffix(".gz").removesuffix(".GZ"))[1].lower()
     header = {cell.strip().lower() for cell in first.split("\t")}
     if suffix in FASTA_SUFFIXES or first.lstrip().startswith(">"):
         return "fasta"
@@ -169,9 +177,12 @@ def iter_records(path: str | os.PathLike, fmt: str | None = None) -> Iterator[Re
         raise InputError(str(path), f"unknown input format {fmt!r} (fasta, csv, tsv or airr)")
     count = 0
     with _open_text(path) as handle:
-        for record in readers[fmt](handle):
-            count += 1
-            yield record
+        try:
+            for record in readers[fmt](handle):
+                count += 1
+                yield record
+        except (EOFError, gzip.BadGzipFile) as error:  # a compressed input cut off or damaged after its start
+            raise InputError(str(path), f"compressed input is damaged after {count} records ({one_line(error)})") from None
     if not count:
         raise InputError(str(path), f"no records found in this {fmt.upper()} file")
 
@@ -492,7 +503,8 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
         raise InputError(name, f"mixes antibody and TCR domains ({found})")
     if any(n > 1 for n in counts.values()):
         raise InputError(name, f"holds {len(domains)} V domains ({found}); expected heavy+light, one heavy, or alpha+beta")
-    if kind == "auto":
+    guessed = kind == "auto"
+    if guessed:
         kind = "tcr" if has_tcr else ("antibody" if "light" in counts else "nanobody")
     wanted = {"antibody": ("heavy", "light"), "nanobody": ("heavy",), "tcr": ("alpha", "beta")}[kind]
     missing = [slot for slot in wanted if slot not in counts]
@@ -515,11 +527,18 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
         if hallmarks < MIN_HALLMARKS:
             raise InputError(name, f"unpaired heavy chain that is not VHH-like ({hallmarks} of 4 VHH hallmarks at IMGT "
                              "42/49/50/52): a conventional VH needs its light chain (same cell_id)")
+    unlike_vhh = None  # a lone heavy chain taken for a nanobody although it lacks the hallmarks: say so
+    if kind == "nanobody" and guessed and not record.vhh_only:
+        heavy = by_class["heavy"][0][1]
+        hallmarks = count_vhh_hallmarks(heavy.positions, heavy.sequence)
+        if hallmarks < MIN_HALLMARKS:
+            unlike_vhh = (f"{name}: a lone heavy chain with {hallmarks} of 4 VHH hallmarks (IMGT 42/49/50/52), modelled "
+                          f"as a nanobody; a conventional VH needs its light chain ({name}|L)")
     chains, notes = [], []
     for slot in wanted:
         label, domain = by_class[slot][0]
         where = f"{name} {slot} chain"
-        chain_notes = []
+        chain_notes = [unlike_vhh] if unlike_vhh and slot == "heavy" else []
         if label is not None and domain.chain_class not in _SLOT_CLASSES[label]:
             chain_notes.append(f"{name}: the chain given as {label} is a {domain.chain_class} chain, used as such")
         if domain.trimmed_before or domain.trimmed_after:

@@ -261,7 +261,7 @@ def create_app(
             return error(503, "batch prediction is not available in this installation", "file")
         suffix = Path(file.filename or "").suffix.lower()
         if suffix not in UPLOAD_SUFFIXES:
-            return error(422, f"file: expected a FASTA or CSV file ({', '.join(UPLOAD_SUFFIXES)})", "file")
+            return error(422, f"file: expected a FASTA, CSV, TSV or AIRR file ({', '.join(UPLOAD_SUFFIXES)})", "file")
         data = file.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             return error(413, f"request too large (limit {MAX_UPLOAD_BYTES // (1024 * 1024)} MB)", "file")
