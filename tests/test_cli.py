@@ -216,3 +216,12 @@ def test_clean_geometry_gives_an_unrefined_model_real_peptide_bonds(tmp_path):
     broken = lambda path: [p for p in find_problems(path.read_text()) if "peptide bond" in str(p)]  # noqa: E731
     assert broken(raw) and not broken(clean)
     assert "GEOMETRY CLEANED" in clean.read_text() and "GEOMETRY CLEANED" not in raw.read_text()
+
+
+def test_starting_a_prediction_does_not_load_the_fitting_and_geometry_check_libraries():
+    """scipy.optimize (the calibrator's fit) and scipy.spatial (clash searches) cost ~0.3 s each at start-up; the
+    unrefined path needs neither, so they are imported where they are used."""
+    code = "import sys, immunofold.prediction, immunofold.batch; print(sorted(m for m in sys.modules if m in " \
+           "('scipy.optimize', 'scipy.spatial')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 
 import numpy as np
-from scipy.optimize import minimize
 
 from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, is_cdr
 
@@ -151,6 +150,8 @@ def fit(receptors: list[dict], weights_version: str, fitted_on: dict, prior: flo
     counts = {kind: sum(r["kind"] == kind for r in receptors) for kind in KINDS}
     slope_bounds = [(None, None) if counts[kind] >= MIN_RECEPTORS_FOR_LENGTH_SLOPE else (0.0, 0.0) for kind in KINDS]
     bounds = [(None, None)] * n + [(0.0, None), (0.0, None)] + slope_bounds + [(None, None)] * (1 + len(names))
+    from scipy.optimize import minimize  # here, not at the top: every prediction imports this module (~0.3 s)
+
     result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 5000})
     theta = result.x[:p].copy()
     theta[:n][~present] = np.nan

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from immunofold.constants import (
     C_N_CA_ANGLE,
@@ -239,6 +238,8 @@ def _clash_pairs(x0: torch.Tensor, exists: torch.Tensor, restype: torch.Tensor, 
 
     Neighbours are found with a k-d tree per receptor (scipy), on the CPU.
     """
+    from scipy.spatial import cKDTree  # imported when first needed: scipy.spatial costs ~0.3 s at start-up
+
     b, n = restype.shape
     points = x0.detach().cpu().reshape(b, n * 14, 3).numpy()
     present = exists.cpu().reshape(b, n * 14).numpy()
