@@ -450,7 +450,8 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     outdir = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "immunofold.cli", "batch", str(fasta), "-o", str(outdir),
                                 "--no-refine", "--workers", "1", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     records = outdir / STATE_DIR / "records"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (records.exists() and any(records.glob("*.json"))):

@@ -179,12 +179,19 @@ def test_ctrl_c_that_a_library_turns_into_its_own_error_is_still_an_interruption
             raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
 
     monkeypatch.setattr(immunofold.cli, "_predict", interrupted_inside_a_library)
-    assert immunofold.cli.main(["predict", "nanobody", "--heavy", "EVQL", "-o", "x.pdb"]) == 130
-    assert capsys.readouterr().err == "\ninterrupted\n"
-    monkeypatch.setattr(immunofold.cli, "_predict", lambda args: (_ for _ in ()).throw(ValueError("a real bug")))
-    with pytest.raises(ValueError, match="a real bug"):  # without an interruption an error stays an error
-        immunofold.cli.main(["predict", "nanobody", "--heavy", "EVQL", "-o", "x.pdb"])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main leaves the handler as it found it
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
+    try:
+        assert immunofold.cli.main(["predict", "nanobody", "--heavy", "EVQL", "-o", "x.pdb"]) == 130
+        assert capsys.readouterr().err == "\ninterrupted\n"
+        monkeypatch.setattr(immunofold.cli, "_predict", lambda args: (_ for _ in ()).throw(ValueError("a real bug")))
+        with pytest.raises(ValueError, match="a real bug"):  # without an interruption an error stays an error
+            immunofold.cli.main(["predict", "nanobody", "--heavy", "EVQL", "-o", "x.pdb"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main leaves the handler as it found it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a script: SIGINT stays ignored
+        monkeypatch.setattr(immunofold.cli, "_predict", lambda args: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        assert immunofold.cli.main(["predict", "nanobody", "--heavy", "EVQL", "-o", "x.pdb"]) is True
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
@@ -193,6 +200,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
         [sys.executable, "-m", "immunofold.cli", "predict", "antibody", "--heavy", TRASTUZUMAB_HEAVY, "--light",
          TRASTUZUMAB_LIGHT, "-o", str(output)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even if pytest ignores it
     )
     # The folder note comes after the output checks, before the ensemble loads: the interrupt lands while it loads,
     # predicts or refines (a fixed sleep raced a prediction that finished in under 3 s).

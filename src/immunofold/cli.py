@@ -257,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
+    # Not from a thread, and not where SIGINT is ignored (a background job of a script, nohup): that stays ignored.
+    catches = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    previous = signal.signal(signal.SIGINT, on_interrupt) if catches else None
     try:
         return args.handler(args)
     except KeyboardInterrupt:
