@@ -82,6 +82,7 @@ def test_developability_of_a_tcr_is_refused_before_the_model_runs(tmp_path):
         (["--format", "cif", "-o", "{tmp}/model.pdb"], ["ends in .pdb but --format is cif", "model.cif"]),
         (["--format", "pdb", "-o", "{tmp}/model.CIF"], ["ends in .cif but --format is pdb"]),
         (["--clean-geometry", "-o", "{tmp}/model.pdb"], ["--clean-geometry", "add --no-refine"]),
+        (["--threads", "0", "-o", "{tmp}/model.pdb"], ["--threads 0: give 1 or more"]),
     ],
 )
 def test_contradicting_options_are_refused_before_the_model_runs(tmp_path, options, words):
@@ -93,7 +94,8 @@ def test_contradicting_options_are_refused_before_the_model_runs(tmp_path, optio
 
 
 def test_clean_geometry_is_said_in_the_summary_line(tmp_path):
-    code, stdout, stderr = immunofold(*ANTIBODY, "--clean-geometry", "-o", str(tmp_path / "m.cif"), "--format", "cif")
+    code, stdout, stderr = immunofold(*ANTIBODY, "--clean-geometry", "-o", str(tmp_path / "m.cif"), "--format", "cif",
+                                      "--threads", "1")
     assert code == 0, stderr
     assert "unrefined, geometry cleaned" in stdout and (tmp_path / "m.cif").read_text().startswith("data_")
 

@@ -39,6 +39,8 @@ def _option_problem(args: argparse.Namespace, fmt: str) -> str | None:
 
     if args.developability and args.kind not in PROFILED_KINDS:
         return "--developability: profiles cover antibodies and nanobodies, not TCRs"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads {args.threads}: give 1 or more"
     if args.clean_geometry and not args.no_refine:
         return "--clean-geometry applies to unrefined models: add --no-refine (refined models have real geometry)"
     suffix = os.path.splitext(args.output)[1].lower()
@@ -95,6 +97,10 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     try:
         check_device(args.device, "--device")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         predictor = Predictor(device=args.device, clean_geometry=args.clean_geometry, members_side_by_side=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -163,6 +169,8 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-ensemble", metavar="DIR", default=None, help="also write every ensemble member to DIR")
     parser.add_argument("--format", choices=("pdb", "cif"), default=None, help="output format (default: from the suffix)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the model (default: torch's, every core); 1 on a machine busy with other work")
     parser.add_argument(
         "--developability", action="store_true",
         help="also print the TAP (antibody) / TNP (nanobody) developability profile and write <output stem>.developability.json",
