@@ -481,6 +481,15 @@ def test_clean_geometry_is_part_of_a_records_identity(tmp_path):
     assert not (tmp_path / "refined").exists()
 
 
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_threads_below_one_is_refused_before_any_folder_is_made(tmp_path, capsys, threads):
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q", "--threads", threads]) == 2
+    assert capsys.readouterr().err == f"error: --threads {threads}: give 1 or more\n"
+    assert not outdir.exists()
+
+
 def test_run_batch_without_threads_leaves_torchs_thread_count_alone(tmp_path, predictor, monkeypatch):
     import torch
 

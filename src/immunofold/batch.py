@@ -796,6 +796,8 @@ def run_batch(
         raise InputError("--numbering", f"unknown numbering scheme {numbering!r} ({', '.join(SCHEMES)})")
     if int(batch_size) < 1 or int(workers) < 0:
         raise InputError("options", "batch size must be >= 1 and workers >= 0")
+    if threads is not None and int(threads) < 1:
+        raise InputError(f"--threads {threads}", "give 1 or more")
     if engine not in ENGINES:
         raise InputError("--engine", f"unknown engine {engine!r} ({', '.join(ENGINES)})")
     if clean_geometry and refine:
@@ -926,7 +928,7 @@ def _batch_command(args: argparse.Namespace) -> int:
             args.input, args.outdir, kind=args.kind, batch_size=args.batch_size, workers=workers,
             refine=not args.no_refine, plots=args.plots, fmt=args.format, numbering=args.numbering,
             device=args.device, progress=not args.quiet, on_note=note,
-            threads=args.threads or default_threads(workers, refine=not args.no_refine),
+            threads=default_threads(workers, refine=not args.no_refine) if args.threads is None else args.threads,
             engine=args.engine, address=args.address, ray_workers=args.workers if args.engine == "ray" else None,
             developability=args.developability, clean_geometry=args.clean_geometry,
         )
