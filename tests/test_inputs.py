@@ -123,6 +123,8 @@ def test_a_lone_heavy_chain_without_vhh_hallmarks_is_a_nanobody_with_a_note(tmp_
     assert len(notes) == 1 and "of 4 VHH hallmarks" in notes[0] and "vh|L" in notes[0]
     assert not [note for chain in vhh.chains for note in chain.notes]
     assert not resolve_all(write(tmp_path, f">vh\n{VH}\n", ".fasta"), kind="nanobody")["vh"][0].chains[0].notes
+    (table_note,) = resolve_all(write(tmp_path, f"name,heavy,light\nvh,{VH},\n", ".csv"))["vh"][0].chains[0].notes
+    assert table_note.endswith("needs its light chain (a light sequence in its row)")  # not FASTA's vh|L
 
 
 def test_kind_column_and_explicit_kind(tmp_path):

@@ -533,7 +533,8 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
         hallmarks = count_vhh_hallmarks(heavy.positions, heavy.sequence)
         if hallmarks < MIN_HALLMARKS:
             unlike_vhh = (f"{name}: a lone heavy chain with {hallmarks} of 4 VHH hallmarks (IMGT 42/49/50/52), modelled "
-                          f"as a nanobody; a conventional VH needs its light chain ({name}|L)")
+                          "as a nanobody; a conventional VH needs its light chain "
+                          + ("(a light sequence in its row)" if record.source.startswith("row") else f"({name}|L)"))
     chains, notes = [], []
     for slot in wanted:
         label, domain = by_class[slot][0]
