@@ -422,7 +422,7 @@ def test_a_heavy_only_table_says_once_that_it_is_read_as_nanobodies(tmp_path, pr
     table.write_text(f"name,heavy\nnb1,{NB1}\nnb2,{NB2}\n")
     notes = []
     run_batch(table, tmp_path / "out", refine=False, workers=0, predictor=predictor, threads=1, on_note=notes.append)
-    assert notes == ["no light column: treating heavy chains as nanobodies (use --kind antibody to require light chains)"]
+    assert notes == ["no light chains in the table: treating heavy chains as nanobodies (use --kind antibody to require light chains)"]
     fasta = tmp_path / "in.fasta"
     fasta.write_text(f">nb1\n{NB1}\n")
     notes.clear()
@@ -525,18 +525,25 @@ def test_a_resume_trusts_untouched_structure_files_without_reading_them(tmp_path
 
 
 def test_a_rerun_with_other_options_leaves_only_what_the_summary_lists(tmp_path, predictor):
-    """Another format replaces a record's earlier file; a record that now fails loses its earlier model; a file
-    immunofold did not write is never removed."""
+    """Once a rerun finishes, a record's earlier file (another format, another file name) is gone and a record that
+    now fails has no model; files this folder's batch runs did not write, or that changed since, stay."""
     fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
-    fasta.write_text(f">nb1\n{NB1}\n>ab1|H\n{AB1_H}\n>ab1|L\n{AB1_L}\n")
+    outdir.mkdir()
+    fasta.write_text(f">nb1\n{NB1}\n>ab1|H\n{AB1_H}\n>ab1|L\n{AB1_L}\n>Nb2\n{NB2}\n>nb2\n{NB2}\n")
+    (outdir / "nb1.cif").write_text("data_model\n# REMARK 250 'IMMUNOFOLD 0.9.1' (immunofold predict -o out/nb1.cif)\n")
     options = dict(refine=False, workers=0, predictor=predictor, threads=1)
-    assert run_batch(fasta, outdir, **options).ok_total == 2
-    (outdir / "ab1.cif").write_text("data_mine\n")  # the user's own file under a name the next run would use
-    assert run_batch(fasta, outdir, fmt="cif", **options).ok_total == 2
-    assert sorted(p.name for p in outdir.glob("*.pdb")) == [] and (outdir / "nb1.cif").is_file()
-    assert "IMMUNOFOLD" in (outdir / "ab1.cif").read_text()  # overwritten by this run's model, as before
-    (outdir / "nb1.pdb").write_text("HEADER    mine\n")
+    assert run_batch(fasta, outdir, **options).ok_total == 4
+    stems = sorted(p.name for p in outdir.glob("*.pdb"))  # nb2's stem is changed: Nb2 came first
+    assert stems[:3] == ["Nb2.pdb", "ab1.pdb", "nb1.pdb"] and stems[3].startswith("nb2_")
+    assert "predict -o" in (outdir / "nb1.cif").read_text()  # not this folder's batch: left alone
+    (outdir / "ab1.pdb").write_text((outdir / "ab1.pdb").read_text() + "REMARK   1 EDITED BY HAND\n")
+
+    fasta.write_text(f">nb1\n{NB1}\n>ab1|H\n{AB1_H}\n>ab1|L\n{AB1_L}\n>nb2\n{NB2}\n")
+    assert run_batch(fasta, outdir, fmt="cif", **options).ok_total == 3
+    assert sorted(p.name for p in outdir.glob("*.pdb")) == ["Nb2.pdb", "ab1.pdb"]  # edited; an earlier input's
+    assert "IMMUNOFOLD" in (outdir / "nb1.cif").read_text() and (outdir / "nb2.cif").is_file()
+
     report = run_batch(fasta, outdir, fmt="cif", kind="antibody", **options)
-    assert (report.ok_total, report.failed_total) == (1, 1)
-    assert not (outdir / "nb1.cif").exists() and (outdir / "nb1.pdb").read_text() == "HEADER    mine\n"
-    assert {name: row["file"] for name, row in read_summary(outdir).items()} == {"nb1": "", "ab1": "ab1.cif"}
+    assert (report.ok_total, report.failed_total) == (1, 2)
+    assert sorted(p.name for p in outdir.glob("*.cif")) == ["ab1.cif"]
+    assert {name: row["file"] for name, row in read_summary(outdir).items()} == {"nb1": "", "ab1": "ab1.cif", "nb2": ""}

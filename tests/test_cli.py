@@ -83,6 +83,7 @@ def test_developability_of_a_tcr_is_refused_before_the_model_runs(tmp_path):
         (["--format", "pdb", "-o", "{tmp}/model.CIF"], ["ends in .cif but --format is pdb"]),
         (["--clean-geometry", "-o", "{tmp}/model.pdb"], ["--clean-geometry", "add --no-refine"]),
         (["--threads", "0", "-o", "{tmp}/model.pdb"], ["--threads 0: give 1 or more"]),
+        (["-o", "{tmp}/model.pdb.gz"], ["written uncompressed"]),
     ],
 )
 def test_contradicting_options_are_refused_before_the_model_runs(tmp_path, options, words):
@@ -142,6 +143,13 @@ def test_an_output_that_is_a_symbolic_link_is_written_through(tmp_path):
     assert code == 0, stderr
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_text().startswith("REMARK") and sorted(os.listdir(tmp_path / "models")) == ["current.pdb"]
+
+
+def test_a_link_whose_target_folder_is_missing_is_named_in_the_error(tmp_path):
+    (tmp_path / "latest.pdb").symlink_to("nowhere/model.pdb")
+    code, _, stderr = immunofold(*ANTIBODY, "-o", str(tmp_path / "latest.pdb"))
+    assert code == 2
+    assert_one_line_error(stderr, "links to nowhere/model.pdb, whose folder does not exist")
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path):

@@ -166,4 +166,21 @@ def test_an_address_where_no_cluster_answers_is_a_one_line_error_at_once(tmp_pat
             with pytest.raises(ray_engine.InputError, match=words):
                 run_batch(fasta, tmp_path / "out", refine=False, engine="ray", address=address)
         assert time.perf_counter() - start < ray_engine.ADDRESS_TIMEOUT_S
+        with pytest.raises(ray_engine.InputError, match="--address: names a Ray cluster: add --engine ray"):
+            run_batch(fasta, tmp_path / "out", refine=False, address=f"127.0.0.1:{port}")  # the local engine
     assert not (tmp_path / "out").exists()
+
+
+def test_an_address_where_a_web_server_listens_is_refused_and_the_head_node_is_accepted(ray_runtime, tmp_path):
+    """The dashboard's port (HTTP) passed a TCP check and then ray.init hung; Ray's GCS answers HTTP/2."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ray_engine.InputError, match="is a web server"):
+            ray_engine.check_address(f"127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    ray_engine.check_address(ray.get_runtime_context().gcs_address)  # the running head: no error

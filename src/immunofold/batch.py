@@ -24,7 +24,8 @@ Resumable and atomic
     sidecar exists (and, for a success, its structure file with the content the sidecar's hash names).
     The fingerprint covers the record's sequences and every option that changes its output, so an edited
     record or another input reusing a name is predicted again; a record predicted again in another format or
-    folder layout replaces its earlier file, and one that now fails loses it (`remove_earlier_structures`), so
+    folder layout replaces its earlier file, and one that now fails loses it, once the run has finished and the
+    summary lists the new files (`remove_superseded`; only files this folder's runs wrote and nobody changed), so
     the files of this input's records are those the summary lists. One run at a time per folder (a lock file
     in OUTDIR/.immunofold). Faults of the machine (no GPU, out of memory, disk full) stop the run
     without marking any record; a rerun resumes. Re-running the same command skips
@@ -72,6 +73,7 @@ from dataclasses import dataclass, field
 
 from immunofold.inputs import (
     KIND_CHOICES,
+    NameSet,
     Record,
     Resolved,
     StemAssigner,
@@ -333,18 +335,6 @@ class RecordStore:
     def structure_file(self, record: Record) -> str:
         return f"{self.file_stem(self.stems[record.index])}.{self.options['fmt']}"
 
-    def remove_earlier_structures(self, record: Record, keep: str | None = None) -> None:
-        """Delete the structure files an earlier run wrote for this record's name in another format or folder
-        layout (or at all, when it now fails), so the folder holds what the summary says; `keep` is this run's file.
-        Only files immunofold wrote (its REMARK inside) are removed."""
-        stem = self.stems.get(record.index)
-        if stem is None:
-            return
-        for name in (f"{base}.{fmt}" for base in (stem, _sharded_stem(stem)) for fmt in ("pdb", "cif")):
-            path = os.path.join(self.outdir, name)
-            if name != keep and os.path.isfile(path) and _written_by_immunofold(path):
-                os.unlink(path)
-
     def path(self, record: Record) -> str:
         return os.path.join(self.folder, f"{self.fingerprints[record.index]}.json")
 
@@ -369,15 +359,6 @@ class RecordStore:
 def _sharded_stem(stem: str) -> str:
     """A structure file's path without suffix in a sharded run: one of 256 folders by the stem's hash."""
     return f"{STRUCTURES_DIR}/{hashlib.sha1(stem.encode()).hexdigest()[:2]}/{stem}"
-
-
-def _written_by_immunofold(path: str) -> bool:
-    """Whether a structure file carries immunofold's REMARK 250 (first line of a PDB, near the end of an mmCIF)."""
-    try:
-        with open(path, "rb") as handle:
-            return b"IMMUNOFOLD " in handle.read()
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,7 +456,6 @@ class Recorder:
     def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0) -> None:
         data = {"status": "failed", "name": record.name, "source": record.source, "kind": kind or "",
                 "reason": one_line(reason), "seconds": round(seconds, 4)}
-        self.store.remove_earlier_structures(record)
         self.store.save(record, data)
         self.failed += 1
         self._finish(record)
@@ -494,7 +474,6 @@ class Recorder:
             if self.store.sharded:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             write_text_atomic(path, text)
-            self.store.remove_earlier_structures(record, keep=file_name)
         except OSError as error:  # the folder's problem (full, read-only, gone), not the record's
             raise BatchStopped(f"cannot write {path}: {error.strerror or error}") from None
         self.on_event("structure_written", record)
@@ -737,6 +716,50 @@ def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool =
     return n_ok, n_failed, ok_rows
 
 
+def remove_superseded(records: Iterable[Record], store: RecordStore) -> int:
+    """After a finished run: drop the sidecars of earlier runs for names this input finished again (other options,
+    another file name) and the structure files they name, so the folder's files for this input's records are those
+    summary.csv lists. A file is removed only if this folder's batch wrote it (its sidecar's SHA-256 still matches)
+    and no finished record of this input uses that name; records of earlier inputs are left alone. Returns how many
+    files were removed. Bounded memory: the sets live in `NameSet`s."""
+    fingerprints, names, files, finished = NameSet(), NameSet(), NameSet(), 0
+    for record in store.scan(records):
+        data = store.load(record) if record.index in store.fingerprints else None
+        if data is not None:
+            finished += 1
+            fingerprints.add(store.fingerprints[record.index])
+            names.add(record.name)
+            if data["status"] == "ok":
+                files.add(data["file"])
+        store.forget(record)
+    def sidecars() -> Iterator[str]:
+        with os.scandir(store.folder) as entries:
+            yield from (entry.name for entry in entries if entry.name.endswith(".json"))
+
+    removed = 0
+    if sum(1 for _ in sidecars()) == finished:  # no earlier run's sidecars: nothing to look at
+        return removed
+    for sidecar in sidecars():
+        if sidecar.removesuffix(".json") in fingerprints:
+            continue
+        path = os.path.join(store.folder, sidecar)
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if data.get("name") not in names:  # a record of an earlier input: kept
+            continue
+        file = data.get("file")
+        if data.get("status") == "ok" and file and file not in files:
+            structure = os.path.join(store.outdir, file)
+            if os.path.isfile(structure) and _file_digest(structure) == data.get("sha256"):
+                os.unlink(structure)
+                removed += 1
+        os.unlink(path)
+    return removed
+
+
 def _weights_version(predictor) -> str:
     if predictor is not None:
         return predictor.ensemble.version
@@ -800,6 +823,8 @@ def run_batch(
         raise InputError(f"--threads {threads}", "give 1 or more")
     if engine not in ENGINES:
         raise InputError("--engine", f"unknown engine {engine!r} ({', '.join(ENGINES)})")
+    if address and engine != "ray":
+        raise InputError("--address", "names a Ray cluster: add --engine ray")
     if clean_geometry and refine:
         raise InputError("--clean-geometry", "applies to unrefined models: add --no-refine (refined models have real "
                                              "geometry)")
@@ -877,6 +902,7 @@ def run_batch(
             if recorder.bar is not None:
                 recorder.bar.close()
             n_ok, n_failed, ok_rows = write_reports(records(), store, keep_ok=plots)  # also when interrupted
+        remove_superseded(records(), store)  # only after a run that finished: the summary now lists the new files
         plot_paths = []
         if plots:
             from immunofold.plots import write_plots

@@ -60,6 +60,10 @@ def _output_problem(args: argparse.Namespace) -> str | None:
         return f"-o {args.output} is a folder; give a file name such as {os.path.join(args.output, 'model.pdb')}"
     if not os.path.basename(args.output):
         return f"-o {args.output!r} names no file; give a file name such as {os.path.join(args.output, 'model.pdb')}"
+    if args.output.lower().endswith(".gz"):
+        return f"-o {args.output}: models are written uncompressed; name it .pdb or .cif"
+    if os.path.islink(args.output) and not os.path.isdir(os.path.dirname(os.path.realpath(args.output))):
+        return f"-o {args.output} links to {os.readlink(args.output)}, whose folder does not exist"
     if os.path.exists(args.output) and not os.path.isfile(args.output):
         return f"-o {args.output} is not a regular file (a device or pipe would be replaced); give a file name"
     for option, folder in (("-o", os.path.dirname(args.output)), ("--save-ensemble", args.save_ensemble)):

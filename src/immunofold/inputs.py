@@ -199,7 +199,7 @@ def input_notes(records: Iterable[Record], kind: str = "auto") -> list[str]:
         slots.update(slot for slot, _ in record.chains if not record.vhh_only)
         from_table = from_table or (record.source.startswith("row") and not record.vhh_only)
     if from_table and slots == {"heavy"} and kind == "auto":
-        return ["no light column: treating heavy chains as nanobodies (use --kind antibody to require light chains)"]
+        return ["no light chains in the table: treating heavy chains as nanobodies (use --kind antibody to require light chains)"]
     return []
 
 

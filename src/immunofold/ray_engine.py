@@ -47,21 +47,33 @@ def require_ray() -> None:
 
 
 ADDRESS_TIMEOUT_S = 5.0  # a head node answers a TCP connection at once; ray.init itself retries for minutes
+# Ray's head (GCS) and Ray Client servers speak gRPC, i.e. HTTP/2: to the client connection preface plus an empty
+# SETTINGS frame they answer with a SETTINGS frame (9-byte header, type 4). Anything else is not a Ray address.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
 
 
 def check_address(address: str | None) -> None:
-    """InputError when nothing accepts a TCP connection at a Ray address ("HOST:PORT" or "ray://HOST:PORT"; "auto"
-    and no address are left to Ray). ray.init retries an unreachable head for minutes without raising."""
+    """InputError unless a gRPC server answers at a Ray address ("HOST:PORT" or "ray://HOST:PORT"; "auto" and no
+    address are left to Ray): ray.init retries an unreachable head, or a port where something else listens, for
+    minutes without raising."""
     if not address or address == "auto":
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise InputError("--address", f"{address!r} is not HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S) as connection:
+            connection.sendall(HTTP2_PREFACE)
+            reply = connection.recv(9)
     except OSError as error:
         raise InputError("--address", f"no Ray cluster answers at {address} ({error.strerror or error}); start one "
                                       "with `ray start --head` or check the address") from None
+    if not (len(reply) == 9 and reply[3] == HTTP2_SETTINGS):
+        web = reply.startswith(b"HTTP/") or reply.lstrip().startswith(b"<")  # a status line, or HTML
+        what = "a web server (the dashboard's port, 8265, is not the cluster's address)" if web else "something that is not Ray"
+        raise InputError("--address", f"{address} is {what}; give the head node's port (`ray start --head` prints it, "
+                                      "6379 by default; ray://HOST:10001 for Ray Client)")
 
 
 class RayWorker:
@@ -151,8 +163,9 @@ class RayEngine:
             else:
                 ray.init(num_cpus=max(LOCAL_CPUS, self.workers or 0), include_dashboard=False, **settings)
         except Exception as error:  # noqa: BLE001  (Ray raises ConnectionError, RuntimeError, ValueError...)
-            raise BatchStopped(f"cannot start or join Ray ({'address ' + self.address if self.address else 'local'}): "
-                               f"{type(error).__name__}: {error}") from None
+            if self.address:  # the user's address (e.g. "auto" with no cluster here): rerunning will not help
+                raise InputError("--address", f"cannot join Ray at {self.address}: {one_line(error)}") from None
+            raise BatchStopped(f"cannot start Ray here: {type(error).__name__}: {one_line(error)}") from None
         return True
 
     def _start_actors(self) -> None:
