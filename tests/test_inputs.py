@@ -113,6 +113,10 @@ def test_gzip_compressed_inputs_are_read_and_a_damaged_one_is_one_line(tmp_path)
     (tmp_path / "long.fa.gz").write_bytes(long[:-20])
     with pytest.raises(InputError, match=r"compressed input is damaged after \d+ records"):
         parse_input(tmp_path / "long.fa.gz")
+    import bz2
+
+    (tmp_path / "in.fa.bz2").write_bytes(bz2.compress(f">nb1\n{VHH}\n".encode()))
+    assert resolve_all(tmp_path / "in.fa.bz2")["<file>"].endswith("is a bzip2 archive: only gzip is read, unpack it first")
 
 
 def test_a_lone_heavy_chain_without_vhh_hallmarks_is_a_nanobody_with_a_note(tmp_path):

@@ -116,6 +116,7 @@ def _clean_name(name: str) -> str:
 # file reading: line by line, so a file of any size is read in bounded memory
 # --------------------------------------------------------------------------------------------
 GZIP_MAGIC = b"\x1f\x8b"
+OTHER_ARCHIVES = {b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
 
 
 def _open_text(path: str | os.PathLike):
@@ -134,9 +135,11 @@ def _open_text(path: str | os.PathLike):
         raise InputError(str(path), "is a folder, not an input file") from None
     except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; a cut-off gzip stream an EOFError
         raise InputError(str(path), f"cannot read input file ({one_line(getattr(error, 'strerror', None) or error)})") from None
-    if b"\x00" in head:
+    archive = next((name for magic, name in OTHER_ARCHIVES.items() if head.startswith(magic)), None)
+    if archive or b"\x00" in head:
         text.close()
-        raise InputError(str(path), "is a binary file, not FASTA/CSV/TSV text")
+        raise InputError(str(path), f"is a {archive} archive: only gzip is read, unpack it first" if archive
+                         else "is a binary file, not FASTA/CSV/TSV text")
     return text
 
 
