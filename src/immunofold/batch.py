@@ -475,7 +475,8 @@ class Recorder:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             write_text_atomic(path, text)
         except OSError as error:  # the folder's problem (full, read-only, gone), not the record's
-            raise BatchStopped(f"cannot write {path}: {error.strerror or error}") from None
+            in_the_way = " (a folder has the model's name: move it away)" if error.errno == errno.EISDIR else ""
+            raise BatchStopped(f"cannot write {path}: {error.strerror or error}{in_the_way}") from None
         self.on_event("structure_written", record)
         data = {**data, "name": record.name, "source": record.source, "file": file_name,
                 "sha256": hashlib.sha256(text.encode()).hexdigest(), "file_stat": _file_stat(path),
