@@ -141,7 +141,8 @@ class BatchReport:
 
     def __str__(self) -> str:
         return (
-            f"{self.total} record{'' if self.total == 1 else 's'}: {self.done} predicted, {self.failed} failed, {self.skipped} already finished "
+            f"{self.total} record{'' if self.total == 1 else 's'}: {self.done} predicted, {self.failed} failed, "
+            f"{self.skipped} already finished "
             f"({self.ok_total} ok, {self.failed_total} failed in total) in {self.seconds:.1f} s, "
             f"{self.records_per_second:.1f} records/s ({self.engine} engine)"
         )
@@ -330,7 +331,9 @@ class RecordStore:
 
     def file_stem(self, stem: str) -> str:
         """The structure file's path under OUTDIR, without the format suffix."""
-        return _sharded_stem(stem) if self.sharded else stem
+        if not self.sharded:
+            return stem
+        return f"{STRUCTURES_DIR}/{hashlib.sha1(stem.encode()).hexdigest()[:2]}/{stem}"
 
     def structure_file(self, record: Record) -> str:
         return f"{self.file_stem(self.stems[record.index])}.{self.options['fmt']}"
@@ -354,11 +357,6 @@ class RecordStore:
 
     def save(self, record: Record, data: dict) -> None:
         write_text_atomic(self.path(record), json.dumps(data, sort_keys=True))
-
-
-def _sharded_stem(stem: str) -> str:
-    """A structure file's path without suffix in a sharded run: one of 256 folders by the stem's hash."""
-    return f"{STRUCTURES_DIR}/{hashlib.sha1(stem.encode()).hexdigest()[:2]}/{stem}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -733,6 +731,7 @@ def remove_superseded(records: Iterable[Record], store: RecordStore) -> int:
             if data["status"] == "ok":
                 files.add(data["file"])
         store.forget(record)
+
     def sidecars() -> Iterator[str]:
         with os.scandir(store.folder) as entries:
             yield from (entry.name for entry in entries if entry.name.endswith(".json"))
