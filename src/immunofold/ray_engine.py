@@ -65,7 +65,9 @@ def check_address(address: str | None) -> None:
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S) as connection:
             connection.sendall(HTTP2_PREFACE)
-            reply = connection.recv(9)
+            reply = b""
+            while len(reply) < 9 and (chunk := connection.recv(9 - len(reply))):
+                reply += chunk
     except OSError as error:
         raise InputError("--address", f"no Ray cluster answers at {address} ({error.strerror or error}); start one "
                                       "with `ray start --head` or check the address") from None
