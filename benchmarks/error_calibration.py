@@ -8,7 +8,7 @@ calibration by quintile of predicted CDR3 RMSD (mean real / mean predicted). Wri
 benchmarks/results/error_calibration.md and .png (reliability diagram); the markdown printed is the file's content.
 
 Usage: python benchmarks/error_calibration.py [--data ../shared/data] [--cache /tmp/immunofold-calibration]
-[--previous calibration.json] (the shipped ensemble's unrefined val predictions, made once by
+[--previous calibration.json] [--calibrator calibration.json] (the shipped ensemble's unrefined val predictions, made once by
 scripts/calibration_data.py and cached; --previous adds an earlier calibrator's file, e.g. from `git show`, as a
 third estimate).
 """
@@ -145,9 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = calibration_data.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "error_calibration.md"))
     parser.add_argument("--previous", help="an earlier calibration.json to score beside the shipped one")
+    parser.add_argument("--calibrator", help="score this calibration.json instead of the shipped one, whatever weights "
+                        "it was fitted for (does a calibrator carry over to new weights? set $IMMUNOFOLD_WEIGHTS to them)")
     args = parser.parse_args(argv)
     data = calibration_data.load(args.data, args.cache)
-    calibrator = packaged_calibrator(data["weights"])
+    if args.calibrator:
+        with open(args.calibrator) as handle:
+            calibrator = Calibrator.from_json(handle.read())
+    else:
+        calibrator = packaged_calibrator(data["weights"])
     if calibrator is None:
         raise SystemExit(f"no shipped calibrator for weights {data['weights']}: run scripts/fit_calibration.py")
     records = data["val"]
@@ -169,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "over IMGT 105-117, as `prediction.cdr3_errors()` gives it; real: CDR3 RMSD over N, CA, C, CB after superposing "
         f"the chain on its framework. A quintile is calibrated when its mean real RMSD is within {CALIBRATED_WITHIN:.0%} "
         "of its mean predicted. CDR3 columns pool all CDR3 loops of a kind (antibody H3 + L3, TCR A3 + B3).",
+        *([f"Calibrated here: the parameters of `{args.calibrator}`, fitted for weights "
+           f"`{calibrator.weights_version}`, applied unchanged."] if args.calibrator else []),
         *([f"Previous calibrated: the calibrator of `--previous` ({previous.fitted_on.get('receptors')} receptors, "
            f"{len(previous.position_offsets)} position offsets)."] if args.previous else []),
         "",
