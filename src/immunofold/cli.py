@@ -33,9 +33,10 @@ CLEAN_GEOMETRY_HELP = (
 )
 
 
-def _option_problem(args: argparse.Namespace, fmt: str) -> str | None:
+def _option_problem(args: argparse.Namespace) -> str | None:
     """Why the options of `immunofold predict` contradict each other, else None."""
     from immunofold.developability import PROFILED_KINDS
+    from immunofold.io import FORMAT_BY_SUFFIX
 
     if args.developability and args.kind not in PROFILED_KINDS:
         return "--developability: profiles cover antibodies and nanobodies, not TCRs"
@@ -43,10 +44,10 @@ def _option_problem(args: argparse.Namespace, fmt: str) -> str | None:
         return f"--threads {args.threads}: give 1 or more"
     if args.clean_geometry and not args.no_refine:
         return "--clean-geometry applies to unrefined models: add --no-refine (refined models have real geometry)"
-    suffix = os.path.splitext(args.output)[1].lower()
-    implied = {".pdb": "pdb", ".ent": "pdb", ".cif": "cif", ".mmcif": "cif"}.get(suffix)
-    if implied and implied != fmt:
-        return f"-o {args.output} ends in {suffix} but --format is {fmt}; name it {os.path.splitext(args.output)[0]}.{fmt}"
+    stem, suffix = os.path.splitext(args.output)
+    implied = FORMAT_BY_SUFFIX.get(suffix.lower())
+    if args.format and implied and implied != args.format:
+        return f"-o {args.output} ends in {suffix.lower()} but --format is {args.format}; name it {stem}.{args.format}"
     return None
 
 
@@ -80,13 +81,14 @@ def _output_problem(args: argparse.Namespace) -> str | None:
 def _predict(args: argparse.Namespace) -> int:
     import warnings
 
+    from immunofold.io import FORMAT_BY_SUFFIX
     from immunofold.prediction import Predictor, check_device
     from immunofold.sequences import InputError, number_receptor
 
     chains = {slot: getattr(args, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(args, slot, None)}
     name = args.name or os.path.splitext(os.path.basename(args.output))[0]
-    fmt = args.format or ("cif" if args.output.lower().endswith((".cif", ".mmcif")) else "pdb")
-    problem = _option_problem(args, fmt)
+    fmt = args.format or FORMAT_BY_SUFFIX.get(os.path.splitext(args.output)[1].lower(), "pdb")
+    problem = _option_problem(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
