@@ -657,12 +657,29 @@ def _csv_cell(column: str, value) -> str:
     return spreadsheet_safe(value) if isinstance(value, str) else _fmt(value)
 
 
-def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool = False) -> tuple[int, int, list[dict]]:
+class FinishedRecords:
+    """The fingerprints, names and structure files of this input's finished records, gathered while `write_reports`
+    reads every sidecar, for `remove_superseded`; in `NameSet`s, so memory stays bounded."""
+
+    def __init__(self):
+        self.fingerprints, self.names, self.files, self.count = NameSet(), NameSet(), NameSet(), 0
+
+    def add(self, fingerprint: str, name: str, data: dict) -> None:
+        self.count += 1
+        self.fingerprints.add(fingerprint)
+        self.names.add(name)
+        if data["status"] == "ok":
+            self.files.add(data["file"])
+
+
+def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool = False,
+                  finished: FinishedRecords | None = None) -> tuple[int, int, list[dict]]:
     """Write summary.csv, summary.parquet (every record, in input order; SUMMARY_COLUMNS, then
     `developability_columns()` when the run has that option) and failures.csv from the record store,
     streaming: rows wait as Arrow record batches (ARROW_ROWS each) until a Parquet row group of PARQUET_ROWS
     records is written. (ok, failed, [kind, mean_error and cdr3_error of each ok record] if keep_ok else []:
-    what the plots' overview needs, ~0.1 KB a record instead of the whole sidecar)."""
+    what the plots' overview needs, ~0.1 KB a record instead of the whole sidecar); each finished record also goes
+    into `finished`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -686,9 +703,10 @@ def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool =
         batches: list = []  # the next row group
         held = 0  # rows in `batches`
         for record in store.scan(records):
-            data = store.load(record) or {
-                "status": "failed", "kind": "", "reason": "not finished (run interrupted)", "seconds": None,
-            }
+            data = store.load(record)
+            if data is not None and finished is not None:
+                finished.add(store.fingerprints[record.index], record.name, data)
+            data = data or {"status": "failed", "kind": "", "reason": "not finished (run interrupted)", "seconds": None}
             store.forget(record)
             row = _summary_row(record, data)
             if data["status"] == "ok":
@@ -715,32 +733,22 @@ def write_reports(records: Iterable[Record], store: RecordStore, keep_ok: bool =
     return n_ok, n_failed, ok_rows
 
 
-def remove_superseded(records: Iterable[Record], store: RecordStore) -> int:
+def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
     """After a finished run: drop the sidecars of earlier runs for names this input finished again (other options,
     another file name) and the structure files they name, so the folder's files for this input's records are those
     summary.csv lists. A file is removed only if this folder's batch wrote it (its sidecar's SHA-256 still matches)
     and no finished record of this input uses that name; records of earlier inputs are left alone. Returns how many
-    files were removed. Bounded memory: the sets live in `NameSet`s."""
-    fingerprints, names, files, finished = NameSet(), NameSet(), NameSet(), 0
-    for record in store.scan(records):
-        data = store.load(record) if record.index in store.fingerprints else None
-        if data is not None:
-            finished += 1
-            fingerprints.add(store.fingerprints[record.index])
-            names.add(record.name)
-            if data["status"] == "ok":
-                files.add(data["file"])
-        store.forget(record)
+    files were removed."""
 
     def sidecars() -> Iterator[str]:
         with os.scandir(store.folder) as entries:
             yield from (entry.name for entry in entries if entry.name.endswith(".json"))
 
     removed = 0
-    if sum(1 for _ in sidecars()) == finished:  # no earlier run's sidecars: nothing to look at
+    if sum(1 for _ in sidecars()) == finished.count:  # no earlier run's sidecars: nothing to look at
         return removed
     for sidecar in sidecars():
-        if sidecar.removesuffix(".json") in fingerprints:
+        if sidecar.removesuffix(".json") in finished.fingerprints:
             continue
         path = os.path.join(store.folder, sidecar)
         try:
@@ -748,10 +756,10 @@ def remove_superseded(records: Iterable[Record], store: RecordStore) -> int:
                 data = json.load(handle)
         except (OSError, ValueError):
             continue
-        if data.get("name") not in names:  # a record of an earlier input: kept
+        if data.get("name") not in finished.names:  # a record of an earlier input: kept
             continue
         file = data.get("file")
-        if data.get("status") == "ok" and file and file not in files:
+        if data.get("status") == "ok" and file and file not in finished.files:
             structure = os.path.join(store.outdir, file)
             if os.path.isfile(structure) and _file_digest(structure) == data.get("sha256"):
                 os.unlink(structure)
@@ -888,6 +896,7 @@ def run_batch(
             else:
                 yield record
 
+    finished = FinishedRecords()
     with folder_lock(outdir):
         _remove_stale_temp_files(outdir, store.folder, os.path.join(outdir, PLOTS_DIR),
                                  *glob.glob(os.path.join(outdir, STRUCTURES_DIR, "*")))
@@ -901,8 +910,9 @@ def run_batch(
         finally:
             if recorder.bar is not None:
                 recorder.bar.close()
-            n_ok, n_failed, ok_rows = write_reports(records(), store, keep_ok=plots)  # also when interrupted
-        remove_superseded(records(), store)  # only after a run that finished: the summary now lists the new files
+            # also when interrupted
+            n_ok, n_failed, ok_rows = write_reports(records(), store, keep_ok=plots, finished=finished)
+        remove_superseded(store, finished)  # only after a run that finished: the summary now lists the new files
         plot_paths = []
         if plots:
             from immunofold.plots import write_plots
