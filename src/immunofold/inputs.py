@@ -524,16 +524,13 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
             + (f" (missing {', '.join(missing)})" if missing else "")
         )
 
-    if record.vhh_only and kind == "nanobody":
+    unlike_vhh = None  # a lone heavy chain taken for a nanobody although it lacks the hallmarks: say so
+    if kind == "nanobody" and (record.vhh_only or guessed):
         heavy = by_class["heavy"][0][1]
         hallmarks = count_vhh_hallmarks(heavy.positions, heavy.sequence)
-        if hallmarks < MIN_HALLMARKS:
+        if hallmarks < MIN_HALLMARKS and record.vhh_only:
             raise InputError(name, f"unpaired heavy chain that is not VHH-like ({hallmarks} of 4 VHH hallmarks at IMGT "
                              "42/49/50/52): a conventional VH needs its light chain (same cell_id)")
-    unlike_vhh = None  # a lone heavy chain taken for a nanobody although it lacks the hallmarks: say so
-    if kind == "nanobody" and guessed and not record.vhh_only:
-        heavy = by_class["heavy"][0][1]
-        hallmarks = count_vhh_hallmarks(heavy.positions, heavy.sequence)
         if hallmarks < MIN_HALLMARKS:
             unlike_vhh = (f"{name}: a lone heavy chain with {hallmarks} of 4 VHH hallmarks (IMGT 42/49/50/52), modelled "
                           "as a nanobody; a conventional VH needs its light chain "
