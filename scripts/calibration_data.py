@@ -44,10 +44,11 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
 
 
 def entry_sources(data_root: str) -> dict[str, str]:
-    """Structure path -> `source` column of every summary.tsv row."""
+    """Real structure path -> `source` column of every summary.tsv row (real paths: the numbering cache may have
+    been written under another spelling of the data folder)."""
     sources = {}
     for entry, row in zip(read_summary(data_root), _summary_rows(data_root)):
-        sources[entry.path] = row.get("source", "")
+        sources[os.path.realpath(entry.path)] = row.get("source", "")
     return sources
 
 
@@ -115,8 +116,8 @@ def oof_names(data_root: str, numbered: dict) -> tuple[list[str], dict]:
     """(names of the OOF entries, counts per kind before and after the redundancy filter)."""
     sources = entry_sources(data_root)
     train = [(e, c) for e, c in numbered.values() if e.split == "train"]
-    new = [(e, c) for e, c in train if sources.get(e.path) in NEW_SOURCES]
-    old = [(e, c) for e, c in train if sources.get(e.path) not in NEW_SOURCES]
+    new = [(e, c) for e, c in train if sources.get(os.path.realpath(e.path)) in NEW_SOURCES]
+    old = [(e, c) for e, c in train if sources.get(os.path.realpath(e.path)) not in NEW_SOURCES]
     old_cdr3 = set().union(*(cdr3_keys(e.kind, c) for e, c in old))
     kept, counts = [], {}
     for kind in KIND_CHAIN_IDS:

@@ -505,7 +505,8 @@ def test_run_batch_without_threads_leaves_torchs_thread_count_alone(tmp_path, pr
 
 def test_a_resume_trusts_untouched_structure_files_without_reading_them(tmp_path, predictor, monkeypatch):
     """Finished records are checked by the size and modification time taken when their file was written; only a
-    file whose stat changed is hashed again (and counts as unfinished if its content changed)."""
+    file whose stat changed is hashed again (and counts as unfinished if its content changed). A changed file is
+    the user's now: the rerun fails that record rather than overwrite it, and predicts it again once it is moved."""
     import immunofold.batch
 
     fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
@@ -520,7 +521,12 @@ def test_a_resume_trusts_untouched_structure_files_without_reading_them(tmp_path
     structure = outdir / "nb2.pdb"
     structure.write_text(structure.read_text().replace("ATOM  ", "HETATM", 1))  # changed content, new stat
     third = run_batch(fasta, outdir, **options)
-    assert (third.done, third.skipped) == (1, 1) and "nb2.pdb" in hashed
+    assert (third.done, third.failed, third.skipped) == (0, 1, 1) and "nb2.pdb" in hashed
+    assert "HETATM" in structure.read_text()  # left as the user changed it
+    assert "nb2.pdb is in the way: a file no batch run in this folder wrote" in (outdir / "failures.csv").read_text()
+    structure.unlink()
+    fourth = run_batch(fasta, outdir, **options)
+    assert (fourth.done, fourth.failed, fourth.ok_total) == (1, 0, 2)
     assert "HETATM" not in structure.read_text()  # predicted and written again
 
 
@@ -539,11 +545,53 @@ def test_a_rerun_with_other_options_leaves_only_what_the_summary_lists(tmp_path,
     (outdir / "ab1.pdb").write_text((outdir / "ab1.pdb").read_text() + "REMARK   1 EDITED BY HAND\n")
 
     fasta.write_text(f">nb1\n{NB1}\n>ab1|H\n{AB1_H}\n>ab1|L\n{AB1_L}\n>nb2\n{NB2}\n")
-    assert run_batch(fasta, outdir, fmt="cif", **options).ok_total == 3
+    report = run_batch(fasta, outdir, fmt="cif", **options)
+    assert (report.ok_total, report.failed_total) == (2, 1)  # nb1.cif, the user's own file, is in nb1's way
+    assert "predict -o" in (outdir / "nb1.cif").read_text() and "nb1.cif is in the way" in (outdir / "failures.csv").read_text()
     assert sorted(p.name for p in outdir.glob("*.pdb")) == ["Nb2.pdb", "ab1.pdb"]  # edited; an earlier input's
-    assert "IMMUNOFOLD" in (outdir / "nb1.cif").read_text() and (outdir / "nb2.cif").is_file()
+    assert (outdir / "nb2.cif").is_file()
 
     report = run_batch(fasta, outdir, fmt="cif", kind="antibody", **options)
     assert (report.ok_total, report.failed_total) == (1, 2)
-    assert sorted(p.name for p in outdir.glob("*.cif")) == ["ab1.cif"]
+    assert sorted(p.name for p in outdir.glob("*.cif")) == ["ab1.cif", "nb1.cif"]  # nb1.cif: still the user's
     assert {name: row["file"] for name, row in read_summary(outdir).items()} == {"nb1": "", "ab1": "ab1.cif", "nb2": ""}
+
+def test_a_file_or_folder_in_a_records_way_fails_that_record_only(tmp_path, predictor):
+    """A folder, or a file no batch run here wrote, at a record's model path is left as it is: that record fails
+    with the reason, the others are predicted, and a rerun after moving it predicts the record."""
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    (outdir / "nb1.pdb").mkdir(parents=True)
+    (outdir / "nb2.pdb").write_text("my own notes\n")
+    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB2}\n>nb3\n{NB1[:-3]}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    report = run_batch(fasta, outdir, **options)
+    assert (report.done, report.failed) == (1, 2) and (outdir / "nb3.pdb").is_file()
+    assert (outdir / "nb1.pdb").is_dir() and (outdir / "nb2.pdb").read_text() == "my own notes\n"
+    failures = (outdir / "failures.csv").read_text()
+    assert "nb1.pdb is in the way: a folder has the model's name" in failures
+    assert "nb2.pdb is in the way: a file no batch run in this folder wrote" in failures
+    (outdir / "nb1.pdb").rmdir()
+    (outdir / "nb2.pdb").unlink()
+    again = run_batch(fasta, outdir, **options)
+    assert (again.done, again.failed, again.skipped, again.ok_total) == (2, 0, 1, 3)
+
+
+def test_a_run_killed_after_writing_a_model_overwrites_it_on_resume(tmp_path, predictor, monkeypatch):
+    """Killed between a model file and its final sidecar: the rerun knows the file as its own (the sidecar saved
+    before the file names it) and predicts the record again instead of calling the file in the way."""
+    import immunofold.batch as batch
+
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB2}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+
+    def killed(path):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batch, "_file_stat", killed)  # called right after the first model file is written
+        with pytest.raises(KeyboardInterrupt):
+            run_batch(fasta, outdir, **options)
+    assert (outdir / "nb1.pdb").is_file() and not (outdir / "nb2.pdb").exists()
+    report = run_batch(fasta, outdir, **options)
+    assert (report.done, report.failed, report.ok_total) == (2, 0, 2)

@@ -200,3 +200,28 @@ def test_geometry_benchmark_counts_a_stretched_peptide_bond(nanobody_example):
     assert after["problems"]["broken"] == before["problems"]["broken"] + 1
     summary = geometry.summarise([before, after])
     assert summary["models"] == 2 and summary["broken_per_model"] == (2 * before["problems"]["broken"] + 1) / 2
+
+
+def test_developability_ceiling_pairs_structures_of_one_sequence(tmp_path):
+    """Two entries with the same sequence make one pair; a third with another sequence makes none."""
+    import developability_ceiling
+
+    chain_id, chain = next(iter(read_chains(NANOBODY_PDB).items()))
+    folder = tmp_path / "sabdab"
+    (folder / "structures").mkdir(parents=True)
+    header = ["pdb", "Hchain", "Lchain", "model", "antigen_chain", "date", "resolution", "method", "heavy_species",
+              "light_species", "kind", "split", "source", "heavy_seq", "light_seq"]  # fmt: skip
+    lines = ["\t".join(header)]
+    for pdb, sequence in (("7f5g", chain.sequence), ("9abc", chain.sequence), ("9xyz", chain.sequence[:-1] + "A")):
+        with open(NANOBODY_PDB, "rb") as src, gzip.open(folder / "structures" / f"{pdb}.pdb.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        row = dict.fromkeys(header, "NA")
+        row.update(pdb=pdb, Hchain=chain_id, kind="nanobody", split="train", heavy_seq=sequence)
+        lines.append("\t".join(row[c] for c in header))
+    (folder / "summary.tsv").write_text("\n".join(lines) + "\n")
+    pairs, skipped = developability_ceiling.crystal_pairs(str(tmp_path))
+    assert skipped == [] and len(pairs) == 1
+    assert pairs[0]["kind"] == "nanobody" and pairs[0]["names"] == [f"7f5g_{chain_id}", f"9abc_{chain_id}"]
+    assert pairs[0]["first"] == pairs[0]["second"] and pairs[0]["first"]["cdr3_length"]["value"] > 5
+    summary = developability_ceiling.summarise(pairs)
+    assert summary["nanobody/ppc"] == {"n": 1, "pearson": None, "spearman": None, "flag_agreement": 1.0}

@@ -49,6 +49,7 @@ Work split (local engine)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
 import fcntl
@@ -89,6 +90,7 @@ from immunofold.sequences import InputError
 
 STATE_DIR = ".immunofold"
 RECORDS_DIR = "records"
+WRITING = "writing"  # status of a sidecar saved just before its structure file is written
 LOCK_FILE = "lock"
 PLOTS_DIR = "plots"
 OVERVIEW_FIELDS = ("kind", "mean_error", "cdr3_error")  # sidecar fields plots.plot_overview reads
@@ -313,6 +315,7 @@ class RecordStore:
         self.sharded = total > SHARD_THRESHOLD
         self.stems: dict[int, str] = {}  # index -> file stem, for the records passing now
         self.fingerprints: dict[int, str] = {}
+        self._written: NameSet | None = None  # "<file>\0<sha256>" of every file a sidecar here names, read when needed
 
     def scan(self, records: Iterable[Record]) -> Iterator[Record]:
         """Pass `records` through, naming each one (file stem, fingerprint) before it is given out."""
@@ -348,6 +351,8 @@ class RecordStore:
                 data = json.load(handle)
         except (OSError, ValueError):
             return None
+        if data.get("status") == WRITING:
+            return None
         if data.get("status") == "ok":
             path = os.path.join(self.outdir, data.get("file", ""))
             stat = _file_stat(path)
@@ -355,8 +360,36 @@ class RecordStore:
                 return None
         return data
 
+    def finished(self, record: Record) -> bool:
+        """Whether a rerun leaves the record as it is: it succeeded, or failed for a reason of its own."""
+        data = self.load(record)
+        return data is not None and not data.get("retry")
+
     def save(self, record: Record, data: dict) -> None:
         write_text_atomic(self.path(record), json.dumps(data, sort_keys=True))
+        if self._written is not None and data.get("file"):
+            self._written.add(f"{data['file']}\0{data['sha256']}")
+
+    def sidecar_names(self) -> Iterator[str]:
+        """File names of every sidecar in the folder's state, of this run's input and earlier ones."""
+        with os.scandir(self.folder) as entries:
+            yield from (entry.name for entry in entries if entry.name.endswith(".json"))
+
+    def written_here(self, file_name: str) -> bool:
+        """Whether the file now at OUTDIR/file_name is one a batch run in this folder wrote: some sidecar here names
+        it with its present SHA-256 (the sidecars are read at the first file found in a record's way, not before)."""
+        if self._written is None:
+            self._written = NameSet()
+            for sidecar in self.sidecar_names():
+                try:
+                    with open(os.path.join(self.folder, sidecar)) as handle:
+                        data = json.load(handle)
+                except (OSError, ValueError):
+                    continue
+                if data.get("file") and data.get("sha256"):
+                    self._written.add(f"{data['file']}\0{data['sha256']}")
+        digest = _file_digest(os.path.join(self.outdir, file_name))
+        return digest is not None and f"{file_name}\0{digest}" in self._written
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,9 +484,10 @@ class Recorder:
         self.done = self.failed = self.skipped = 0
         self.bar = None
 
-    def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0) -> None:
+    def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0, retry: bool = False) -> None:
+        """Record a failure; retry: the cause lies outside the record (a file in its way), so a rerun tries again."""
         data = {"status": "failed", "name": record.name, "source": record.source, "kind": kind or "",
-                "reason": one_line(reason), "seconds": round(seconds, 4)}
+                "reason": one_line(reason), "seconds": round(seconds, 4), **({"retry": True} if retry else {})}
         self.store.save(record, data)
         self.failed += 1
         self._finish(record)
@@ -468,17 +502,25 @@ class Recorder:
         file_name = self.store.structure_file(record)
         start = time.perf_counter()
         path = os.path.join(self.store.outdir, file_name)
+        if os.path.lexists(path) and not self.store.written_here(file_name):
+            what = "a folder" if os.path.isdir(path) else "a file no batch run in this folder wrote"
+            self.fail(record, f"{file_name} is in the way: {what} has the model's name; move it away (or write "
+                              "to another folder) and rerun", data.get("kind", ""), seconds, retry=True)  # fmt: skip
+            return
+        data = {**data, "name": record.name, "source": record.source, "file": file_name,
+                "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        # the sidecar names the file before it exists, so a run killed in between knows the file as its own
+        self.store.save(record, {**data, "status": WRITING})
         try:
             if self.store.sharded:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
             write_text_atomic(path, text)
         except OSError as error:  # the folder's problem (full, read-only, gone), not the record's
-            in_the_way = " (a folder has the model's name: move it away)" if error.errno == errno.EISDIR else ""
-            raise BatchStopped(f"cannot write {path}: {error.strerror or error}{in_the_way}") from None
+            with contextlib.suppress(OSError):
+                os.unlink(self.store.path(record))
+            raise BatchStopped(f"cannot write {path}: {error.strerror or error}") from None
         self.on_event("structure_written", record)
-        data = {**data, "name": record.name, "source": record.source, "file": file_name,
-                "sha256": hashlib.sha256(text.encode()).hexdigest(), "file_stat": _file_stat(path),
-                "seconds": round(seconds + time.perf_counter() - start, 4)}
+        data = {**data, "file_stat": _file_stat(path), "seconds": round(seconds + time.perf_counter() - start, 4)}
         self.store.save(record, data)
         self.done += 1
         self._finish(record)
@@ -740,14 +782,10 @@ def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
     and no finished record of this input uses that name; records of earlier inputs are left alone. Returns how many
     files were removed."""
 
-    def sidecars() -> Iterator[str]:
-        with os.scandir(store.folder) as entries:
-            yield from (entry.name for entry in entries if entry.name.endswith(".json"))
-
     removed = 0
-    if sum(1 for _ in sidecars()) == finished.count:  # no earlier run's sidecars: nothing to look at
+    if sum(1 for _ in store.sidecar_names()) == finished.count:  # no earlier run's sidecars: nothing to look at
         return removed
-    for sidecar in sidecars():
+    for sidecar in store.sidecar_names():
         if sidecar.removesuffix(".json") in finished.fingerprints:
             continue
         path = os.path.join(store.folder, sidecar)
@@ -759,7 +797,7 @@ def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
         if data.get("name") not in finished.names:  # a record of an earlier input: kept
             continue
         file = data.get("file")
-        if data.get("status") == "ok" and file and file not in finished.files:
+        if data.get("status") in ("ok", WRITING) and file and file not in finished.files:
             structure = os.path.join(store.outdir, file)
             if os.path.isfile(structure) and _file_digest(structure) == data.get("sha256"):
                 os.unlink(structure)
@@ -889,7 +927,7 @@ def run_batch(
 
     def pending() -> Iterator[Record]:
         for record in store.scan(records()):
-            if store.load(record) is not None:
+            if store.finished(record):
                 recorder.skip(record)
             elif record.error is not None:
                 recorder.fail(record, record.error)
