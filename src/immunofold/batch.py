@@ -20,8 +20,11 @@ Engines
 
 Resumable and atomic
     Every record's outcome is a JSON sidecar `OUTDIR/.immunofold/records/<fingerprint>.json`,
-    written (temp file + os.replace) after its structure file. A record is finished when its
-    sidecar exists (and, for a success, its structure file with the content the sidecar's hash names).
+    written (temp file + os.replace) after its structure file; just before that file, the sidecar
+    names it with status "writing", so a run killed in between knows the file as its own. A record is
+    finished when its sidecar holds an outcome (and, for a success, its structure file has the content
+    the sidecar's hash names). A file or folder already at a record's path that no run in OUTDIR wrote
+    is never overwritten: the record fails with the reason and is tried again by the next run.
     The fingerprint covers the record's sequences and every option that changes its output, so an edited
     record or another input reusing a name is predicted again; a record predicted again in another format or
     folder layout replaces its earlier file, and one that now fails loses it, once the run has finished and the
