@@ -548,32 +548,16 @@ def test_a_rerun_with_other_options_leaves_only_what_the_summary_lists(tmp_path,
     report = run_batch(fasta, outdir, fmt="cif", **options)
     assert (report.ok_total, report.failed_total) == (2, 1)  # nb1.cif, the user's own file, is in nb1's way
     assert "predict -o" in (outdir / "nb1.cif").read_text() and "nb1.cif is in the way" in (outdir / "failures.csv").read_text()
-    assert sorted(p.name for p in outdir.glob("*.pdb")) == ["Nb2.pdb", "ab1.pdb"]  # edited; an earlier input's
+    # ab1.pdb: edited; Nb2.pdb: an earlier input's; nb1.pdb: nb1 has not finished (its path is taken), so it stays
+    assert sorted(p.name for p in outdir.glob("*.pdb")) == ["Nb2.pdb", "ab1.pdb", "nb1.pdb"]
     assert (outdir / "nb2.cif").is_file()
 
     report = run_batch(fasta, outdir, fmt="cif", kind="antibody", **options)
     assert (report.ok_total, report.failed_total) == (1, 2)
     assert sorted(p.name for p in outdir.glob("*.cif")) == ["ab1.cif", "nb1.cif"]  # nb1.cif: still the user's
+    # nb1 is still blocked by the user's nb1.cif (checked before its kind), so its earlier nb1.pdb still stays
+    assert sorted(p.name for p in outdir.glob("*.pdb")) == ["Nb2.pdb", "ab1.pdb", "nb1.pdb"]
     assert {name: row["file"] for name, row in read_summary(outdir).items()} == {"nb1": "", "ab1": "ab1.cif", "nb2": ""}
-
-def test_a_file_or_folder_in_a_records_way_fails_that_record_only(tmp_path, predictor):
-    """A folder, or a file no batch run here wrote, at a record's model path is left as it is: that record fails
-    with the reason, the others are predicted, and a rerun after moving it predicts the record."""
-    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
-    (outdir / "nb1.pdb").mkdir(parents=True)
-    (outdir / "nb2.pdb").write_text("my own notes\n")
-    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB2}\n>nb3\n{NB1[:-3]}\n")
-    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
-    report = run_batch(fasta, outdir, **options)
-    assert (report.done, report.failed) == (1, 2) and (outdir / "nb3.pdb").is_file()
-    assert (outdir / "nb1.pdb").is_dir() and (outdir / "nb2.pdb").read_text() == "my own notes\n"
-    failures = (outdir / "failures.csv").read_text()
-    assert "nb1.pdb is in the way: a folder has the model's name" in failures
-    assert "nb2.pdb is in the way: a file no batch run in this folder wrote" in failures
-    (outdir / "nb1.pdb").rmdir()
-    (outdir / "nb2.pdb").unlink()
-    again = run_batch(fasta, outdir, **options)
-    assert (again.done, again.failed, again.skipped, again.ok_total) == (2, 0, 1, 3)
 
 
 def test_a_run_killed_after_writing_a_model_overwrites_it_on_resume(tmp_path, predictor, monkeypatch):
@@ -595,3 +579,66 @@ def test_a_run_killed_after_writing_a_model_overwrites_it_on_resume(tmp_path, pr
     assert (outdir / "nb1.pdb").is_file() and not (outdir / "nb2.pdb").exists()
     report = run_batch(fasta, outdir, **options)
     assert (report.done, report.failed, report.ok_total) == (2, 0, 2)
+
+
+def test_anything_batch_did_not_write_in_a_records_way_fails_that_record_only(tmp_path, predictor):
+    """A folder, a file no batch run here wrote, a link (even to a file batch wrote) or a pipe at a record's model
+    path is left as it is, never read or followed: that record fails with the reason before it is predicted, the
+    others are predicted, and a rerun after moving it predicts the record."""
+    fasta, outdir, elsewhere = tmp_path / "in.fasta", tmp_path / "out", tmp_path / "kept.pdb"
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    fasta.write_text(f">nb5\n{NB1}\n")
+    run_batch(fasta, outdir, **options)
+    os.replace(outdir / "nb5.pdb", elsewhere)  # a model batch wrote, moved out and linked back
+    (outdir / "nb5.pdb").symlink_to(elsewhere)
+    kept = elsewhere.read_bytes()
+    (outdir / "nb1.pdb").mkdir(parents=True)
+    (outdir / "nb2.pdb").write_text("my own notes\n")
+    os.mkfifo(outdir / "nb3.pdb")
+    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB2}\n>nb3\n{NB1[:-2]}\n>nb4\n{NB1[:-3]}\n>nb5\n{NB1}\n")
+    report = run_batch(fasta, outdir, numbering="kabat", **options)
+    assert (report.done, report.failed) == (1, 4) and (outdir / "nb4.pdb").is_file()
+    assert (outdir / "nb1.pdb").is_dir() and (outdir / "nb2.pdb").read_text() == "my own notes\n"
+    assert elsewhere.read_bytes() == kept and (outdir / "nb5.pdb").is_symlink()
+    failures = (outdir / "failures.csv").read_text()
+    for name, what in (("nb1", "a folder"), ("nb2", "a file no batch run in this folder wrote"),
+                       ("nb3", "a special file (pipe, socket or device)"), ("nb5", "a symbolic link")):
+        assert f"{name}.pdb is in the way: {what} has the model's name" in failures
+    assert all(float(row["seconds"]) == 0 for name, row in read_summary(outdir).items() if name != "nb4")  # not predicted
+    for name in ("nb2", "nb3", "nb5"):
+        (outdir / f"{name}.pdb").unlink()
+    (outdir / "nb1.pdb").rmdir()
+    again = run_batch(fasta, outdir, numbering="kabat", **options)
+    assert (again.done, again.failed, again.skipped, again.ok_total) == (4, 0, 1, 5)
+
+
+def test_a_record_in_the_way_keeps_its_earlier_model_and_its_own_file_is_known_again(tmp_path, predictor):
+    """While a record fails only because of a file in its way, its model in another format is not removed; and the
+    model batch wrote, put back byte for byte after an edit, is batch's own again."""
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    run_batch(fasta, outdir, **options)
+    model = outdir / "nb1.pdb"
+    original = model.read_bytes()
+    model.write_bytes(b"REMARK   1 MY NOTE\n" + original)
+    assert run_batch(fasta, outdir, **options).failed == 1
+    model.write_bytes(original)
+    report = run_batch(fasta, outdir, **options)
+    assert (report.failed, report.skipped, report.ok_total) == (0, 0, 1) and model.read_bytes() == original
+
+    model.write_bytes(b"REMARK   1 MY NOTE\n" + original)
+    assert run_batch(fasta, outdir, fmt="cif", **options).ok_total == 1
+    assert run_batch(fasta, outdir, **options).failed == 1  # in the way again: nb1.cif stays
+    assert (outdir / "nb1.cif").is_file() and model.read_bytes().startswith(b"REMARK   1 MY NOTE")
+
+
+def test_a_users_file_that_looks_temporary_is_not_removed(tmp_path, predictor):
+    """Only temp files of batch's own outputs left by a killed run are cleaned up at the start."""
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    outdir.mkdir()
+    (outdir / ".draft.tmp").write_text("keep\n")
+    (outdir / ".nb1.pdb.k3j9x_2a.tmp").write_text("half a model")
+    fasta.write_text(f">nb1\n{NB1}\n")
+    run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1)
+    assert (outdir / ".draft.tmp").read_text() == "keep\n" and not (outdir / ".nb1.pdb.k3j9x_2a.tmp").exists()

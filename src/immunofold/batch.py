@@ -63,7 +63,9 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shlex
+import stat
 import signal
 import sys
 import time
@@ -161,13 +163,18 @@ class BatchStopped(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
+# io.atomic_output's temp files for what batch writes: '.<name>.<ext>.<8 random characters of mkstemp>.tmp'
+STALE_TEMP_FILE = re.compile(r"\..+\.(pdb|cif|csv|parquet|json|png)\.[a-z0-9_]{8}\.tmp")
+
+
 def _remove_stale_temp_files(*folders: str) -> None:
-    """Temp files ('.<name>.<random>.tmp') left by a killed run; never a final output."""
+    """Temp files of batch's own outputs (STALE_TEMP_FILE) left by a killed run; never a final output, nor a
+    user's file that merely looks temporary."""
     for folder in folders:
         if not os.path.isdir(folder):
             continue
         for entry in os.listdir(folder):
-            if entry.startswith(".") and entry.endswith(".tmp"):
+            if STALE_TEMP_FILE.fullmatch(entry):
                 try:
                     os.unlink(os.path.join(folder, entry))
                 except OSError:
@@ -206,9 +213,15 @@ def _file_stat(path: str) -> list[int] | None:
 
 
 def _file_digest(path: str) -> str | None:
+    """SHA-256 of a regular file (read in chunks), None for anything else (a link, folder or pipe is not opened)."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
     except OSError:
         return None
 
@@ -347,14 +360,18 @@ class RecordStore:
     def path(self, record: Record) -> str:
         return os.path.join(self.folder, f"{self.fingerprints[record.index]}.json")
 
-    def load(self, record: Record) -> dict | None:
-        """The record's outcome, or None if it is not finished (or its structure file is gone or was replaced)."""
+    def load_raw(self, record: Record) -> dict | None:
+        """The record's sidecar as saved, None if there is none (or it cannot be read)."""
         try:
             with open(self.path(record)) as handle:
-                data = json.load(handle)
+                return json.load(handle)
         except (OSError, ValueError):
             return None
-        if data.get("status") == WRITING:
+
+    def load(self, record: Record) -> dict | None:
+        """The record's outcome, or None if it is not finished (or its structure file is gone or was replaced)."""
+        data = self.load_raw(record)
+        if data is None or data.get("status") == WRITING:
             return None
         if data.get("status") == "ok":
             path = os.path.join(self.outdir, data.get("file", ""))
@@ -378,9 +395,33 @@ class RecordStore:
         with os.scandir(self.folder) as entries:
             yield from (entry.name for entry in entries if entry.name.endswith(".json"))
 
+    def in_the_way(self, record: Record) -> str | None:
+        """Why the record's model path is taken by something batch must not overwrite, or None when it is free
+        or holds a file a batch run in this folder wrote. A link, folder or pipe is never read."""
+        file_name = self.structure_file(record)
+        path = os.path.join(self.outdir, file_name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            return f"{file_name} cannot be checked ({error.strerror or error})"
+        if stat.S_ISLNK(mode):
+            what = "a symbolic link"
+        elif stat.S_ISDIR(mode):
+            what = "a folder"
+        elif not stat.S_ISREG(mode):
+            what = "a special file (pipe, socket or device)"
+        elif self.written_here(file_name):
+            return None
+        else:
+            what = "a file no batch run in this folder wrote"
+        return (f"{file_name} is in the way: {what} has the model's name; move it away (or write to another "
+                "folder) and rerun")
+
     def written_here(self, file_name: str) -> bool:
-        """Whether the file now at OUTDIR/file_name is one a batch run in this folder wrote: some sidecar here names
-        it with its present SHA-256 (the sidecars are read at the first file found in a record's way, not before)."""
+        """Whether the regular file now at OUTDIR/file_name is one a batch run in this folder wrote: some sidecar here
+        names it with its present SHA-256 (the sidecars are read at the first file found in a record's way)."""
         if self._written is None:
             self._written = NameSet()
             for sidecar in self.sidecar_names():
@@ -487,13 +528,20 @@ class Recorder:
         self.done = self.failed = self.skipped = 0
         self.bar = None
 
-    def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0, retry: bool = False) -> None:
-        """Record a failure; retry: the cause lies outside the record (a file in its way), so a rerun tries again."""
+    def fail(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0, **extra) -> None:
         data = {"status": "failed", "name": record.name, "source": record.source, "kind": kind or "",
-                "reason": one_line(reason), "seconds": round(seconds, 4), **({"retry": True} if retry else {})}
+                "reason": one_line(reason), "seconds": round(seconds, 4), **extra}
         self.store.save(record, data)
         self.failed += 1
         self._finish(record)
+
+    def fail_in_the_way(self, record: Record, reason: str, kind: str = "", seconds: float = 0.0) -> None:
+        """A failure whose cause lies outside the record (`RecordStore.in_the_way`): the next run tries it again, an
+        earlier model of it is not removed, and the file and SHA-256 an earlier sidecar of it named stay known as
+        this folder's (so the model, put back unchanged, is batch's own again)."""
+        earlier = self.store.load_raw(record) or {}
+        known = {key: earlier[key] for key in ("file", "sha256") if earlier.get("file") and earlier.get("sha256")}
+        self.fail(record, reason, kind, seconds, retry=True, **known)
 
     def succeed(self, record: Record, prediction, seconds: float) -> None:
         start = time.perf_counter()
@@ -505,10 +553,9 @@ class Recorder:
         file_name = self.store.structure_file(record)
         start = time.perf_counter()
         path = os.path.join(self.store.outdir, file_name)
-        if os.path.lexists(path) and not self.store.written_here(file_name):
-            what = "a folder" if os.path.isdir(path) else "a file no batch run in this folder wrote"
-            self.fail(record, f"{file_name} is in the way: {what} has the model's name; move it away (or write "
-                              "to another folder) and rerun", data.get("kind", ""), seconds, retry=True)  # fmt: skip
+        blocked = self.store.in_the_way(record)
+        if blocked:
+            self.fail_in_the_way(record, blocked, data.get("kind", ""), seconds)
             return
         data = {**data, "name": record.name, "source": record.source, "file": file_name,
                 "sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -712,7 +759,8 @@ class FinishedRecords:
     def add(self, fingerprint: str, name: str, data: dict) -> None:
         self.count += 1
         self.fingerprints.add(fingerprint)
-        self.names.add(name)
+        if not data.get("retry"):  # a record with a file in its way keeps its earlier model until it finishes
+            self.names.add(name)
         if data["status"] == "ok":
             self.files.add(data["file"])
 
@@ -934,6 +982,8 @@ def run_batch(
                 recorder.skip(record)
             elif record.error is not None:
                 recorder.fail(record, record.error)
+            elif blocked := store.in_the_way(record):  # not predicted while its path is taken
+                recorder.fail_in_the_way(record, blocked)
             else:
                 yield record
 
