@@ -65,8 +65,8 @@ import multiprocessing
 import os
 import re
 import shlex
-import stat
 import signal
+import stat
 import sys
 import time
 import warnings
@@ -375,8 +375,8 @@ class RecordStore:
             return None
         if data.get("status") == "ok":
             path = os.path.join(self.outdir, data.get("file", ""))
-            stat = _file_stat(path)
-            if stat is None or (stat != data.get("file_stat") and _file_digest(path) != data.get("sha256")):
+            file_stat = _file_stat(path)
+            if file_stat is None or (file_stat != data.get("file_stat") and _file_digest(path) != data.get("sha256")):
                 return None
         return data
 
