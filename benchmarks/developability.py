@@ -161,7 +161,8 @@ def write_markdown(sections: dict, path: str) -> None:
         "Flag agreement: fraction of entries whose predicted-structure flag (green/amber/red) equals the crystal's. "
         "FlashTAP: FlashABB 0.0.5 `pretrained_tap` (sequence in, TAP scores out), scored against the same crystal "
         "values and flagged with the same thresholds (it does not depend on our structure, so its columns are the "
-        "same in both sections).",
+        "same in both sections). How well two crystal structures of one receptor agree with each other, the ceiling "
+        "for these columns: [developability_ceiling.md](developability_ceiling.md).",
         "",
     ]
     for mode in MODES:
