@@ -1085,7 +1085,8 @@ def add_batch_parser(commands) -> None:
         "FASTA: NAME|H + NAME|L (NAME|A + NAME|B for TCRs), or one record HEAVY:LIGHT, or a lone heavy chain "
         "(nanobody), or an scFv. CSV/TSV: columns name + heavy, light or alpha, beta. AIRR rearrangement TSV: "
         "sequence_id, locus, productive, sequence_alignment_aa or sequence_aa; chains paired by cell_id. "
-        "Re-running the same command resumes: finished records are skipped.",
+        "Re-running the same command resumes: finished records are skipped. A file batch did not write (or a "
+        "folder or link) at a record's model path is never overwritten: that record fails and is retried next run.",
     )
     parser.add_argument("input", help="FASTA, CSV, TSV or AIRR rearrangement TSV file")
     parser.add_argument("-o", "--outdir", required=True, help="output folder")
