@@ -642,3 +642,20 @@ def test_a_users_file_that_looks_temporary_is_not_removed(tmp_path, predictor):
     fasta.write_text(f">nb1\n{NB1}\n")
     run_batch(fasta, outdir, refine=False, workers=0, predictor=predictor, threads=1)
     assert (outdir / ".draft.tmp").read_text() == "keep\n" and not (outdir / ".nb1.pdb.k3j9x_2a.tmp").exists()
+
+
+def test_a_rerun_with_other_options_overwrites_its_own_files_without_reading_them(tmp_path, predictor, monkeypatch):
+    """Every record of a rerun under other options finds its earlier model at its path: an untouched one is known
+    as batch's own by the size and modification time its sidecar holds, so no file is read to hash it."""
+    import immunofold.batch
+
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB2}\n")
+    options = dict(refine=False, workers=0, predictor=predictor, threads=1)
+    run_batch(fasta, outdir, **options)
+    hashed = []
+    digest = immunofold.batch._file_digest
+    monkeypatch.setattr(immunofold.batch, "_file_digest", lambda path: hashed.append(os.path.basename(path)) or digest(path))
+    report = run_batch(fasta, outdir, numbering="kabat", **options)
+    assert (report.done, report.failed, hashed) == (2, 0, [])
+    assert "KABAT" in (outdir / "nb1.pdb").read_text()

@@ -387,8 +387,16 @@ class RecordStore:
 
     def save(self, record: Record, data: dict) -> None:
         write_text_atomic(self.path(record), json.dumps(data, sort_keys=True))
-        if self._written is not None and data.get("file"):
+        if self._written is not None:
+            self._remember_written(data)
+
+    def _remember_written(self, data: dict) -> None:
+        """Add the file a sidecar names to the files known as written here: by its SHA-256 and, when the sidecar
+        has it, its size and modification time (an untouched file is then recognised without being read)."""
+        if data.get("file") and data.get("sha256"):
             self._written.add(f"{data['file']}\0{data['sha256']}")
+            if data.get("file_stat"):
+                self._written.add(f"{data['file']}\0stat {data['file_stat']}")
 
     def sidecar_names(self) -> Iterator[str]:
         """File names of every sidecar in the folder's state, of this run's input and earlier ones."""
@@ -427,12 +435,13 @@ class RecordStore:
             for sidecar in self.sidecar_names():
                 try:
                     with open(os.path.join(self.folder, sidecar)) as handle:
-                        data = json.load(handle)
+                        self._remember_written(json.load(handle))
                 except (OSError, ValueError):
                     continue
-                if data.get("file") and data.get("sha256"):
-                    self._written.add(f"{data['file']}\0{data['sha256']}")
-        digest = _file_digest(os.path.join(self.outdir, file_name))
+        path = os.path.join(self.outdir, file_name)
+        if f"{file_name}\0stat {_file_stat(path)}" in self._written:
+            return True
+        digest = _file_digest(path)
         return digest is not None and f"{file_name}\0{digest}" in self._written
 
 
