@@ -116,8 +116,9 @@ def oof_names(data_root: str, numbered: dict) -> tuple[list[str], dict]:
     """(names of the OOF entries, counts per kind before and after the redundancy filter)."""
     sources = entry_sources(data_root)
     train = [(e, c) for e, c in numbered.values() if e.split == "train"]
-    new = [(e, c) for e, c in train if sources.get(os.path.realpath(e.path)) in NEW_SOURCES]
-    old = [(e, c) for e, c in train if sources.get(os.path.realpath(e.path)) not in NEW_SOURCES]
+    is_new = [sources.get(os.path.realpath(e.path)) in NEW_SOURCES for e, _ in train]
+    new = [pair for pair, fresh in zip(train, is_new) if fresh]
+    old = [pair for pair, fresh in zip(train, is_new) if not fresh]
     old_cdr3 = set().union(*(cdr3_keys(e.kind, c) for e, c in old))
     kept, counts = [], {}
     for kind in KIND_CHAIN_IDS:

@@ -212,6 +212,15 @@ def _file_stat(path: str) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def _read_sidecar(path: str) -> dict | None:
+    """A sidecar's content, None if it is missing or cannot be read."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def _file_digest(path: str) -> str | None:
     """SHA-256 of a regular file (read in chunks), None for anything else (a link, folder or pipe is not opened)."""
     try:
@@ -362,11 +371,7 @@ class RecordStore:
 
     def load_raw(self, record: Record) -> dict | None:
         """The record's sidecar as saved, None if there is none (or it cannot be read)."""
-        try:
-            with open(self.path(record)) as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return None
+        return _read_sidecar(self.path(record))
 
     def load(self, record: Record) -> dict | None:
         """The record's outcome, or None if it is not finished (or its structure file is gone or was replaced)."""
@@ -433,11 +438,9 @@ class RecordStore:
         if self._written is None:
             self._written = NameSet()
             for sidecar in self.sidecar_names():
-                try:
-                    with open(os.path.join(self.folder, sidecar)) as handle:
-                        self._remember_written(json.load(handle))
-                except (OSError, ValueError):
-                    continue
+                data = _read_sidecar(os.path.join(self.folder, sidecar))
+                if data is not None:
+                    self._remember_written(data)
         path = os.path.join(self.outdir, file_name)
         if f"{file_name}\0stat {_file_stat(path)}" in self._written:
             return True
@@ -849,12 +852,8 @@ def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
         if sidecar.removesuffix(".json") in finished.fingerprints:
             continue
         path = os.path.join(store.folder, sidecar)
-        try:
-            with open(path) as handle:
-                data = json.load(handle)
-        except (OSError, ValueError):
-            continue
-        if data.get("name") not in finished.names:  # a record of an earlier input: kept
+        data = _read_sidecar(path)
+        if data is None or data.get("name") not in finished.names:  # unreadable, or a record of an earlier input: kept
             continue
         file = data.get("file")
         if data.get("status") in ("ok", WRITING) and file and file not in finished.files:
