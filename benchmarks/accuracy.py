@@ -170,12 +170,9 @@ def run_immunofold(loaded, refine: bool, weights_dir: str | None):
     from immunofold.ensemble import Ensemble
     from immunofold.evaluate import score_entry
     from immunofold.prediction import Predictor
-    from immunofold.weights import packaged_weight_files
+    from immunofold.weights import folder_member_sets, packaged_member_sets
 
-    if weights_dir:
-        files = sorted(os.path.join(weights_dir, f) for f in os.listdir(weights_dir) if f.endswith(".safetensors"))
-    else:
-        files = packaged_weight_files()
+    files = folder_member_sets(weights_dir) if weights_dir else packaged_member_sets()
     if not files:
         return None, "no immunofold weights found (none shipped, no --weights-dir / $IMMUNOFOLD_WEIGHTS)", []
     predictor = Predictor(Ensemble(files))

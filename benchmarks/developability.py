@@ -263,9 +263,9 @@ def main() -> int:
     entries = [e for e in read_summary(args.data) if e.split == "val" and e.kind in ("antibody", "nanobody")]
     if args.limit:
         entries = [e for k in ("antibody", "nanobody") for e in [e for e in entries if e.kind == k][: args.limit]]
-    from immunofold.weights import packaged_weight_files, weights_version
+    from immunofold.weights import packaged_member_sets, weights_version
 
-    version = weights_version(packaged_weight_files())
+    version = weights_version(packaged_member_sets())
     from immunofold import __version__
 
     # rows of another package or weights version are not resumed (the profile's code may differ)

@@ -11,7 +11,6 @@ cached IMGT-numbered val examples. Writes <out-dir>/ensemble_consensus.md and .j
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ from immunofold.data.features import collate
 from immunofold.data.sabdab import cached_examples
 from immunofold.ensemble import Ensemble
 from immunofold.metrics import region_rmsds
-from immunofold.weights import packaged_weight_files
+from immunofold.weights import folder_member_sets, packaged_member_sets
 
 BATCH_SIZE = 8
 KIND_LABELS = {"antibody": "Ab", "nanobody": "Nb", "tcr": "TCR"}
@@ -36,6 +35,13 @@ KIND_LABELS = {"antibody": "Ab", "nanobody": "Nb", "tcr": "TCR"}
 
 def structures_by_choice(ensemble: Ensemble, examples: list[dict]):
     """Yield (example, {choice: atom14 [N, 14, 3]}) for the consensus, the closest member and each member."""
+    for kind in sorted({int(e["kind"]) for e in examples}):  # an ensemble batch holds one receptor kind
+        of_kind = [e for e in examples if int(e["kind"]) == kind]
+        yield from _structures_by_choice(ensemble, of_kind)
+
+
+def _structures_by_choice(ensemble: Ensemble, examples: list[dict]):
+    """`structures_by_choice` for examples of one kind."""
     for start in range(0, len(examples), BATCH_SIZE):
         chunk = examples[start : start + BATCH_SIZE]
         output = ensemble.run(collate(chunk))
@@ -55,8 +61,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default=RESULTS_DIR)
     args = parser.parse_args()
 
-    files = sorted(glob.glob(os.path.join(args.weights_dir, "*.safetensors"))) if args.weights_dir else packaged_weight_files()
-    ensemble = Ensemble(files)
+    ensemble = Ensemble(folder_member_sets(args.weights_dir) if args.weights_dir else packaged_member_sets())
     examples = cached_examples(args.data, args.split, args.cache_dir)
     rows: dict[str, dict[str, list[dict]]] = {}
     for example, choices in structures_by_choice(ensemble, examples):

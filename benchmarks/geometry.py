@@ -38,7 +38,7 @@ from immunofold.evaluate import EVAL_BATCH_SIZE, number_entry
 from immunofold.io import to_pdb_string
 from immunofold.prediction import MAX_FORWARD_BATCH, Prediction, Predictor
 from immunofold.refine import PROBLEM_KINDS, find_problems
-from immunofold.weights import packaged_weight_files
+from immunofold.weights import packaged_member_sets
 
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--out-name", default="geometry")
     args = parser.parse_args()
 
-    predictor = Predictor(Ensemble(args.weights or packaged_weight_files(), clean=True))
+    predictor = Predictor(Ensemble(args.weights or packaged_member_sets(), clean=True))
     entries = [e for e in read_summary(args.data) if e.split == args.split][: args.limit]
     items = [(e.name, e.kind, number_entry(e)) for e in entries]
     torch.set_num_threads(1)

@@ -42,7 +42,7 @@ from immunofold.io import to_pdb_string
 from immunofold.prediction import Predictor
 import immunofold.refine as refine_module
 from immunofold.refine import minimised
-from immunofold.weights import packaged_weight_files
+from immunofold.weights import packaged_member_sets
 
 # immunofold 0.8.0's minimisation: tolerance (kJ/mol/nm), rounds without torsion terms first, 1 nm cutoff
 BASELINE_TOLERANCE = 10.0
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    predictor = Predictor(Ensemble(packaged_weight_files()))
+    predictor = Predictor(Ensemble(packaged_member_sets()))
     entries = [e for e in read_summary(args.data) if e.split == args.split][: args.limit]
     rows = {"unrefined": [], "refined": [], "refined as 0.8.0": []}
     baseline_left = args.baseline_limit

@@ -118,10 +118,9 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
     from immunofold.ensemble import Ensemble, member_spread, superpose_members
     from immunofold.prediction import Predictor
     from immunofold.sequences import number_receptor
-    from immunofold.weights import packaged_weight_files
+    from immunofold.weights import folder_member_sets, packaged_member_sets
 
-    files = (sorted(os.path.join(args.weights_dir, f) for f in os.listdir(args.weights_dir) if f.endswith(".safetensors"))
-             if args.weights_dir else packaged_weight_files())
+    files = folder_member_sets(args.weights_dir) if args.weights_dir else packaged_member_sets()
     if not files:
         result["unavailable"] = "no immunofold weights found (none shipped, no --weights-dir / $IMMUNOFOLD_WEIGHTS)"
         return
@@ -130,8 +129,8 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
     predictor = Predictor(Ensemble(files, members_side_by_side=True))  # as the command line runs it
     result["load_seconds"] = round(time.perf_counter() - start, 3)
     result["weights"] = predictor.ensemble.version
-    result["members"] = len(predictor.ensemble.models)
-    models = predictor.ensemble.models
+    models = predictor.ensemble.models_of("antibody")  # the members that predict trastuzumab
+    result["members"] = len(models)
 
     def number(items):
         return [(n, "antibody", number_receptor("antibody", {"heavy": h, "light": lt}, n)) for n, h, lt in items]

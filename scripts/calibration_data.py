@@ -22,10 +22,12 @@ import torch
 
 from immunofold.constants import KIND_CHAIN_IDS, is_cdr
 from immunofold.data.sabdab import Entry, load_example, read_summary
+from immunofold.ensemble import Ensemble
 from immunofold.evaluate import number_entry
 from immunofold.metrics import ca_deviation, cdr3_reach, region_rmsds
 from immunofold.prediction import Predictor
 from immunofold.sequences import InputError
+from immunofold.weights import packaged_member_sets
 
 NEW_SOURCES = ("abag_docking_benchmark", "nbframe_tests", "structcr", "abpackingangle", "abdb_greifflab",
                "attentive_parapred", "stcrpy_tests")
@@ -178,10 +180,11 @@ def _record(prediction, truth: dict) -> dict:
     }
 
 
-def load(data_root: str, cache_dir: str = DEFAULT_CACHE) -> dict:
-    """{"oof": records, "val": records, "oof_counts": ..., "weights": version}; predictions cached per weights version."""
+def load(data_root: str, cache_dir: str = DEFAULT_CACHE, members_of: str | None = None) -> dict:
+    """{"oof": records, "val": records, "oof_counts": ..., "weights": version}; predictions cached per weights version.
+    members_of: predict every receptor with the shipped members of this kind (default: each kind with its own)."""
     numbered = numbered_entries(data_root, cache_dir)
-    predictor = Predictor()
+    predictor = Predictor(Ensemble(packaged_member_sets()[members_of])) if members_of else Predictor()
     path = os.path.join(cache_dir, f"predictions-{predictor.ensemble.version}.pkl")
     if os.path.exists(path):
         with open(path, "rb") as handle:

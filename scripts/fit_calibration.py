@@ -2,9 +2,13 @@
 src/immunofold/weights/calibration.json and benchmarks/results/calibration_fit.md.
 
 Usage: python scripts/fit_calibration.py [--data ../shared/data] [--cache /tmp/immunofold-calibration]
+[--members-of KIND]
 
 The OOF set and its predictions come from scripts/calibration_data.py (the shipped ensemble, unrefined; cached);
-receptors whose crystal framework is more than MAX_FRAMEWORK_RMSD Å from the prediction are left out of the fit.
+with --members-of KIND, every receptor is predicted by the shipped members of that kind instead of its own kind's
+(for a release in which some kind's members trained on the OOF rows: v0.8's TCR set holds data-r3, which did, so
+v0.8 is fitted with `--members-of antibody`, v0.7's four members, and the parameters are applied to every kind's
+set unchanged; benchmarks/error_calibration.py checks the result on val with the shipped sets). Receptors whose crystal framework is more than MAX_FRAMEWORK_RMSD Å from the prediction are left out of the fit.
 The prior of the position offsets is chosen by 5-fold cross-validation over receptors of that set (held-out
 negative log-likelihood per residue). Val is never fitted on: benchmarks/error_calibration.py scores the result there.
 """
@@ -24,6 +28,7 @@ import calibration_data  # noqa: E402
 from immunofold.calibration import PACKAGED_FILE, Calibrator, fit  # noqa: E402
 from immunofold.constants import KINDS  # noqa: E402
 from immunofold.metrics import error_spearman  # noqa: E402
+from immunofold.weights import packaged_member_sets, weights_version  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 REPORT = os.path.join(ROOT, "benchmarks", "results", "calibration_fit.md")
@@ -85,18 +90,24 @@ def apply(calibrator: Calibrator, record: dict) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = calibration_data.argument_parser(__doc__.splitlines()[0]).parse_args(argv)
-    data = calibration_data.load(args.data, args.cache)
+    parser = calibration_data.argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--members-of", choices=KINDS, help="predict every receptor with this kind's shipped members")
+    args = parser.parse_args(argv)
+    data = calibration_data.load(args.data, args.cache, args.members_of)
+    version = weights_version(packaged_member_sets())  # the shipped ensemble, which the parameters are for
+    predicted_by = (f"the shipped {args.members_of} members ({data['weights']}) for every kind" if args.members_of
+                    else "the shipped ensemble")
     fitted_on = {
         "data": "../shared/data train rows of sources " + ", ".join(calibration_data.NEW_SOURCES)
-        + " (updates 2 and 3; no shipped member saw them), less those sharing a CDR3 with, or >= 95 % identical "
-        "to, an older train entry of the same kind; shipped ensemble, unrefined",
+        + " (updates 2 and 3), less those sharing a CDR3 with, or >= 95 % identical to, an older train entry of the "
+        f"same kind; predicted, unrefined, by {predicted_by}, whose members never trained on them",
+        "predicted_by": data["weights"],
         "oof_counts": data["oof_counts"],
     }
     records, dropped = usable(data["oof"])
     fitted_on["left_out"] = f"framework RMSD > {MAX_FRAMEWORK_RMSD:g} Å: " + (", ".join(dropped) or "none")
-    prior, cv, prior_rows = choose_position_prior(records, data["weights"])
-    calibrator = fit(records, data["weights"], fitted_on, position_prior=prior)
+    prior, cv, prior_rows = choose_position_prior(records, version)
+    calibrator = fit(records, version, fitted_on, position_prior=prior)
     path = os.path.join(ROOT, "src", "immunofold", PACKAGED_FILE)
     with open(path, "w") as handle:
         handle.write(calibrator.to_json() + "\n")
@@ -108,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Error calibrator fit (out-of-fold set)",
         "",
-        f"By `python scripts/fit_calibration.py`, weights `{data['weights']}`. Fitted on {calibrator.fitted_on['receptors']} "
+        f"By `python scripts/fit_calibration.py{f' --members-of {args.members_of}' if args.members_of else ''}`, for weights "
+        f"`{version}`. Fitted on {calibrator.fitted_on['receptors']} "
         f"receptors ({calibrator.fitted_on['residues']} residues with a real CA deviation): {fitted_on['data']}. "
         f"Left out, {fitted_on['left_out']}.",
         "",

@@ -1,11 +1,13 @@
 """Copy the best weights of training runs into the package (src/immunofold/weights/) and document them.
 
 Usage: python scripts/ship_weights.py --release v0.7 --configs configs runs/v0.7/pair-r1b ...
+       [--kind-members tcr=data-r3,pair-r1b,pass2-d6,pass2-probe]
 
 Each member's safetensors file keeps its metadata (the config as run, epoch, val metrics, wall time,
 hardware, commit) and gains the release name; weights/README.md gets one row per member and each
 member's config is saved beside its weights as <member>.yaml, so `immunofold train --config <member>.yaml`
-reproduces it. With --configs, that file is the committed config in that folder whose `name:` is the member's
+reproduces it. weights/members.json says which members predict each receptor kind: those --kind-members names for
+a kind (in that order), every member (in the order given) for the others. With --configs, that file is the committed config in that folder whose `name:` is the member's
 (for runs made elsewhere, e.g. on a GPU with paths of that machine); otherwise the config as run.
 """
 
@@ -16,6 +18,9 @@ import os
 import yaml
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+
+from immunofold.constants import KINDS
+from immunofold.weights import MEMBERS_FILE
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "..", "src", "immunofold", "weights")
 
@@ -36,19 +41,33 @@ def main() -> None:
     parser.add_argument("--release", required=True, help="release name written into every member, e.g. v0.1")
     parser.add_argument("--notes", default="", help="free text for the README (how the members were trained)")
     parser.add_argument("--configs", help="folder of the committed configs (found by their `name:`) to ship beside the weights")
+    parser.add_argument("--kind-members", action="append", default=[], metavar="KIND=NAME,NAME",
+                        help="the members (run names) that predict one receptor kind; repeat per kind (default: all)")
     parser.add_argument("runs", nargs="+", help="run folders holding best.safetensors")
     args = parser.parse_args()
+    kind_members = dict(option.split("=", 1) for option in args.kind_members)
+    unknown = set(kind_members) - set(KINDS)
+    if unknown:
+        raise SystemExit(f"error: --kind-members: unknown kind {', '.join(sorted(unknown))} ({', '.join(KINDS)})")
     os.makedirs(WEIGHTS_DIR, exist_ok=True)
     for old in os.listdir(WEIGHTS_DIR):
-        if old.endswith((".safetensors", ".yaml")):
+        if old.endswith((".safetensors", ".yaml")) or old == MEMBERS_FILE:
             os.remove(os.path.join(WEIGHTS_DIR, old))
-    rows = []
+    infos = []
     for run in args.runs:
-        source = os.path.join(run, "best.safetensors")
-        with safe_open(source, framework="pt") as handle:
-            info = json.loads(handle.metadata()["info"])
+        with safe_open(os.path.join(run, "best.safetensors"), framework="pt") as handle:
+            infos.append(json.loads(handle.metadata()["info"]))
+    names = [info["config"]["name"] for info in infos]
+    sets = {kind: kind_members[kind].split(",") if kind in kind_members else names for kind in KINDS}
+    missing = {member for members in sets.values() for member in members} - set(names)
+    if missing:
+        raise SystemExit(f"error: --kind-members names {', '.join(sorted(missing))}, not among the runs given")
+    with open(os.path.join(WEIGHTS_DIR, MEMBERS_FILE), "w") as handle:
+        json.dump({kind: [f"{member}.safetensors" for member in members] for kind, members in sets.items()}, handle, indent=1)
+    rows = []
+    for run, info, name in zip(args.runs, infos, names):
         info["release"] = args.release
-        name = info["config"]["name"]
+        source = os.path.join(run, "best.safetensors")
         save_file(load_file(source), os.path.join(WEIGHTS_DIR, f"{name}.safetensors"), metadata={"info": json.dumps(info)})
         with open(os.path.join(WEIGHTS_DIR, f"{name}.yaml"), "w") as handle:
             if args.configs:
@@ -56,8 +75,9 @@ def main() -> None:
             else:
                 yaml.safe_dump(info["config"], handle, sort_keys=False)
         val = info["val"]
+        predicts = ", ".join(kind for kind in KINDS if name in sets[kind])
         rows.append(
-            f"| {name} | {info['config']['seed']} | {info['epoch']} | {info['train_seconds'] / 60:.0f} min | "
+            f"| {name} | {predicts} | {info['config']['seed']} | {info['epoch']} | {info['train_seconds'] / 60:.0f} min | "
             f"{info['device']} | {info.get('train_examples', '?')} | {val['antibody']['H3']:.2f} / {val['antibody']['Hfr']:.2f} | "
             f"{val['nanobody']['H3']:.2f} | {val['tcr']['A3']:.2f} / {val['tcr']['B3']:.2f} | {info.get('commit', 'unknown')[:12]} |"
         )
@@ -78,8 +98,8 @@ superposed on its own framework; IMGT CDRs), single member, unrefined, at the ke
 
 {args.notes}
 
-| member | seed | epoch | train time | hardware | train examples | val Ab H3 / Hfr | val Nb H3 | val TCR A3 / B3 | commit |
-|---|---|---|---|---|---|---|---|---|---|
+| member | predicts | seed | epoch | train time | hardware | train examples | val Ab H3 / Hfr | val Nb H3 | val TCR A3 / B3 | commit |
+|---|---|---|---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + "\n"
     with open(os.path.join(WEIGHTS_DIR, "README.md"), "w") as handle:
         handle.write(readme)

@@ -113,12 +113,65 @@ def test_members_run_side_by_side_give_the_same_outputs_in_member_order(nanobody
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one_by_one = ensemble.forward_members(batch)
+        one_by_one = ensemble.forward_members(batch, ensemble.models)
         torch.set_num_threads(2)
-        side_by_side = ensemble.forward_members(batch)
+        side_by_side = ensemble.forward_members(batch, ensemble.models)
         assert torch.get_num_threads() == 2  # restored after the members ran
     finally:
         torch.set_num_threads(threads)
     for serial, parallel in zip(one_by_one, side_by_side, strict=True):
         assert torch.allclose(serial["atom14"], parallel["atom14"], atol=1e-5)
     assert not torch.allclose(one_by_one[0]["atom14"], one_by_one[1]["atom14"])  # members differ: order matters
+
+
+def small_member_files(folder, seeds) -> list[str]:
+    """Weight files of small random members (one per seed) in `folder`, as m<seed>.safetensors."""
+    from immunofold.model.network import ImmunoFoldNet, ModelConfig
+    from immunofold.weights import save_weights
+
+    config = dict(dim=32, trunk_layers=1, ipa_blocks=1, ipa_heads=4, trunk_heads=4)
+    paths = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = ImmunoFoldNet(ModelConfig(**config)).eval()
+        model.template_atoms.normal_(std=5.0)
+        torch.nn.init.normal_(model.blocks[0].frame_update.weight, std=0.05)
+        paths.append(str(folder / f"m{seed}.safetensors"))
+        save_weights(model, paths[-1], {"config": {"model": config}, "release": "test"})
+    return paths
+
+
+def test_each_receptor_kind_runs_the_members_its_weights_folder_names(tmp_path, nanobody_atoms):
+    import json
+
+    import pytest
+
+    from immunofold.constants import KIND_INDEX, KINDS
+    from immunofold.data.features import collate, featurise
+    from immunofold.sequences import number_chain
+    from immunofold.weights import MEMBERS_FILE, folder_member_sets
+
+    paths = small_member_files(tmp_path, range(3))
+    assert folder_member_sets(str(tmp_path)) == {kind: paths for kind in KINDS}  # no members file: all serve all
+    names = {"antibody": ["m0.safetensors", "m1.safetensors", "m2.safetensors"],
+             "nanobody": ["m2.safetensors", "m0.safetensors"], "tcr": ["m1.safetensors", "m2.safetensors"]}
+    (tmp_path / MEMBERS_FILE).write_text(json.dumps(names))
+    sets = folder_member_sets(str(tmp_path))
+    ensemble = Ensemble(sets)
+    assert len(ensemble.models) == 3  # each file loaded once, whichever kinds use it
+    assert ensemble.version != Ensemble(paths).version  # which members serve which kind is part of the version
+
+    features = featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")])
+    output = ensemble.run(collate([features]))
+    alone = Ensemble([paths[2], paths[0]]).run(collate([features]))
+    assert output.members.shape[0] == 2
+    assert torch.allclose(output.members, alone.members) and torch.allclose(output.consensus, alone.consensus)
+
+    mixed = collate([features, features])
+    mixed["kind"][1] = KIND_INDEX["tcr"]
+    with pytest.raises(ValueError, match="one receptor kind"):
+        ensemble.run(mixed)
+    del names["tcr"]
+    (tmp_path / MEMBERS_FILE).write_text(json.dumps(names))
+    with pytest.raises(ValueError, match="no ensemble members for tcr"):
+        folder_member_sets(str(tmp_path))

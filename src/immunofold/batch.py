@@ -868,9 +868,9 @@ def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
 def _weights_version(predictor) -> str:
     if predictor is not None:
         return predictor.ensemble.version
-    from immunofold.weights import packaged_weight_files, weights_version
+    from immunofold.weights import packaged_member_sets, weights_version
 
-    return weights_version(packaged_weight_files())
+    return weights_version(packaged_member_sets())
 
 
 def run_batch(

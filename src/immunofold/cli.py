@@ -199,10 +199,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def version_text() -> str:
     """'immunofold <package version>, weights <release>+<hash>': the weights version is the one predictions report."""
     from immunofold import __version__
-    from immunofold.weights import packaged_weight_files, weights_version
+    from immunofold.weights import packaged_member_sets, weights_version
 
-    files = packaged_weight_files()
-    return f"immunofold {__version__}, weights {weights_version(files) if files else 'none found'}"
+    sets = packaged_member_sets()
+    return f"immunofold {__version__}, weights {weights_version(sets) if sets else 'none found'}"
 
 
 class _PrintVersion(argparse.Action):

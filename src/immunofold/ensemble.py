@@ -23,7 +23,8 @@ import torch
 from immunofold.cleanup import clean_geometry
 from immunofold.data.language import batch_language_features
 from immunofold.geometry import Frames, atom14_from_frames, kabsch, residue_tables, torsion_angles
-from immunofold.weights import load_model, packaged_weight_files, weights_version
+from immunofold.constants import KINDS
+from immunofold.weights import MemberSets, load_model, member_sets, packaged_member_sets, weights_version
 
 BACKBONE_SLOTS = [0, 1, 2, 3]  # atom14 slots of N, CA, C, O
 
@@ -81,32 +82,39 @@ def consensus_structure(members: torch.Tensor, restype: torch.Tensor, residue_ma
 
 
 class Ensemble:
-    """The ensemble members of one weights release, run on the same batch."""
+    """The ensemble members of one weights release: each receptor kind's members run on a batch of that kind."""
 
-    def __init__(self, weight_files: list[str], device: str = "cpu", clean: bool = False,
+    def __init__(self, weights: list[str] | MemberSets, device: str = "cpu", clean: bool = False,
                  members_side_by_side: bool = False):
-        """clean: pass the consensus through `cleanup.clean_geometry` (real peptide bonds, no clashes; on val
-        0.05-0.10 Å worse CDR3 RMSDs, see benchmarks/results/geometry.md). members_side_by_side: see
-        `forward_members`; it changes torch's process-wide thread count during a run, so only a program that owns
-        its process (the command line) should ask for it."""
-        if not weight_files:
+        """weights: weight files for every kind, or each kind's own (`weights.member_sets`). clean: pass the
+        consensus through `cleanup.clean_geometry` (real peptide bonds, no clashes; on val 0.05-0.10 Å worse CDR3
+        RMSDs, see benchmarks/results/geometry.md). members_side_by_side: see `forward_members`; it changes
+        torch's process-wide thread count during a run, so only a program that owns its process (the command line)
+        should ask for it."""
+        if not weights:
             raise FileNotFoundError("no immunofold weight files found (the package ships them in immunofold/weights)")
+        sets = member_sets(weights)
         self.device = torch.device(device)
         self.clean = clean
         self.members_side_by_side = members_side_by_side
-        loaded = [load_model(path) for path in weight_files]
+        self.files = list(dict.fromkeys(path for kind in KINDS for path in sets[kind]))  # each file loaded once
+        self.kind_members = {kind: [self.files.index(path) for path in sets[kind]] for kind in KINDS}
+        loaded = [load_model(path) for path in self.files]
         self.models = [model.to(self.device) for model, _ in loaded]
         self.infos = [info for _, info in loaded]
-        self.files = list(weight_files)
-        self.version = weights_version(self.files)
+        self.version = weights_version(sets)
         self.needs_language = any(model.config.language_dim > 0 for model in self.models)
 
     @classmethod
     def packaged(cls, device: str = "cpu", clean: bool = False, members_side_by_side: bool = False) -> "Ensemble":
-        return cls(packaged_weight_files(), device, clean, members_side_by_side)
+        return cls(packaged_member_sets(), device, clean, members_side_by_side)
 
-    def forward_members(self, batch: dict[str, torch.Tensor]) -> list[dict]:
-        """Each member's output on `batch` (already on the device), in member order, without gradients.
+    def models_of(self, kind: str) -> list:
+        """The members that predict receptors of `kind`, in order."""
+        return [self.models[i] for i in self.kind_members[kind]]
+
+    def forward_members(self, batch: dict[str, torch.Tensor], models: list) -> list[dict]:
+        """Each of `models`' output on `batch` (already on the device), in order, without gradients.
 
         With `members_side_by_side`, on the CPU with n >= 2 torch threads, members run side by side in n Python
         threads of one torch thread each (torch releases the GIL in its kernels; torch's thread count is lowered for
@@ -119,24 +127,29 @@ class Ensemble:
                 return [model(batch) for model in models]
 
         threads = torch.get_num_threads()
-        workers = min(threads, len(self.models))
+        workers = min(threads, len(models))
         if self.device.type != "cpu" or workers < 2 or not self.members_side_by_side:
-            return run(self.models)
-        groups = [self.models[i::workers] for i in range(workers)]  # member k is in group k % workers
+            return run(models)
+        groups = [models[i::workers] for i in range(workers)]  # member k is in group k % workers
         torch.set_num_threads(max(1, threads // workers))
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 grouped = list(pool.map(run, groups))
         finally:
             torch.set_num_threads(threads)
-        return [grouped[k % workers][k // workers] for k in range(len(self.models))]
+        return [grouped[k % workers][k // workers] for k in range(len(models))]
 
     @torch.no_grad()
     def run(self, batch: dict[str, torch.Tensor]) -> EnsembleOutput:
+        """The members of the batch's receptor kind on `batch` (features of one kind, `data.features.collate`)."""
+        kinds = batch["kind"].unique().tolist()
+        if len(kinds) != 1:
+            raise ValueError(f"an ensemble batch holds one receptor kind, not {len(kinds)}")
+        models = self.models_of(KINDS[kinds[0]])
         if self.needs_language and "language" not in batch:
             batch = {**batch, "language": batch_language_features(batch)}
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        outputs = self.forward_members(batch)
+        outputs = self.forward_members(batch, models)
         residue_mask = batch["residue_mask"]
         members = superpose_members(torch.stack([o["atom14"] for o in outputs]), residue_mask)
         spread, ranking = member_spread(members, residue_mask)

@@ -22,7 +22,7 @@ import torch
 
 from immunofold import __version__
 from immunofold.calibration import packaged_calibrator
-from immunofold.constants import KIND_CHAIN_IDS, RESTYPE_INDEX, UNKNOWN_RESTYPE, is_cdr
+from immunofold.constants import KIND_CHAIN_IDS, KIND_INDEX, RESTYPE_INDEX, UNKNOWN_RESTYPE, is_cdr
 from immunofold.cleanup import clean_geometry
 from immunofold.data.features import collate, featurise
 from immunofold.ensemble import Ensemble, EnsembleOutput
@@ -233,14 +233,21 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict already-numbered receptors (name, kind, chains), unrefined, in the order given.
 
-        The ensemble runs on groups of at most MAX_FORWARD_BATCH receptors of similar length (less padding).
+        The ensemble runs on groups of at most MAX_FORWARD_BATCH receptors of one kind and similar length (less
+        padding).
         """
         features = [featurise(kind, chains) for _, kind, chains in items]
         lengths = [sum(len(c) for c in chains) for _, _, chains in items]
-        order = sorted(range(len(items)), key=lambda i: lengths[i])
+        kinds = [kind for _, kind, _ in items]
+        order = sorted(range(len(items)), key=lambda i: (KIND_INDEX[kinds[i]], lengths[i]))
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and len(groups[-1]) < MAX_FORWARD_BATCH and kinds[groups[-1][0]] == kinds[i]:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
         predictions: list[Prediction | None] = [None] * len(items)
-        for start in range(0, len(order), MAX_FORWARD_BATCH):
-            group = order[start : start + MAX_FORWARD_BATCH]
+        for group in groups:
             output = self.ensemble.run(collate([features[i] for i in group]))
             for row, i in enumerate(group):
                 predictions[i] = self._prediction(items[i], lengths[i], output, row, numbering)

@@ -10,6 +10,7 @@ from importlib import resources
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from immunofold.constants import KINDS
 from immunofold.model.network import ImmunoFoldNet, ModelConfig
 
 PACKAGED_WEIGHTS_DIR = "weights"
@@ -46,23 +47,69 @@ def load_model(path: str) -> tuple[ImmunoFoldNet, dict]:
     return model, info
 
 
-def weights_version(weight_files: list[str]) -> str:
+MemberSets = dict[str, list[str]]  # receptor kind -> paths of its ensemble members, in order
+
+
+def member_sets(weights: list[str] | MemberSets) -> MemberSets:
+    """Every kind's members: a plain list of weight files serves every kind."""
+    if isinstance(weights, dict):
+        missing = [kind for kind in KINDS if not weights.get(kind)]
+        if missing:
+            raise ValueError(f"no ensemble members for {', '.join(missing)}")
+        return {kind: list(weights[kind]) for kind in KINDS}
+    return {kind: list(weights) for kind in KINDS}
+
+
+def weights_version(weights: list[str] | MemberSets) -> str:
     """The version predictions report, e.g. 'v0.7+1a2b3c4d5e': the first member's release name (its folder's name
-    if it has none) plus the first 10 hex digits of the SHA-256 of all member files, in the order given."""
+    if it has none) plus the first 10 hex digits of the SHA-256 of all member files, in the order given. When the
+    kinds have different members, each kind's name and members are hashed in turn (KINDS order)."""
+    sets = member_sets(weights)
+    shared = all(paths == sets[KINDS[0]] for paths in sets.values())
     digest = hashlib.sha256()
-    for path in weight_files:
-        with open(path, "rb") as handle:
-            digest.update(handle.read())
-    release = load_info(weight_files[0]).get("release", os.path.basename(os.path.dirname(weight_files[0])))
+    for kind in KINDS[:1] if shared else KINDS:
+        if not shared:
+            digest.update(kind.encode())
+        for path in sets[kind]:
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+    first = sets[KINDS[0]][0]
+    release = load_info(first).get("release", os.path.basename(os.path.dirname(first)))
     return f"{release}+{digest.hexdigest()[:10]}"
 
 
-WEIGHTS_ENV = "IMMUNOFOLD_WEIGHTS"  # a folder of *.safetensors members to use instead of the shipped ones
+WEIGHTS_ENV = "IMMUNOFOLD_WEIGHTS"  # a folder of members (and optionally MEMBERS_FILE) to use instead of the shipped ones
+# In a weights folder, which members each receptor kind uses: {"antibody": [file names], "nanobody": [...], "tcr":
+# [...]} (as ImmuneBuilder has a model set per kind). Without it, every member in the folder serves every kind.
+MEMBERS_FILE = "members.json"
+
+
+def _weights_folder() -> str:
+    return os.environ.get(WEIGHTS_ENV) or str(resources.files("immunofold") / PACKAGED_WEIGHTS_DIR)
+
+
+def folder_member_sets(folder: str) -> MemberSets:
+    """Each kind's members in `folder` (paths): as its MEMBERS_FILE lists them, else every *.safetensors file in
+    name order for every kind; {} for a folder with no weights."""
+    if not os.path.isdir(folder):
+        return {}
+    manifest = os.path.join(folder, MEMBERS_FILE)
+    if os.path.exists(manifest):
+        with open(manifest) as handle:
+            names = json.load(handle)
+        try:
+            return member_sets({kind: [os.path.join(folder, name) for name in names.get(kind, [])] for kind in KINDS})
+        except ValueError as error:
+            raise ValueError(f"{manifest}: {error}") from None
+    files = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
+    return member_sets(files) if files else {}
+
+
+def packaged_member_sets() -> MemberSets:
+    """Each kind's members: those in $IMMUNOFOLD_WEIGHTS if set, else those shipped in the package."""
+    return folder_member_sets(_weights_folder())
 
 
 def packaged_weight_files() -> list[str]:
-    """Paths of the ensemble members, in name order: $IMMUNOFOLD_WEIGHTS if set, else those shipped in the package."""
-    folder = os.environ.get(WEIGHTS_ENV) or str(resources.files("immunofold") / PACKAGED_WEIGHTS_DIR)
-    if not os.path.isdir(folder):
-        return []
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
+    """Every member file of `packaged_member_sets()`, once each, in name order ([] if there are none)."""
+    return sorted({path for paths in packaged_member_sets().values() for path in paths})
