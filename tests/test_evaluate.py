@@ -93,3 +93,26 @@ def test_summary_ranks_entries_by_predicted_cdr3_error():
     rows[2]["H3_predicted_error"] = 0.1  # the worst CDR3 predicted as the best
     assert summarise(rows, "test", refined=False)["nanobody"]["cdr3_error_spearman"]["H3"] == -0.2
     assert summary["tcr"]["cdr3_error_spearman"] == {"A3": None, "B3": None}  # no entries of that kind
+
+
+def test_evaluate_takes_a_weights_folder_with_its_members_file_and_refuses_a_bad_one_in_one_line(tmp_path, capsys):
+    from test_ensemble import small_member_files
+
+    sequence = read_chains(NANOBODY_PDB)["B"].sequence
+    row = NANOBODY_ROW.replace("\ttrain\t", "\tval\t").replace("\tQV\t", f"\t{sequence}\t")
+    folder = make_folder(tmp_path / "data", [row])
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    small_member_files(weights, range(3))
+    kinds = {"antibody": ["m0.safetensors"], "nanobody": ["m1.safetensors", "m2.safetensors"], "tcr": ["m0.safetensors"]}
+    (weights / "members.json").write_text(json.dumps(kinds))
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--data", folder, "--weights", str(weights), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["nanobody"]["n"] == 1
+
+    del kinds["tcr"]
+    (weights / "members.json").write_text(json.dumps(kinds))
+    capsys.readouterr()
+    assert main(["evaluate", "--data", folder, "--weights", str(weights), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: weights: {weights / 'members.json'}: no ensemble members for tcr"

@@ -187,8 +187,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from immunofold.ensemble import Ensemble
     from immunofold.evaluate import evaluate, print_summary, write_results
     from immunofold.prediction import Predictor
+    from immunofold.weights import folder_member_sets
 
-    ensemble = Ensemble(args.weights, args.device) if args.weights else Ensemble.packaged(args.device)
+    try:
+        if args.weights and len(args.weights) == 1 and os.path.isdir(args.weights[0]):
+            ensemble = Ensemble(folder_member_sets(args.weights[0]), args.device)  # its members.json, if any
+        else:
+            ensemble = Ensemble(args.weights, args.device) if args.weights else Ensemble.packaged(args.device)
+    except (OSError, ValueError) as error:  # a missing or unreadable weight file, a members.json without a kind
+        print(f"error: weights: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     summary, rows = evaluate(args.data, args.split, Predictor(ensemble), refine=args.refine, limit=args.limit)
     csv_path = write_results(summary, rows, args.out, args.csv)
     print_summary(summary)
@@ -241,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="results JSON path (a per-entry CSV is written beside it)")
     evaluate.add_argument("--csv", default=None, help="per-entry CSV path (default: the JSON path with .csv)")
     evaluate.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False, help="score refined models")
-    evaluate.add_argument("--weights", nargs="+", default=None, help="weight files (default: the shipped ensemble)")
+    evaluate.add_argument("--weights", nargs="+", default=None, help="weight files for every kind, or one folder of them (with its members.json, if any, naming each kind's "
+                          "members); default: the shipped ensemble")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N entries")
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     evaluate.set_defaults(handler=_evaluate)

@@ -95,11 +95,13 @@ def folder_member_sets(folder: str) -> MemberSets:
         return {}
     manifest = os.path.join(folder, MEMBERS_FILE)
     if os.path.exists(manifest):
-        with open(manifest) as handle:
-            names = json.load(handle)
         try:
+            with open(manifest) as handle:
+                names = json.load(handle)
+            if not isinstance(names, dict):
+                raise ValueError("not a JSON object of receptor kind -> member file names")
             return member_sets({kind: [os.path.join(folder, name) for name in names.get(kind, [])] for kind in KINDS})
-        except ValueError as error:
+        except ValueError as error:  # json.JSONDecodeError is one
             raise ValueError(f"{manifest}: {error}") from None
     files = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
     return member_sets(files) if files else {}
