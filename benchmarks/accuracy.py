@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="at most this many entries per kind (for quick runs)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--refine", action="store_true", help="score immunofold's refined models (default: unrefined)")
-    parser.add_argument("--weights-dir", default=None, help="folder of immunofold *.safetensors members (default: shipped)")
+    parser.add_argument("--weights-dir", default=None, help="folder of immunofold members, with its members.json if any (default: shipped)")
     parser.add_argument("--cdr3-weight", type=float, default=1.0,
                         help="weight of CDR3 positions in the template identity (default 1 = unweighted)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,

@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA_ROOT)
     parser.add_argument("--split", default="val")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
-    parser.add_argument("--weights-dir", default=None, help="folder of *.safetensors members (default: shipped)")
+    parser.add_argument("--weights-dir", default=None, help="folder of members, with its members.json if any (default: shipped)")
     parser.add_argument("--out-dir", default=RESULTS_DIR)
     args = parser.parse_args()
 
@@ -79,7 +79,9 @@ def main() -> None:
         f"# Ensemble consensus vs members ({args.split} split, weights {ensemble.version}, unrefined)",
         "",
         "Mean RMSD (Å), ImmuneBuilder's convention (N, CA, C, CB; each chain superposed on its framework; IMGT CDRs). "
-        f"Entries: {', '.join(f'{k} {n}' for k, n in counts.items())}.",
+        f"Entries: {', '.join(f'{k} {n}' for k, n in counts.items())}. Member i is the i-th member of each kind's set: "
+        + "; ".join(f"{kind} " + ", ".join(os.path.basename(ensemble.files[i]).removesuffix(".safetensors")
+                                           for i in ensemble.kind_members[kind]) for kind in KINDS) + ".",
         "",
         "| structure | " + " | ".join(f"{KIND_LABELS[k]} {r}" for k, r in columns) + " |",
         "|---|" + "--:|" * len(columns),

@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"python of the IgFold venv (default: {os.path.relpath(igfold_peer.DEFAULT_PYTHON)} if "
                              "present; made by scripts/setup_igfold.sh)")
     parser.add_argument("--no-refine", action="store_true", help="skip all refinement timings")
-    parser.add_argument("--weights-dir", default=None, help="folder of immunofold *.safetensors members (default: shipped)")
+    parser.add_argument("--weights-dir", default=None, help="folder of immunofold members, with its members.json if any (default: shipped)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out-dir", default=RESULTS_DIR)
     parser.add_argument("--out-name", default="speed", help="result file names: <out-name>.md, .json")
