@@ -249,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="results JSON path (a per-entry CSV is written beside it)")
     evaluate.add_argument("--csv", default=None, help="per-entry CSV path (default: the JSON path with .csv)")
     evaluate.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False, help="score refined models")
-    evaluate.add_argument("--weights", nargs="+", default=None, help="weight files for every kind, or one folder of them (with its members.json, if any, naming each kind's "
-                          "members); default: the shipped ensemble")
+    evaluate.add_argument("--weights", nargs="+", default=None,
+                          help="weight files for every kind, or one folder of them (with its members.json, if any, "
+                          "naming each kind's members); default: the shipped ensemble")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N entries")
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     evaluate.set_defaults(handler=_evaluate)

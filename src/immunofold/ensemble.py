@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from immunofold.cleanup import clean_geometry
+from immunofold.constants import KINDS
 from immunofold.data.language import batch_language_features
 from immunofold.geometry import Frames, atom14_from_frames, kabsch, residue_tables, torsion_angles
-from immunofold.constants import KINDS
 from immunofold.weights import MemberSets, load_model, member_sets, packaged_member_sets, weights_version
 
 BACKBONE_SLOTS = [0, 1, 2, 3]  # atom14 slots of N, CA, C, O
