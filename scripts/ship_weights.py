@@ -93,7 +93,8 @@ configs are configs/member*.yaml). `members.json` names the members that predict
 Data: ../shared/data (SAbDab/STCRDab-like), **train split** (antibody, nanobody and TCR entries released
 before 2021, and for members trained since session 15 the structures its updates 2 and 3 added; see its README),
 plus its aux heavy-chain backbones where a member's config names `aux_kinds` (records of train or val PDB ids
-left out; since session 7 also records >= 95 % identical to, or sharing the CDR3 of, a val entry). Model selection used the val split (recent entries; never trained on).
+left out; since session 7 also records >= 95 % identical to, or sharing the CDR3 of, a val entry). Model selection
+used the val split (recent entries; never trained on).
 Val columns: mean RMSD (Å) on the val split, ImmuneBuilder convention (backbone N, CA, C, CB; each chain
 superposed on its own framework; IMGT CDRs), single member, unrefined, at the kept epoch.
 

@@ -243,3 +243,33 @@ def test_starting_a_prediction_does_not_load_the_fitting_and_geometry_check_libr
            "('scipy.optimize', 'scipy.spatial')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_unusable_weights_are_one_line_naming_the_file_in_every_command_and_batch_makes_no_folder(tmp_path, monkeypatch):
+    import json
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "a.safetensors").write_bytes(b"")  # never read: the members file is refused first
+    (weights / "members.json").write_text(json.dumps({"antibody": ["a.safetensors"], "nanobody": ["a.safetensors"]}))
+    monkeypatch.setenv("IMMUNOFOLD_WEIGHTS", str(weights))
+    reason = f"{weights / 'members.json'}: no ensemble members for tcr"
+    code, out, err = immunofold("--version")
+    assert code == 2 and out.strip().endswith(f"weights unusable: {reason}") and "Traceback" not in err
+    nanobody = ["predict", "nanobody", "--heavy", TRASTUZUMAB_HEAVY, "-o", str(tmp_path / "nb.pdb"), "--no-refine"]
+    code, _, err = immunofold(*nanobody)
+    assert code == 2
+    assert_one_line_error(err, f"weights: {reason}")
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb\n{TRASTUZUMAB_HEAVY}\n")
+    code, _, err = immunofold("batch", str(fasta), "-o", str(tmp_path / "out"), "--no-refine", "-q")
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert_one_line_error(err, f"weights: {reason}")
+    code, _, err = immunofold("serve", "--port", "0", "--db", str(tmp_path / "jobs.db"), timeout=60)
+    assert code == 2  # refuses to start rather than failing every job
+    assert f"error: weights: {reason}" in err.splitlines() and "Traceback" not in err
+
+    monkeypatch.setenv("IMMUNOFOLD_WEIGHTS", str(tmp_path / "empty"))  # no such folder: nothing to predict with
+    code, _, err = immunofold(*nanobody)
+    assert code == 2
+    assert_one_line_error(err, "weights: no weight files", str(tmp_path / "empty"))

@@ -1,5 +1,6 @@
 """Ensemble error: spread of superposed members around their mean, member ranking and the consensus structure."""
 
+import pytest
 import torch
 
 from immunofold.constants import RESTYPE_INDEX
@@ -175,3 +176,40 @@ def test_each_receptor_kind_runs_the_members_its_weights_folder_names(tmp_path, 
     (tmp_path / MEMBERS_FILE).write_text(json.dumps(names))
     with pytest.raises(ValueError, match="no ensemble members for tcr"):
         folder_member_sets(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "members, words",
+    [
+        ('{"antibody": ["m0.safetensors"], "nanobody": "m0.safetensors", "tcr": ["m0.safetensors"]}', "nanobody: expected a list of file names"),
+        ('{"antibody": ["m0.safetensors"], "nanobody": [1], "tcr": ["m0.safetensors"]}', "nanobody: expected a list of file names"),
+        ('{"antibody": ["m0.safetensors"], "nanobody": ["m0.safetensors"], "tcr": ["/etc/m0.safetensors"]}', "tcr: expected a list of file names"),
+        ('{"antibody": ["m0.safetensors"], "nanobody": ["m0.safetensors"], "tcr": ["nope.safetensors"]}', "tcr: nope.safetensors is not a file in"),
+        ('{"antibody": ["m0.safetensors"], "nanobody": ["m0.safetensors"], "tcr": []}', "no ensemble members for tcr"),
+        ('{"antibody": ["m0.safetensors"], "nanobody": ["m0.safetensors"], "tcr": ["m0.safetensors"], "TCR": []}', "unknown receptor kind 'TCR'"),
+        ('["m0.safetensors"]', "not a JSON object"),
+        ('{"antibody": ', "not JSON"),
+        (None, "Is a directory"),
+    ],
+)
+def test_a_malformed_members_file_is_one_line_naming_it(tmp_path, members, words):
+    from immunofold.weights import MEMBERS_FILE, WeightsError, folder_member_sets
+
+    small_member_files(tmp_path, [0])
+    manifest = tmp_path / MEMBERS_FILE
+    manifest.mkdir() if members is None else manifest.write_text(members)
+    with pytest.raises(WeightsError) as error:
+        folder_member_sets(str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"{manifest}: ") and words in message and "\n" not in message
+
+
+def test_a_damaged_member_file_is_one_line_naming_it(tmp_path):
+    from immunofold.weights import WeightsError
+
+    damaged = tmp_path / "m.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match=f"^{damaged}: not a readable immunofold weights file"):
+        Ensemble([str(damaged)])
+    with pytest.raises(WeightsError, match=f"^{tmp_path / 'absent.safetensors'}: no such file$"):
+        Ensemble([str(tmp_path / "absent.safetensors")])

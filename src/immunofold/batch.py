@@ -868,9 +868,12 @@ def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
 def _weights_version(predictor) -> str:
     if predictor is not None:
         return predictor.ensemble.version
-    from immunofold.weights import packaged_member_sets, weights_version
+    from immunofold.weights import WeightsError, missing_weights_reason, packaged_member_sets, weights_version
 
-    return weights_version(packaged_member_sets())
+    sets = packaged_member_sets()
+    if not sets:
+        raise WeightsError(missing_weights_reason())
+    return weights_version(sets)
 
 
 def run_batch(
@@ -960,13 +963,13 @@ def run_batch(
     total, notes = _count_and_notes(records(), kind)
     for note in notes:
         (on_note or (lambda text: None))(note)
+    weights = _weights_version(predictor)  # unusable weights stop the run before it makes a folder
     try:
         os.makedirs(os.path.join(outdir, STATE_DIR, RECORDS_DIR), exist_ok=True)
     except OSError as error:  # a full or read-only disk stops the run; a path through a file is the user's to fix
         problem = f"{outdir}: cannot create the output folder ({error.strerror or error})"
         raise (BatchStopped(problem) if _is_environment_fault(error) else InputError("-o", problem)) from None
-    options = {"kind": kind, "numbering": numbering, "refine": bool(refine), "fmt": fmt,
-               "weights": _weights_version(predictor)}
+    options = {"kind": kind, "numbering": numbering, "refine": bool(refine), "fmt": fmt, "weights": weights}
     if developability:  # only when asked: the fingerprints of runs without it stay as they were
         options["developability"] = True
     if clean_geometry:
@@ -1053,6 +1056,7 @@ def default_threads(workers: int, refine: bool) -> int:
 
 def _batch_command(args: argparse.Namespace) -> int:
     from immunofold.plots import PlotsUnavailable
+    from immunofold.weights import WeightsError
 
     def note(text: str) -> None:
         print(f"note: {text}", file=sys.stderr)
@@ -1069,6 +1073,9 @@ def _batch_command(args: argparse.Namespace) -> int:
         )
     except (InputError, PlotsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except WeightsError as error:
+        print(f"error: weights: {error}", file=sys.stderr)
         return 2
     except BatchStopped as error:
         print(f"error: {error}; rerun the same command to resume", file=sys.stderr)

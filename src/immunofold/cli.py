@@ -187,15 +187,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from immunofold.ensemble import Ensemble
     from immunofold.evaluate import evaluate, print_summary, write_results
     from immunofold.prediction import Predictor
-    from immunofold.weights import folder_member_sets
+    from immunofold.weights import WeightsError, folder_member_sets
 
     try:
         if args.weights and len(args.weights) == 1 and os.path.isdir(args.weights[0]):
             ensemble = Ensemble(folder_member_sets(args.weights[0]), args.device)  # its members.json, if any
         else:
             ensemble = Ensemble(args.weights, args.device) if args.weights else Ensemble.packaged(args.device)
-    except (OSError, ValueError) as error:  # a missing or unreadable weight file, a members.json without a kind
-        print(f"error: weights: {' '.join(str(error).split())}", file=sys.stderr)
+    except WeightsError as error:  # a missing or unreadable weight file, a members.json without a kind
+        print(f"error: weights: {error}", file=sys.stderr)
         return 2
     summary, rows = evaluate(args.data, args.split, Predictor(ensemble), refine=args.refine, limit=args.limit)
     csv_path = write_results(summary, rows, args.out, args.csv)
@@ -220,7 +220,15 @@ class _PrintVersion(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the package and weights versions and exit")
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(version_text())
+        from immunofold.weights import WeightsError
+
+        try:
+            print(version_text())
+        except WeightsError as error:
+            from immunofold import __version__
+
+            print(f"immunofold {__version__}, weights unusable: {error}")
+            parser.exit(2)
         parser.exit()
 
 
@@ -289,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as error:
+        # the shipped weights, or $IMMUNOFOLD_WEIGHTS's, cannot be used (the module is loaded if the error came from it)
+        weights = sys.modules.get("immunofold.weights")
+        if weights is not None and isinstance(error, weights.WeightsError) and not interrupted:
+            print(f"error: weights: {error}", file=sys.stderr)
+            return 2
         if not interrupted:
             raise
         # Ctrl-C inside a native call that turns the KeyboardInterrupt into its own error (safetensors loading weights

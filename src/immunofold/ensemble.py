@@ -15,6 +15,7 @@ With `clean=True`, consecutive residues are then joined by real peptide bonds an
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,7 +25,15 @@ from immunofold.cleanup import clean_geometry
 from immunofold.constants import KINDS
 from immunofold.data.language import batch_language_features
 from immunofold.geometry import Frames, atom14_from_frames, kabsch, residue_tables, torsion_angles
-from immunofold.weights import MemberSets, load_model, member_sets, packaged_member_sets, weights_version
+from immunofold.weights import (
+    MemberSets,
+    WeightsError,
+    load_model,
+    member_sets,
+    missing_weights_reason,
+    packaged_member_sets,
+    weights_version,
+)
 
 BACKBONE_SLOTS = [0, 1, 2, 3]  # atom14 slots of N, CA, C, O
 
@@ -81,6 +90,20 @@ def consensus_structure(members: torch.Tensor, restype: torch.Tensor, residue_ma
     return torch.where(residue_mask[..., None, None], atoms, torch.zeros_like(atoms))
 
 
+def _loaded_member(path: str):
+    """`weights.load_model(path)`, any failure to read it as a WeightsError naming the file."""
+    from safetensors import SafetensorError
+
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such file")
+    try:
+        return load_model(path)
+    except OSError as error:
+        raise WeightsError(f"{path}: {error.strerror or error}") from None
+    except (SafetensorError, ValueError, RuntimeError, KeyError, TypeError) as error:  # not a member's file, or damaged
+        raise WeightsError(f"{path}: not a readable immunofold weights file ({' '.join(str(error).split())[:200]})") from None
+
+
 class Ensemble:
     """The ensemble members of one weights release: each receptor kind's members run on a batch of that kind."""
 
@@ -90,16 +113,16 @@ class Ensemble:
         consensus through `cleanup.clean_geometry` (real peptide bonds, no clashes; on val 0.05-0.10 Å worse CDR3
         RMSDs, see benchmarks/results/geometry.md). members_side_by_side: see `forward_members`; it changes
         torch's process-wide thread count during a run, so only a program that owns its process (the command line)
-        should ask for it."""
+        should ask for it. Raises WeightsError (one line) for weights that cannot be used."""
         if not weights:
-            raise FileNotFoundError("no immunofold weight files found (the package ships them in immunofold/weights)")
+            raise WeightsError("no weight files given")
         sets = member_sets(weights)
         self.device = torch.device(device)
         self.clean = clean
         self.members_side_by_side = members_side_by_side
         self.files = list(dict.fromkeys(path for kind in KINDS for path in sets[kind]))  # each file loaded once
         self.kind_members = {kind: [self.files.index(path) for path in sets[kind]] for kind in KINDS}
-        loaded = [load_model(path) for path in self.files]
+        loaded = [_loaded_member(path) for path in self.files]
         self.models = [model.to(self.device) for model, _ in loaded]
         self.infos = [info for _, info in loaded]
         self.version = weights_version(sets)
@@ -107,7 +130,11 @@ class Ensemble:
 
     @classmethod
     def packaged(cls, device: str = "cpu", clean: bool = False, members_side_by_side: bool = False) -> "Ensemble":
-        return cls(packaged_member_sets(), device, clean, members_side_by_side)
+        """The shipped members (or those of $IMMUNOFOLD_WEIGHTS); WeightsError if there are none."""
+        sets = packaged_member_sets()
+        if not sets:
+            raise WeightsError(missing_weights_reason())
+        return cls(sets, device, clean, members_side_by_side)
 
     def models_of(self, kind: str) -> list:
         """The members that predict receptors of `kind`, in order."""

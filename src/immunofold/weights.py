@@ -50,12 +50,17 @@ def load_model(path: str) -> tuple[ImmunoFoldNet, dict]:
 MemberSets = dict[str, list[str]]  # receptor kind -> paths of its ensemble members, in order
 
 
+class WeightsError(ValueError):
+    """Weights that cannot be used: no member files, a missing or unreadable one, a malformed members.json.
+    str() is one line naming the file or folder and the reason."""
+
+
 def member_sets(weights: list[str] | MemberSets) -> MemberSets:
     """Every kind's members: a plain list of weight files serves every kind."""
     if isinstance(weights, dict):
         missing = [kind for kind in KINDS if not weights.get(kind)]
         if missing:
-            raise ValueError(f"no ensemble members for {', '.join(missing)}")
+            raise WeightsError(f"no ensemble members for {', '.join(missing)}")
         return {kind: list(weights[kind]) for kind in KINDS}
     return {kind: list(weights) for kind in KINDS}
 
@@ -80,7 +85,8 @@ def weights_version(weights: list[str] | MemberSets) -> str:
 
 WEIGHTS_ENV = "IMMUNOFOLD_WEIGHTS"  # a folder of members (and optionally MEMBERS_FILE) to use instead of the shipped ones
 # In a weights folder, which members each receptor kind uses: {"antibody": [file names], "nanobody": [...], "tcr":
-# [...]} (as ImmuneBuilder has a model set per kind). Without it, every member in the folder serves every kind.
+# [...]} (as ImmuneBuilder has a model set per kind): every kind named, each member a file of that folder. Without
+# it, every member in the folder serves every kind.
 MEMBERS_FILE = "members.json"
 
 
@@ -89,22 +95,51 @@ def _weights_folder() -> str:
 
 
 def folder_member_sets(folder: str) -> MemberSets:
-    """Each kind's members in `folder` (paths): as its MEMBERS_FILE lists them, else every *.safetensors file in
-    name order for every kind; {} for a folder with no weights."""
+    """Each kind's members in `folder` (paths): as its MEMBERS_FILE lists them (a file name in the folder per member,
+    every kind named), else every *.safetensors file in name order for every kind; {} for a folder with no weights.
+    Raises WeightsError for a members file that is unreadable, malformed or names a file the folder lacks."""
     if not os.path.isdir(folder):
         return {}
     manifest = os.path.join(folder, MEMBERS_FILE)
-    if os.path.exists(manifest):
-        try:
-            with open(manifest) as handle:
-                names = json.load(handle)
-            if not isinstance(names, dict):
-                raise ValueError("not a JSON object of receptor kind -> member file names")
-            return member_sets({kind: [os.path.join(folder, name) for name in names.get(kind, [])] for kind in KINDS})
-        except ValueError as error:  # json.JSONDecodeError is one
-            raise ValueError(f"{manifest}: {error}") from None
+    if os.path.lexists(manifest):
+        return _manifest_member_sets(folder, manifest)
     files = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
     return member_sets(files) if files else {}
+
+
+def _manifest_member_sets(folder: str, manifest: str) -> MemberSets:
+    """`folder_member_sets` from its MEMBERS_FILE."""
+    try:
+        with open(manifest) as handle:
+            names = json.load(handle)
+    except OSError as error:
+        raise WeightsError(f"{manifest}: {error.strerror or error}") from None
+    except ValueError as error:  # json.JSONDecodeError
+        raise WeightsError(f"{manifest}: not JSON ({error})") from None
+    if not isinstance(names, dict):
+        raise WeightsError(f"{manifest}: not a JSON object of receptor kind -> member file names")
+    unknown = sorted(set(names) - set(KINDS))
+    if unknown:
+        raise WeightsError(f"{manifest}: unknown receptor kind {unknown[0]!r} ({', '.join(KINDS)})")
+    sets = {}
+    for kind in KINDS:
+        members = names.get(kind)
+        if not members:
+            raise WeightsError(f"{manifest}: no ensemble members for {kind}")
+        if not isinstance(members, list) or not all(isinstance(n, str) and n == os.path.basename(n) for n in members):
+            raise WeightsError(f"{manifest}: {kind}: expected a list of file names in {folder}")
+        sets[kind] = [os.path.join(folder, name) for name in members]
+        absent = [name for name, path in zip(members, sets[kind]) if not os.path.isfile(path)]
+        if absent:
+            raise WeightsError(f"{manifest}: {kind}: {absent[0]} is not a file in {folder}")
+    return sets
+
+
+def missing_weights_reason() -> str:
+    """Why `packaged_member_sets()` found nothing, naming where it looked."""
+    if os.environ.get(WEIGHTS_ENV):
+        return f"no weight files (*.safetensors) in ${WEIGHTS_ENV} = {os.environ[WEIGHTS_ENV]}"
+    return f"no weight files found in the package ({_weights_folder()}); reinstall immunofold"
 
 
 def packaged_member_sets() -> MemberSets:
