@@ -91,3 +91,15 @@ def test_the_python_api_leaves_torchs_thread_count_alone(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
     immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False)
     assert calls == []
+
+
+def test_the_top_level_predict_shows_and_takes_the_same_parameters_as_the_one_it_calls():
+    import inspect
+
+    import immunofold
+    import immunofold.prediction
+
+    def shape(function):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+    assert shape(immunofold.predict) == shape(immunofold.prediction.predict)  # help(immunofold.predict) lists them
