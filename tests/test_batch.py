@@ -159,6 +159,7 @@ def test_mixed_batch_summary_and_failures(reference_run):
         assert row["kind"] == KINDS[row["name"]]
         assert os.path.isfile(outdir / row["file"]) and os.sep not in row["file"] and not row["file"].startswith(".")
         assert float(row["mean_error"]) >= 0 and row["refined"] == "no" and float(row["seconds"]) >= 0
+        assert row["error_calibrated"] == "yes"  # the shipped calibrator is fitted for the shipped weights
         chain_ids = {"antibody": "HL", "nanobody": "H", "tcr": "AB"}[row["kind"]]
         for chain_id in "HLAB":
             assert bool(row[f"length_{chain_id}"]) == (chain_id in chain_ids)

@@ -102,7 +102,7 @@ def test_parquet_summary_equals_csv(tmp_path, predictor, monkeypatch):  # noqa: 
         for column, value in parquet_row.items():
             if value is None:
                 assert csv_row[column] == ""
-            elif column == "refined":
+            elif column in ("refined", "error_calibrated"):
                 assert csv_row[column] == ("yes" if value else "no")
             elif isinstance(value, float):
                 assert csv_row[column] == f"{value:.3f}"  # summary.csv writes 3 decimals of the same value

@@ -153,6 +153,7 @@ def test_predict_antibody_result_downloads_and_numbering(client):
     assert {r["region"] for r in heavy} == {"FR", "CDR1", "CDR2", "CDR3"}
     assert all(27 <= r["imgt_number"] <= 38 for r in heavy if r["region"] == "CDR1")
     assert result["refined"] is False and result["cdrs"]["CDR3"] == [105, 117]
+    assert result["error_calibrated"] is True  # the shipped calibrator belongs to the shipped weights
 
     pdb = client.get(f"/api/jobs/{job_id}/model.pdb")
     assert pdb.status_code == 200

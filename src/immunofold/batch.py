@@ -109,7 +109,7 @@ SUMMARY_COLUMNS = (
     ["name", "kind", "status", "file", "mean_error"]
     + [f"cdr3_error_{c}" for c in CHAIN_COLUMNS]
     + [f"length_{c}" for c in CHAIN_COLUMNS]
-    + ["refined", "seconds", "notes"]
+    + ["refined", "error_calibrated", "seconds", "notes"]
 )
 DEVELOPABILITY_PROFILERS = {"antibody": "tap", "nanobody": "tnp"}  # column prefix of each kind's profile
 FAILURE_COLUMNS = ["name", "source", "reason"]
@@ -523,6 +523,7 @@ def render(prediction, fmt: str, developability: bool = False) -> tuple[str, dic
         "status": "ok", "kind": prediction.kind, "mean_error": round(prediction.mean_error, 6),
         "cdr3_error": {k: (None if math.isnan(v) else round(v, 6)) for k, v in prediction.cdr3_errors().items()},
         "chains": chains, "refined": bool(prediction.refined), "refine_message": prediction.refine_message,
+        "error_calibrated": bool(prediction.error_calibrated),
         "notes": list(prediction.notes), "weights": prediction.weights_version,
     }
     if developability:
@@ -735,16 +736,17 @@ class _Pipeline:
 # --------------------------------------------------------------------------------------------
 # reports: summary.csv and failures.csv, rebuilt from the record store
 # --------------------------------------------------------------------------------------------
-PARQUET_TYPES = {"mean_error": "float64", "refined": "bool", "seconds": "float64",
+PARQUET_TYPES = {"mean_error": "float64", "refined": "bool", "error_calibrated": "bool", "seconds": "float64",
                  **{f"cdr3_error_{c}": "float64" for c in CHAIN_COLUMNS}, **{f"length_{c}": "int32" for c in CHAIN_COLUMNS}}
 
 
 def _summary_row(record: Record, data: dict) -> dict:
     """One summary row as typed values (None: empty; developability columns only where the sidecar has them)."""
     row = {"name": record.name, "kind": data.get("kind") or None, "status": data["status"], "seconds": data.get("seconds"),
-           "file": None, "mean_error": None, "refined": None, "notes": None}
+           "file": None, "mean_error": None, "refined": None, "error_calibrated": None, "notes": None}
     if data["status"] == "ok":
         row.update(file=data["file"], mean_error=data["mean_error"], refined=bool(data["refined"]),
+                   error_calibrated=data.get("error_calibrated"),  # absent from sidecars of packages before 0.10.0
                    notes="; ".join(data.get("notes", [])) or None)
         for chain in data["chains"]:
             row[f"length_{chain['id']}"] = chain["length"]
@@ -756,7 +758,7 @@ def _summary_row(record: Record, data: dict) -> dict:
 
 
 def _csv_cell(column: str, value) -> str:
-    if column == "refined" and value is not None:
+    if column in ("refined", "error_calibrated") and value is not None:
         return "yes" if value else "no"
     return spreadsheet_safe(value) if isinstance(value, str) else _fmt(value)
 

@@ -264,6 +264,7 @@ def prediction_result(prediction) -> dict:
         "max_error": round(float(prediction.error.max()), 3),
         "refined": bool(prediction.refined),
         "geometry_cleaned": bool(prediction.geometry_cleaned),
+        "error_calibrated": bool(prediction.error_calibrated),
         "refine_message": prediction.refine_message,
         "notes": list(prediction.notes),
         "weights_version": prediction.weights_version,
