@@ -870,12 +870,9 @@ def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
 def _weights_version(predictor) -> str:
     if predictor is not None:
         return predictor.ensemble.version
-    from immunofold.weights import WeightsError, missing_weights_reason, packaged_member_sets, weights_version
+    from immunofold.weights import required_member_sets, weights_version
 
-    sets = packaged_member_sets()
-    if not sets:
-        raise WeightsError(missing_weights_reason())
-    return weights_version(sets)
+    return weights_version(required_member_sets())
 
 
 def run_batch(

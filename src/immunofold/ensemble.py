@@ -30,8 +30,7 @@ from immunofold.weights import (
     WeightsError,
     load_model,
     member_sets,
-    missing_weights_reason,
-    packaged_member_sets,
+    required_member_sets,
     weights_version,
 )
 
@@ -131,10 +130,7 @@ class Ensemble:
     @classmethod
     def packaged(cls, device: str = "cpu", clean: bool = False, members_side_by_side: bool = False) -> "Ensemble":
         """The shipped members (or those of $IMMUNOFOLD_WEIGHTS); WeightsError if there are none."""
-        sets = packaged_member_sets()
-        if not sets:
-            raise WeightsError(missing_weights_reason())
-        return cls(sets, device, clean, members_side_by_side)
+        return cls(required_member_sets(), device, clean, members_side_by_side)
 
     def models_of(self, kind: str) -> list:
         """The members that predict receptors of `kind`, in order."""

@@ -135,16 +135,19 @@ def _manifest_member_sets(folder: str, manifest: str) -> MemberSets:
     return sets
 
 
-def missing_weights_reason() -> str:
-    """Why `packaged_member_sets()` found nothing, naming where it looked."""
-    if os.environ.get(WEIGHTS_ENV):
-        return f"no weight files (*.safetensors) in ${WEIGHTS_ENV} = {os.environ[WEIGHTS_ENV]}"
-    return f"no weight files found in the package ({_weights_folder()}); reinstall immunofold"
-
-
 def packaged_member_sets() -> MemberSets:
-    """Each kind's members: those in $IMMUNOFOLD_WEIGHTS if set, else those shipped in the package."""
+    """Each kind's members: those in $IMMUNOFOLD_WEIGHTS if set, else those shipped in the package ({} if none)."""
     return folder_member_sets(_weights_folder())
+
+
+def required_member_sets() -> MemberSets:
+    """`packaged_member_sets()`, or a WeightsError naming where it looked if there are none."""
+    sets = packaged_member_sets()
+    if sets:
+        return sets
+    if os.environ.get(WEIGHTS_ENV):
+        raise WeightsError(f"no weight files (*.safetensors) in ${WEIGHTS_ENV} = {os.environ[WEIGHTS_ENV]}")
+    raise WeightsError(f"no weight files found in the package ({_weights_folder()}); reinstall immunofold")
 
 
 def packaged_weight_files() -> list[str]:

@@ -73,11 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from immunofold.web.jobs import StoreUnavailable
     from immunofold.web.app import create_app
-    from immunofold.weights import WeightsError, missing_weights_reason, packaged_member_sets
+    from immunofold.weights import WeightsError, required_member_sets
 
     try:  # unusable weights would fail every job: refuse to start instead
-        if not packaged_member_sets():
-            return _fail(f"weights: {missing_weights_reason()}")
+        required_member_sets()
     except WeightsError as exc:
         return _fail(f"weights: {exc}")
     try:
