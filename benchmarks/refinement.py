@@ -7,7 +7,8 @@ Times `Predictor.refine` (what `immunofold predict` runs: protonation by `immuno
 Amber minimisation) on each val entry's unrefined ensemble prediction, one OpenMM thread, one model at a time.
 In the same run, the first --baseline-limit val antibodies are also refined the way immunofold 0.8.0 did:
 hydrogens through PDBFixer (OpenMM's Modeller, Reference platform), 0.8.0's rounds (a first one without the
-torsion terms) and 1 nm cutoff, minimisation to 10 kJ/mol/nm, with the same restraints. RMSDs: ImmuneBuilder's metric (N, CA, C, CB; each chain on its own framework;
+torsion terms), 1 nm cutoff, every round minimised to convergence at 10 kJ/mol/nm (no early stop), with the
+same restraints. RMSDs: ImmuneBuilder's metric (N, CA, C, CB; each chain on its own framework;
 IMGT CDRs), mean over entries, as `immunofold evaluate`. Writes <out-dir>/refinement.md and .json.
 """
 
@@ -44,10 +45,12 @@ import immunofold.refine as refine_module
 from immunofold.refine import minimised
 from immunofold.weights import packaged_member_sets
 
-# immunofold 0.8.0's minimisation: tolerance (kJ/mol/nm), rounds without torsion terms first, 1 nm cutoff
+# immunofold 0.8.0's minimisation: tolerance (kJ/mol/nm), rounds without torsion terms first, 1 nm cutoff, every
+# round to convergence (no early stop), amber14-all.xml
 BASELINE_TOLERANCE = 10.0
 BASELINE_CONSTANTS = {"RESTRAINT_SCALES": (1.0, 1.0, 0.1, 0.01), "TORSION_K": (0.0, 1000.0, 1000.0, 1000.0),
-                      "NONBONDED_CUTOFF": 1.0 * openmm.unit.nanometer}
+                      "NONBONDED_CUTOFF": 1.0 * openmm.unit.nanometer, "EARLY_STOP_RMS_FORCE": 0.0,
+                      "FORCE_FIELD": "amber14-all.xml"}
 
 
 @contextlib.contextmanager
@@ -150,9 +153,10 @@ def _markdown(report: dict) -> str:
         f"`python benchmarks/refinement.py`, {machine['cpu_count']} CPUs ({machine['cpu_model']}), one OpenMM thread, "
         f"load average at the start {machine['load_average_at_start']}; {report['wall_seconds']:.0f} s in all. "
         "Seconds: wall clock and CPU time (all threads of the process; steadier than wall time on a shared machine) of `Predictor.refine` on one unrefined ensemble prediction (protonation, restrained Amber "
-        "minimisation rounds, geometry check, PDB text). \"refined as 0.8.0\": the same models refined in the same "
-        "run the way immunofold 0.8.0 did (PDBFixer hydrogens, a first round without torsion terms, 1 nm cutoff, minimisation to "
-        "10 kJ/mol/nm; its geometry check is today's, ~0.06 s faster per round than 0.8.0's). RMSD: mean Å over "
+        "minimisation rounds, each ending once the heavy atoms pass the geometry check and the RMS force is under "
+        "100 kJ/mol/nm, or at convergence to 30; geometry check, PDB text). \"refined as 0.8.0\": the same models refined in the same "
+        "run the way immunofold 0.8.0 did (PDBFixer hydrogens, a first round without torsion terms, 1 nm cutoff, every round minimised to "
+        "convergence at 10 kJ/mol/nm, amber14-all.xml; its geometry check is today's, ~0.06 s faster per round than 0.8.0's). RMSD: mean Å over "
         "entries, N/CA/C/CB, each chain on its own framework, IMGT CDRs.",
         "",
         "| receptor | models | refined clean | wall s / model (median) | wall s / model (mean) | CPU s / model (median) |",

@@ -10,7 +10,7 @@ import pytest
 
 from immunofold.io import build_structure, read_chains, to_pdb_string
 from immunofold.protonation import protonated
-from immunofold.refine import _force_field
+from immunofold.refine import FORCE_FIELD, _force_field
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nanobody_7f5g.pdb"
 
@@ -47,7 +47,7 @@ def test_disulfide_cysteines_are_bonded_without_thiol_hydrogen(protonated_fixtur
 
 def test_every_residue_matches_an_amber_template_and_positions_are_in_nm(protonated_fixture):
     topology, positions = protonated_fixture
-    system = _force_field().createSystem(topology)  # raises if any residue has no template
+    system = _force_field(FORCE_FIELD).createSystem(topology)  # raises if any residue has no template
     assert system.getNumParticles() == topology.getNumAtoms() == len(positions)
     heavy = read_chains(FIXTURE)["B"]
     ca = np.array([positions[a.index] for a in topology.atoms() if a.name == "CA"])

@@ -48,9 +48,13 @@ def test_refine_fixture_keeps_structure_and_bfactors(nanobody):
     np.testing.assert_allclose(refined.bfactor, nanobody.bfactor, atol=1e-3)
 
 
-def test_refine_holds_the_backbone_harder_than_side_chains(nanobody):
+def test_refine_holds_the_backbone_harder_than_side_chains(nanobody, monkeypatch):
     """An experimental structure relaxes in vacuum Amber: side chains may move, the backbone (the atoms
-    the accuracy is scored on) stays within 0.1 Å RMS (0.2 Å when held as loosely as side chains)."""
+    the accuracy is scored on) stays within 0.1 Å RMS (0.2 Å when held as loosely as side chains).
+    Minimised to convergence: a crystal has no problems, so by default minimisation stops at the first check."""
+    import immunofold.refine
+
+    monkeypatch.setattr(immunofold.refine, "EARLY_STOP_RMS_FORCE", 0.0)
     refined = read_chains(refine(pdb_of(nanobody)).pdb_string)["B"]
     moved = np.linalg.norm(refined.atom14 - nanobody.atom14, axis=-1)  # [N_res, 14] Å
     backbone, side_chain = moved[:, :5][nanobody.atom_mask[:, :5]], moved[:, 5:][nanobody.atom_mask[:, 5:]]
@@ -129,6 +133,9 @@ def test_problems_left_after_every_round_return_the_input(nanobody, monkeypatch)
 
     no_torsions = tuple(0.0 for _ in immunofold.refine.TORSION_K)
     monkeypatch.setattr(immunofold.refine, "TORSION_K", no_torsions)  # minimisation alone cannot flip it
+    # ... to convergence: the restraint on the mirrored CB pulls it back; on the way it passes through L, where
+    # the default early stop would end the round clean
+    monkeypatch.setattr(immunofold.refine, "EARLY_STOP_RMS_FORCE", 0.0)
     broken = with_d_serine_7(nanobody)
     result = refine(broken)
     assert not result.refined
@@ -165,3 +172,42 @@ def test_garbage_input_is_reported_not_raised(garbage):
     assert not result.refined
     assert result.pdb_string == garbage
     assert result.message.startswith("refinement failed") and "\n" not in result.message
+
+
+def protonated_clash(chain: ChainAtoms):
+    """OpenMM topology and positions [N_atoms, 3] (nm) of the chain with the clash of `with_clash`."""
+    from immunofold.protonation import protonated
+
+    return protonated(with_clash(chain))
+
+
+def test_the_check_during_minimisation_finds_what_find_problems_finds(nanobody):
+    """The minimiser's stop check reads coordinates straight from OpenMM's arrays; it must report exactly what
+    find_problems reports for the same coordinates written as PDB text."""
+    import openmm
+
+    import immunofold.refine as refine_module
+
+    topology, positions = protonated_clash(nanobody)
+    chains, atom_index = refine_module._chain_layout(topology)
+    for chain, index in zip(chains, atom_index):
+        chain.atom14[chain.atom_mask] = positions[index[chain.atom_mask]] * 10.0
+    as_text = refine_module._openmm_pdb_string(topology, positions * openmm.unit.nanometer)
+    found = refine_module._problems_of_chains(chains, refine_module.CLASH_CHECK_DISTANCE)
+    assert [str(p) for p in found] == [str(p) for p in find_problems(as_text)] == ["clash B59 TYR OH - B69 ILE CG2: 1.60 Å"]
+
+
+def test_a_round_stops_early_only_at_a_check_with_low_force_and_no_problems(nanobody):
+    import immunofold.refine as refine_module
+
+    topology, clashing = protonated_clash(nanobody)
+    reporter = refine_module._StopWhenAcceptable(topology)
+    interval, limit = refine_module.CHECK_INTERVAL, refine_module.EARLY_STOP_RMS_FORCE
+    fixed = clashing.copy()
+    tyr_oh = next(atom.index for atom in topology.atoms() if atom.residue.id == "59" and atom.name == "OH")
+    fixed[tyr_oh] = nanobody.atom14[residue_index(nanobody, (59, "")), 11] / 10.0  # the crystal's place, nm
+    low, high = np.full(fixed.size, 0.5 * limit), np.full(fixed.size, 2.0 * limit)  # RMS force, kJ/mol/nm
+    assert reporter.report(interval, fixed.ravel(), low, {})
+    assert not reporter.report(interval + 1, fixed.ravel(), low, {})  # between checks
+    assert not reporter.report(interval, fixed.ravel(), high, {})  # force still high
+    assert not reporter.report(interval, clashing.ravel(), low, {})  # the clash is still there

@@ -1118,7 +1118,7 @@ def add_batch_parser(commands) -> None:
                         help=f"same-length records handed to the model at once (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument(
         "--no-refine", action="store_true",
-        help="skip OpenMM refinement (about 10x faster; raw network geometry: some broken peptide bonds and clashes)",
+        help="skip OpenMM refinement (about 5x faster; raw network geometry: some broken peptide bonds and clashes)",
     )
     from immunofold.cli import CLEAN_GEOMETRY_HELP
 
