@@ -11,8 +11,7 @@ Definitions (both profilers share them; TNP drops SFvCSP and adds CDR3 length an
 - CDR vicinity: surface residues of the IMGT CDRs +-2 anchor residues (25-40, 54-67, 103-119), plus
   surface residues whose closest heavy atom is < 4 Å from one of them.
 - Hydrophobicity: Kyte-Doolittle rescaled to 1 (Arg) - 2 (Ile). Charge: +1 Lys/Arg, -1 Asp/Glu, +0.1 His
-  (pH 7.4). Surface Lys/Arg and Asp/Glu with a side-chain N/O pair within 3.2 Å form a salt bridge:
-  both get charge 0 and the hydrophobicity of Gly.
+  (pH 7.4), salt-bridged or not (as the reference code computes it; see below).
 - Distance d between residues: closest heavy-atom distance (hydrogens of refined models are ignored).
 - PSH = sum h_i h_j / d^2, PPC = sum q_i q_j / d^2 over positive pairs, PNC = sum q_i q_j / d^2 over
   negative pairs; over ordered pairs i != j of CDR-vicinity residues with d <= 7.5 Å (each pair counted
@@ -30,12 +29,16 @@ Sources (checked with the `search` tool, 2026):
   the 664 clinical-stage Fv modelled with ABodyBuilder2.
 - OPIG's TAP annotation code as shipped inside TNP (github.com/oxpig/TNP,
   lib/python/theraprofnano/Hydrophobicity_and_Charge_Profiler): surface cut-off, CDR +-2 vicinity,
-  4 Å vicinity, 7.5 Å pair cut-off, ordered pairs, 3.2 Å salt bridges, His +0.1.
+  4 Å vicinity, 7.5 Å pair cut-off, ordered pairs, His +0.1.
 - Gordon et al., "The Therapeutic Nanobody Profiler" (2025), github.com/oxpig/TNP bin/TNP (flag values)
   and CDR_Profiler/CDR3_Conf_Assigner.py (compactness), calibrated on 36 clinical-stage nanobodies.
 Where we differ from the reference code: SASA is computed with FreeSASA (Lee-Richards, ProtOr radii)
-instead of PSA, so relative accessibilities differ slightly; salt bridges neutralise charges as the paper
-says (the shipped code's salt-bridge loop only tests one residue pair per residue).
+instead of PSA, so relative accessibilities differ slightly. Salt bridges: the 2019 paper neutralises Lys/Arg
+and Asp/Glu pairs within 3.2 Å, but the reference code, whose values set the thresholds, does not: its
+salt-bridge step stores the zeroed charges under keys ('Positive', 'Charge', 'Negative') that the patch sums
+never read, and tests each residue against only the last one. We follow the code, so that values sit on the
+thresholds' scale (FlashTAP, trained on TAP values, agrees with crystal values computed this way far better:
+docs/benchmarks.md, developability).
 Flags: amber and red lines are the 5th/95th percentile and the extreme value of the clinical set; a value
 on an amber line is amber, a value beyond a red line is red.
 """
@@ -61,11 +64,8 @@ CHARGE = {"K": 1.0, "R": 1.0, "D": -1.0, "E": -1.0, "H": 0.1}  # pH 7.4
 SURFACE_MIN_RELATIVE_SASA = 0.075  # relative side-chain SASA (fraction) of a surface residue
 VICINITY_CUTOFF = 4.0  # Å, closest heavy-atom distance to a CDR (+-2) surface residue
 PAIR_CUTOFF = 7.5  # Å, residue pairs further apart do not count in PSH/PPC/PNC
-SALT_BRIDGE_CUTOFF = 3.2  # Å, donor N to acceptor O
 CDR_WITH_ANCHORS = ((25, 40), (54, 67), (103, 119))  # IMGT CDRs +-2 residues
 CDR3_ANCHORS = (102, 103, 118, 119)  # IMGT, TNP's compactness anchors
-SALT_BRIDGE_DONORS = {"K": ("NZ",), "R": ("NH1", "NH2")}
-SALT_BRIDGE_ACCEPTORS = {"D": ("OD1", "OD2"), "E": ("OE1", "OE2")}
 BACKBONE = ("N", "CA", "C")
 
 FLAGS = ("green", "amber", "red")
@@ -246,22 +246,6 @@ def _residue_distances(residues: _Residues, keep: np.ndarray) -> np.ndarray:
     return d
 
 
-def _salt_bridged(residues: _Residues, surface: np.ndarray) -> np.ndarray:
-    """[N] True for surface Lys/Arg and Asp/Glu with a donor N - acceptor O pair within SALT_BRIDGE_CUTOFF."""
-    def atoms(table):
-        return np.array([i for i, (name, r) in enumerate(zip(residues.atom_names, residues.atom_residue))
-                         if surface[r] and name in table.get(residues.aa[r], ())], dtype=int)  # fmt: skip
-
-    donors, acceptors = atoms(SALT_BRIDGE_DONORS), atoms(SALT_BRIDGE_ACCEPTORS)
-    bridged = np.zeros(len(residues.labels), dtype=bool)
-    if len(donors) and len(acceptors):
-        d = np.linalg.norm(residues.coords[donors][:, None] - residues.coords[acceptors][None], axis=-1)
-        close_d, close_a = np.nonzero(d < SALT_BRIDGE_CUTOFF)
-        bridged[residues.atom_residue[donors[close_d]]] = True
-        bridged[residues.atom_residue[acceptors[close_a]]] = True
-    return bridged
-
-
 def _in_ranges(imgt: np.ndarray, ranges) -> np.ndarray:
     return np.any([(imgt >= lo) & (imgt <= hi) for lo, hi in ranges], axis=0)
 
@@ -298,10 +282,8 @@ def profile_structure(
     residues = _collect(structure, tuple(chain_ids), imgt, name)
     relative = relative_side_chain_sasa(residues)
     surface = np.nan_to_num(relative, nan=0.0) >= SURFACE_MIN_RELATIVE_SASA  # [N]
-    bridged = _salt_bridged(residues, surface)
-    hydrophobicity = np.array([HYDROPHOBICITY["G"] if b else HYDROPHOBICITY.get(a, HYDROPHOBICITY["G"])
-                               for a, b in zip(residues.aa, bridged)])  # fmt: skip
-    charge = np.array([0.0 if b else CHARGE.get(a, 0.0) for a, b in zip(residues.aa, bridged)])
+    hydrophobicity = np.array([HYDROPHOBICITY.get(a, HYDROPHOBICITY["G"]) for a in residues.aa])
+    charge = np.array([CHARGE.get(a, 0.0) for a in residues.aa])
     labels = np.array(residues.labels)
 
     index = np.flatnonzero(surface)  # distances among surface residues only
@@ -317,7 +299,7 @@ def profile_structure(
     ppc = float((q * positive) @ weight @ (q * positive))
     pnc = float((q * negative) @ weight @ (q * negative))
     has_partner = weight > 0
-    hydrophobic = np.array([KYTE_DOOLITTLE.get(residues.aa[i], 0.0) > 0 and not bridged[i] for i in v])
+    hydrophobic = np.array([KYTE_DOOLITTLE.get(residues.aa[i], 0.0) > 0 for i in v])
 
     cdr = _in_ranges(residues.imgt, IMGT_CDRS.values())
     bands = TAP_BANDS if kind == "antibody" else TNP_BANDS
@@ -359,10 +341,10 @@ def profile_prediction(prediction) -> DevelopabilityProfile:
     """Profile of a `prediction.Prediction`, refined or not: the mean profile (`mean_profile`) of its ensemble
     members, each after the geometry clean-up (`Prediction.cleaned_members`; raw clashes inflate PSH), with IMGT
     CDRs whatever numbering the model was written in. Why the members and not the one final structure: TAP's
-    metrics jump when one side chain crosses the surface or salt-bridge cut-off, and the members' mean follows
-    the crystal's value more closely than any single model does (val antibodies, Spearman against the crystal:
-    PPC 0.72 vs 0.59 for the cleaned consensus and 0.61 for the refined model, PNC 0.78 vs 0.73 and 0.78;
-    benchmarks/results/developability.md). Raises InputError for a TCR."""
+    metrics jump when one side chain crosses the surface or distance cut-offs, and the members' mean followed
+    the crystal's value more closely than any single model did (val antibodies, Spearman against the crystal,
+    measured with 0.10.0's salt-bridge rule: PPC 0.72 vs 0.59 for the cleaned consensus and 0.61 for the refined
+    model, PNC 0.78 vs 0.73 and 0.78; docs/benchmarks.md). Raises InputError for a TCR."""
     if prediction.kind not in PROFILED_KINDS:
         raise InputError(prediction.name, f"developability profiles cover antibodies and nanobodies, not {prediction.kind}s")
     imgt = [{rid: number for rid, (number, _) in zip(ids, chain.positions)}
