@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from immunofold.sequences import InputError, find_domains, number_chain, number_receptor
+from immunofold.sequences import InputError, find_domains, imgt_cdr3_positions, number_chain, number_receptor
 
 HUMAN_HEAVY = (  # trastuzumab VH
     "EVQLVESGGGLVQPGGSLRLSCAASGFNIKDTYIHWVRQAPGKGLEWVARIYPTNGYTRYADSVKGRFTISADTSKNTAYLQMNSLRAEDTAVYYCSR"
@@ -103,6 +103,32 @@ def test_long_cdr3_insertion_codes():
     # IMGT order through the CDR3 tip: 111, 111A.., then ..112A, 112
     tip = [p for p in chain.positions if p[0] in (111, 112)]
     assert tip[0] == (111, "") and tip[-1] == (112, "") and tip[-2] == (112, "A")
+    assert len(set(chain.positions)) == len(chain.positions)
+
+
+# A human heavy chain (PDB 7b0b) whose CDR3 (between Cys 104 and Trp 118) is replaced in the tests below.
+HEAVY_7B0B = "MQLVQSGPEVKKPGTSVKVSCKASGFTFTSSAVQWVRQARGQRLEWIGWIVVGSGNTNYAQKFQERVTITRDMSTSTAYMELSSLRSEDTAVYYC{}WGQGTMVTVSS"
+
+
+@pytest.mark.parametrize("cdr3", ["AR", "ARDY", "ARDYYGSGSYD", "ARDYYGSGSYYNV", "ARDYYGSGSYYNVGWYFDLGGSPYYYGMD",
+                                  "ARDYYGSGSYYNVGWYFDLGGSPYYYYGMDVARDYY"])
+def test_the_imgt_cdr3_rule_numbers_loops_as_anarcism_does(cdr3):
+    """Where anarcism numbers a CDR3 (2, 4, 11, 13, 29, 36 residues here), the rule used to rescue the loops it
+    loses gives the same positions."""
+    chain = number_chain(HEAVY_7B0B.format(cdr3), "h")
+    loop = [p for p in chain.positions if 105 <= p[0] <= 117]
+    assert loop == imgt_cdr3_positions(len(cdr3))
+
+
+def test_a_long_cdr3_anarcism_loses_is_numbered_by_the_imgt_rule():
+    """anarcism aligns part of this 31-residue CDR-H3 as FR4 and stops at IMGT 121; the chain is numbered whole:
+    the loop by IMGT's rule, FR4 from the Trp-Gly-x-Gly motif at 118 to 128."""
+    cdr3 = "ARDYYGSGSYYNVGWYFDLGGSPYYYYGMDV"
+    chain = number_chain(HEAVY_7B0B.format(cdr3), "long")
+    assert chain.sequence == HEAVY_7B0B.format(cdr3) and chain.trimmed_after == 0 and chain.notes == ()
+    numbered = dict(zip(chain.positions, chain.sequence))
+    assert [numbered[(n, "")] for n in range(118, 129)] == list("WGQGTMVTVSS")
+    assert "".join(a for p, a in zip(chain.positions, chain.sequence) if 105 <= p[0] <= 117) == cdr3
     assert len(set(chain.positions)) == len(chain.positions)
 
 

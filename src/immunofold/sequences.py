@@ -124,6 +124,7 @@ def find_domains(sequence: str, record: str) -> list[NumberedChain]:
             continue  # gamma chains: not modelled
         # anarcism may leave a residue inside an unusual insertion unnumbered; keep the numbered ones.
         index_to_position = {r.sequence_index: (r.position, r.insertion_code.strip()) for r in numbered}
+        index_to_position = _with_long_cdr3_numbered(sequence, index_to_position)
         kept = tuple(sorted(index_to_position))
         domains.append(
             NumberedChain(
@@ -138,6 +139,56 @@ def find_domains(sequence: str, record: str) -> list[NumberedChain]:
         )
     domains.sort(key=lambda d: d.trimmed_before)
     return domains
+
+
+def imgt_cdr3_positions(length: int) -> list[tuple[int, str]]:
+    """IMGT numbers of a CDR3 of `length` residues (between Cys 104 and Trp/Phe 118): up to 13 residues take
+    positions 105-117 with the middle ones left out; longer loops insert at 111 (111A, 111B, ...) and 112 (..., 112B,
+    112A, 112), the 112 side taking the odd one, as anarcism numbers them."""
+    base = list(range(105, 118))
+    if length <= len(base):
+        removal_order = [111, 112, 110, 113, 109, 114, 108, 115, 107, 116, 106, 117, 105]  # IMGT's gap order
+        kept = sorted(set(base) - set(removal_order[:len(base) - length]))
+        return [(n, "") for n in kept]
+    extra = length - len(base)
+    after_111, after_112 = extra // 2, extra - extra // 2
+    return ([(n, "") for n in range(105, 112)] + [(111, _letter(k)) for k in range(after_111)]
+            + [(112, _letter(k)) for k in reversed(range(after_112))] + [(n, "") for n in range(112, 118)])
+
+
+def _letter(k: int) -> str:
+    """Insertion code of the k-th insertion at a position: A, B, ..., Z."""
+    return chr(ord("A") + k)
+
+
+MAX_RESCUED_CDR3 = 13 + 2 * 26  # residues: one insertion letter A-Z per residue on each side of 111/112
+
+
+# Framework 4 begins with Trp/Phe-Gly-x-Gly at IMGT 118-121 (the J motif) in every V domain we model.
+J_MOTIF = re.compile(r"[WF]G.G")
+FR4_LENGTH = 11  # IMGT 118-128
+
+
+def _with_long_cdr3_numbered(sequence: str, index_to_position: dict) -> dict:
+    """The numbering, with the CDR3 and FR4 numbered by IMGT's rule where anarcism lost them.
+
+    anarcism's profile alignment loses the J motif after some long CDR3s (31- and 32-residue CDR-H3s on a human
+    heavy chain: it numbers part of the loop as FR4 and stops at IMGT 121), so a chain whose numbering has a Cys 104
+    but no Trp/Phe at 118 while the J motif follows in the sequence is renumbered from Cys 104 on:
+    `imgt_cdr3_positions` for the loop, 118-128 for FR4. Hand-written: no numbering library offers this rescue."""
+    by_position = {position: index for index, position in index_to_position.items()}
+    cysteine, j_residue = by_position.get((104, "")), by_position.get((118, ""))
+    if cysteine is None or (j_residue is not None and sequence[j_residue] in "WF"):
+        return index_to_position
+    motif = J_MOTIF.search(sequence, cysteine + 3)
+    if motif is None or motif.start() - cysteine - 1 > MAX_RESCUED_CDR3:
+        return index_to_position
+    kept = {index: position for index, position in index_to_position.items() if index <= cysteine}
+    loop = range(cysteine + 1, motif.start())
+    kept.update(zip(loop, imgt_cdr3_positions(len(loop))))
+    fr4 = range(motif.start(), min(motif.start() + FR4_LENGTH, len(sequence)))
+    kept.update(zip(fr4, [(n, "") for n in range(118, 129)]))
+    return kept
 
 
 def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = None) -> NumberedChain:
