@@ -445,7 +445,10 @@ def test_summary_cells_cannot_run_as_spreadsheet_formulas(tmp_path, predictor):
     assert all(not cell.startswith(("=", "+", "-", "@")) for row in summary.values() for cell in row.values())
 
 
-def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_prints_one_line_with_the_resume_command(tmp_path, stop):
+    """Ctrl-C signals the terminal's whole process group; `kill`, `timeout` and job schedulers send SIGTERM to the
+    batch process alone. Either way: the finished records kept, summaries written, one line."""
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(f">nb{i}\n{NB1 if i % 2 else NB2}\n" for i in range(40)))
     outdir = tmp_path / "out"
@@ -457,7 +460,10 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (records.exists() and any(records.glob("*.json"))):
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group, workers included
+    if stop == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group, workers included
+    else:
+        process.terminate()  # SIGTERM to the batch process only
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr

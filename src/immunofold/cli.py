@@ -289,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    # Not from a thread, and not where SIGINT is ignored (a background job of a script, nohup): that stays ignored.
-    catches = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
-    previous = signal.signal(signal.SIGINT, on_interrupt) if catches else None
+    # Ctrl-C (SIGINT) and SIGTERM (`kill`, `timeout`, job schedulers) stop a command the same way. Not from a thread,
+    # and not a signal that is ignored (SIGINT in a background job of a script, nohup): that stays ignored.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {number: signal.signal(number, on_interrupt) for number in (signal.SIGINT, signal.SIGTERM)
+                if on_main_thread and signal.getsignal(number) is not signal.SIG_IGN}
     try:
         return args.handler(args)
     except KeyboardInterrupt:
@@ -310,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":
