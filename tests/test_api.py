@@ -100,3 +100,15 @@ def test_the_top_level_predict_is_the_api_function_and_imports_torch_only_when_u
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("(heavy: ")  # help(immunofold.predict) lists the parameters
+
+
+def test_clean_geometry_with_refinement_is_refused_as_on_the_command_line():
+    with pytest.raises(InputError, match="^tz: clean_geometry applies to unrefined models: add refine=False"):
+        immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, name="tz", clean_geometry=True)
+
+
+def test_a_prediction_prints_as_one_short_line():
+    prediction = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, name="tz", refine=False)
+    text = repr(prediction)
+    assert "\n" not in text and len(text) < 200
+    assert text.startswith("Prediction(name='tz', kind='antibody', chains=H+L, residues=227, unrefined, mean_error=")

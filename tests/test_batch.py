@@ -488,6 +488,14 @@ def test_clean_geometry_is_part_of_a_records_identity(tmp_path):
     assert not (tmp_path / "refined").exists()
 
 
+def test_developability_of_tcrs_is_refused_before_any_folder_is_made(tmp_path):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    with pytest.raises(InputError, match="--developability: profiles cover antibodies and nanobodies, not TCRs"):
+        run_batch(fasta, tmp_path / "tcrs", kind="tcr", developability=True, refine=False, workers=0)
+    assert not (tmp_path / "tcrs").exists()
+
+
 @pytest.mark.parametrize("threads", ["0", "-1"])
 def test_threads_below_one_is_refused_before_any_folder_is_made(tmp_path, capsys, threads):
     fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"

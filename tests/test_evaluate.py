@@ -116,3 +116,13 @@ def test_evaluate_takes_a_weights_folder_with_its_members_file_and_refuses_a_bad
     assert main(["evaluate", "--data", folder, "--weights", str(weights), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"error: weights: {weights / 'members.json'}: no ensemble members for tcr"
+
+
+def test_the_printed_summary_says_n_a_where_a_ranking_needs_more_entries():
+    from immunofold.evaluate import print_summary
+
+    summary = {"weights": "w", "refined": False, "split": "val", "nanobody": {"n": 0}, "tcr": {"n": 0},
+               "antibody": {"n": 1, "rmsd": {"H3": 3.0}, "error_spearman": 0.5, "cdr3_error_spearman": {"H3": None}}}
+    lines = []
+    print_summary(summary, echo=lines.append)
+    assert lines[1].endswith("H3 n/a (CDR3 error across entries)") and "None" not in "".join(lines)

@@ -85,6 +85,8 @@ def test_write_structure_infers_format_and_leaves_no_temp_files(nanobody, tmp_pa
     assert written == ["model.cif", "model.mmcif", "model.pdb", "model.txt"]
     with pytest.raises(ValueError, match="model.xyz"):
         write_structure(structure, tmp_path / "model.xyz")
+    with pytest.raises(IsADirectoryError, match=f"^{tmp_path} is a folder; give a file name such as "):
+        write_structure(structure, tmp_path)
 
 
 def test_reads_gzipped_file(nanobody, tmp_path):

@@ -935,6 +935,8 @@ def run_batch(
     if clean_geometry and refine:
         raise InputError("--clean-geometry", "applies to unrefined models: add --no-refine (refined models have real "
                                              "geometry)")
+    if developability and kind == "tcr":
+        raise InputError("--developability", "profiles cover antibodies and nanobodies, not TCRs")
     if engine == "ray":
         from immunofold.ray_engine import check_address, require_ray
 

@@ -164,7 +164,7 @@ def print_summary(summary: dict, echo: Callable[[str], None] = print) -> None:
         block = summary[kind]
         if block["n"]:
             regions = ", ".join(f"{k} {v:.2f}" for k, v in block["rmsd"].items() if v is not None)
-            ranking = ", ".join(f"{k} {v}" for k, v in block["cdr3_error_spearman"].items())
+            ranking = ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in block["cdr3_error_spearman"].items())
             echo(
                 f"  {kind:9s} n={block['n']:3d}  RMSD (Å): {regions}; error Spearman {block['error_spearman']}"
                 f" (per residue), {ranking} (CDR3 error across entries)"

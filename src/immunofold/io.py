@@ -141,6 +141,8 @@ def to_cif_string(structure: gemmi.Structure) -> str:
 def write_structure(structure: gemmi.Structure, path: str | os.PathLike, fmt: str | None = None) -> None:
     """Write `structure` as fmt "pdb" or "cif" (default: from the suffix .pdb/.cif/.mmcif), atomically."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model.pdb'}")
     fmt = fmt or FORMAT_BY_SUFFIX.get(path.suffix.lower())
     if fmt not in ("pdb", "cif"):
         raise ValueError(f"{path}: cannot tell the format; give fmt='pdb' or 'cif'")
@@ -179,7 +181,10 @@ def prepare_output_folder(folder: str | os.PathLike) -> bool:
     folder = os.fspath(folder) or "."
     created = not os.path.exists(folder)
     if created:
-        os.makedirs(folder)
+        try:
+            os.makedirs(folder)
+        except OSError as error:
+            raise OSError(f"cannot create folder {folder} ({error.strerror or error})") from None
     elif not os.path.isdir(folder):
         raise NotADirectoryError(f"{folder} is a file, not a folder")
     try:

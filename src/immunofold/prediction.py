@@ -70,6 +70,13 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     _refined_pdb: str | None = None
 
+    def __repr__(self) -> str:
+        """One line (the dataclass default printed every coordinate array and the refined PDB text)."""
+        residues = sum(len(chain) for chain in self.chains)
+        state = "refined" if self.refined else "unrefined"
+        return (f"Prediction(name={self.name!r}, kind={self.kind!r}, chains={'+'.join(self.chain_ids)}, "
+                f"residues={residues}, {state}, mean_error={self.mean_error:.2f} Å, weights={self.weights_version!r})")
+
     @property
     def sequences(self) -> dict[str, str]:
         return {cid: chain.sequence for cid, chain in zip(self.chain_ids, self.chains)}
@@ -342,5 +349,8 @@ def predict(
     if numbering not in NUMBERING_SCHEMES:
         raise InputError(name, f"unknown numbering scheme {numbering!r} ({', '.join(NUMBERING_SCHEMES)})", field="numbering")
     check_device(device, name)
+    if clean_geometry and refine:
+        raise InputError(name, "clean_geometry applies to unrefined models: add refine=False (refined models have real "
+                               "geometry)", field="clean_geometry")
     predictor = default_predictor(device, clean_geometry)
     return predictor.predict(kind, chains, name=name, refine=refine, numbering=numbering)
