@@ -331,3 +331,40 @@ def test_input_errors_name_the_field_they_concern(kind, chains, field):
     with pytest.raises(InputError) as excinfo:
         number_receptor(kind, chains, "rec")
     assert excinfo.value.field == field
+
+
+# TCR gamma (TRGV9) and delta (TRDV2) V domains
+TCR_GAMMA = ("AGHLEQPQISSTKTLSKTARLECVVSGITISATSVYWYRERPGEVIQFLVSISYDGTVRKESGIPSGKFEVDRIPETSTSTLTIHNVEKQDIATYYCALWEVQELGKKIKVF"
+             "GPGTKLIITD")
+TCR_DELTA = ("AIELVPEHQTVPVSIGVPATLRCSMKGEAIGNYYINWYRKTQGNTMTFIYREKDIYGPGFKDNFQGDIDIAKNLAVLKILAPSERDEGSYYCACDTLGMGGEYTDKLIFG"
+             "KGTRVTVEP")
+
+
+def test_a_cdr3_too_long_for_one_letter_insertion_codes_is_refused_in_one_line():
+    """anarcism numbers a 66-residue CDR3 with insertion codes 'AA', 'BB', ... that no PDB file can hold."""
+    loop = ("ARDYYGSGSYYNVGWYFDLGGSPYYYYGMDV" * 3)[:66]
+    with pytest.raises(InputError, match=r"^long: CDR3 of 66 residues: longer than immunofold can number \(at most 65"):
+        number_chain(HEAVY_7B0B.format(loop), "long")
+    assert len(number_chain(HEAVY_7B0B.format(loop[:65]), "ok").sequence) == len(HEAVY_7B0B.format(loop[:65]))
+
+
+def test_a_gamma_chain_is_named_as_such_and_a_delta_chain_gets_a_note():
+    with pytest.raises(InputError, match="^g: is a TCR gamma chain: gamma/delta TCRs are not modelled"):
+        number_chain(TCR_GAMMA, "g")
+    delta = number_chain(TCR_DELTA, "d")
+    assert delta.chain_class == "alpha"
+    assert delta.notes == ("d: numbered as a TCR delta chain (anarcism's type for TRDV and the shared TRAV/DV genes); "
+                           "modelled as an alpha chain",)
+
+
+def test_a_conventional_vh_asked_for_as_a_nanobody_gets_a_note_and_a_vhh_none():
+    vh, = number_receptor("nanobody", {"heavy": HUMAN_HEAVY}, "tz")
+    assert vh.notes == ("tz heavy chain: 0 of 4 VHH hallmarks (IMGT 42/49/50/52), so likely a conventional VH, which "
+                        "needs its light chain; modelled as a nanobody as asked",)
+    vhh, = number_receptor("nanobody", {"heavy": CAMELID_VHH}, "nb")
+    assert vhh.notes == ()
+
+
+def test_two_heavy_domains_in_one_chain_are_not_called_an_scfv():
+    with pytest.raises(InputError, match=r"holds 2 V domains \(heavy\+heavy\); give one domain per chain$"):
+        number_chain(CAMELID_VHH + "GGGGSGGGGS" + CAMELID_VHH, "tandem")

@@ -558,7 +558,13 @@ class Recorder:
 
     def succeed(self, record: Record, prediction, seconds: float) -> None:
         start = time.perf_counter()
-        text, data = render(prediction, self.store.options["fmt"], self.store.options.get("developability", False))
+        try:
+            text, data = render(prediction, self.store.options["fmt"], self.store.options.get("developability", False))
+        except Exception as error:  # noqa: BLE001  one record's model that cannot be written does not stop the run
+            _stop_if_machine_fault(error, "writing stopped")
+            self.fail(record, f"writing the model failed ({type(error).__name__}: {one_line(error)})", prediction.kind,
+                      seconds + time.perf_counter() - start)
+            return
         self.write(record, text, data, seconds + time.perf_counter() - start)
 
     def write(self, record: Record, text: str, data: dict, seconds: float) -> None:

@@ -13,7 +13,7 @@ CSV / TSV
 AIRR rearrangement TSV (AIRR Community standard; a TSV whose header has `sequence_id` and `locus`)
     one row per chain: `sequence_id`, `locus` (IGH, IGK, IGL, TRA, TRB), `productive`, and
     `sequence_alignment_aa` or `sequence_aa`. Rows sharing a `cell_id` are one receptor; a heavy chain
-    without a partner is modelled as a nanobody only when it is VHH-like (`VHH_HALLMARKS`).
+    without a partner is modelled as a nanobody only when it is VHH-like (`sequences.VHH_HALLMARKS`).
 
 Files are read as a stream (`iter_records`): a receptor's chains must lie within PAIRING_WINDOW entries.
 
@@ -40,7 +40,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from immunofold.constants import KINDS
-from immunofold.sequences import InputError, NumberedChain, clean_sequence, find_domains
+from immunofold.sequences import (MIN_HALLMARKS, InputError, NumberedChain, clean_sequence, count_vhh_hallmarks,
+                                  find_domains, indefinite_article, no_domain_error)
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas", ".fna", ".seq", ".fsa")
 CSV_SUFFIXES = (".csv",)
@@ -62,9 +63,6 @@ MAX_REASON_LENGTH = 300
 PAIRING_WINDOW = 10_000  # entries: a receptor whose partner chain comes later than this is given out alone
 AIRR_LOCI = {"IGH": "heavy", "IGK": "light", "IGL": "light", "TRA": "alpha", "TRB": "beta"}
 AIRR_SEQUENCE_COLUMNS = ("sequence_alignment_aa", "sequence_aa")
-# VHH hallmark residues at IMGT 42, 49, 50, 52 (the data README's nanobody definition).
-VHH_HALLMARKS = {42: "FY", 49: "EQ", 50: "RC", 52: "FGL"}
-MIN_HALLMARKS = 2
 _SLOT_CLASSES = {"heavy": ("heavy",), "light": ("kappa", "lambda"), "alpha": ("alpha",), "beta": ("beta",)}
 
 
@@ -94,12 +92,6 @@ class Resolved:
     kind: str
     chains: list[NumberedChain]
     notes: list[str] = field(default_factory=list)
-
-
-def count_vhh_hallmarks(positions: tuple[tuple[int, str], ...], sequence: str) -> int:
-    """Number of IMGT hallmark positions (42, 49, 50, 52) holding a VHH-type residue."""
-    residue_at = {number: aa for (number, code), aa in zip(positions, sequence) if not code}
-    return sum(residue_at.get(number, "") in allowed for number, allowed in VHH_HALLMARKS.items())
 
 
 def one_line(text: str, limit: int = MAX_REASON_LENGTH) -> str:
@@ -491,7 +483,7 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
         cleaned = clean_sequence(sequence, where)
         found = find_domains(cleaned, where)
         if not found:
-            raise InputError(where, "no antibody or TCR variable domain found (not an immune receptor V domain?)")
+            raise no_domain_error(cleaned, where)
         domains += [(slot, d) for d in found]
 
     by_class: dict[str, list[tuple[str | None, NumberedChain]]] = {}
@@ -539,9 +531,10 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
     for slot in wanted:
         label, domain = by_class[slot][0]
         where = f"{name} {slot} chain"
-        chain_notes = [unlike_vhh] if unlike_vhh and slot == "heavy" else []
+        chain_notes = [*domain.notes, *([unlike_vhh] if unlike_vhh and slot == "heavy" else [])]
         if label is not None and domain.chain_class not in _SLOT_CLASSES[label]:
-            chain_notes.append(f"{name}: the chain given as {label} is a {domain.chain_class} chain, used as such")
+            chain_notes.append(f"{name}: the chain given as {label} is {indefinite_article(domain.chain_class)} "
+                               f"{domain.chain_class} chain, used as such")
         if domain.trimmed_before or domain.trimmed_after:
             chain_notes.append(
                 f"{where}: kept the V domain (IMGT 1-128), removed {domain.trimmed_before} residue(s) before "

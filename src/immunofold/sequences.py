@@ -121,10 +121,11 @@ def find_domains(sequence: str, record: str) -> list[NumberedChain]:
             continue
         chain_class = ANARCI_TO_CHAIN_CLASS.get(domain.chain_type)
         if chain_class is None:
-            continue  # gamma chains: not modelled
+            continue  # gamma chains: not modelled (`no_domain_error` says so)
         # anarcism may leave a residue inside an unusual insertion unnumbered; keep the numbered ones.
         index_to_position = {r.sequence_index: (r.position, r.insertion_code.strip()) for r in numbered}
-        index_to_position = _with_long_cdr3_numbered(sequence, index_to_position)
+        index_to_position = _with_long_cdr3_numbered(sequence, index_to_position, record)
+        _check_insertion_codes(index_to_position, record)
         kept = tuple(sorted(index_to_position))
         domains.append(
             NumberedChain(
@@ -135,10 +136,25 @@ def find_domains(sequence: str, record: str) -> list[NumberedChain]:
                 trimmed_before=kept[0],
                 trimmed_after=len(sequence) - kept[-1] - 1,
                 source_indices=kept,
+                notes=(f"{record}: numbered as a TCR delta chain (anarcism's type for TRDV and the shared TRAV/DV "
+                       "genes); modelled as an alpha chain",) if domain.chain_type == "D" else (),
             )
         )
     domains.sort(key=lambda d: d.trimmed_before)
     return domains
+
+
+UNSUPPORTED_CHAIN_TYPES = {"G": "TCR gamma"}  # anarcism chain types immunofold does not model
+
+
+def no_domain_error(sequence: str, record: str) -> InputError:
+    """The error for a cleaned sequence in which `find_domains` found nothing: names a V domain of a kind that is not
+    modelled (a TCR gamma chain) if anarcism saw one."""
+    unsupported = [UNSUPPORTED_CHAIN_TYPES[d.chain_type] for d in _number(sequence, record)
+                   if d.chain_type in UNSUPPORTED_CHAIN_TYPES]
+    if unsupported:
+        return InputError(record, f"is a {unsupported[0]} chain: gamma/delta TCRs are not modelled (alpha/beta only)")
+    return InputError(record, "no antibody or TCR variable domain found (not an immune receptor V domain?)")
 
 
 def imgt_cdr3_positions(length: int) -> list[tuple[int, str]]:
@@ -169,26 +185,56 @@ J_MOTIF = re.compile(r"[WF]G.G")
 FR4_LENGTH = 11  # IMGT 118-128
 
 
-def _with_long_cdr3_numbered(sequence: str, index_to_position: dict) -> dict:
+def _with_long_cdr3_numbered(sequence: str, index_to_position: dict, record: str) -> dict:
     """The numbering, with the CDR3 and FR4 numbered by IMGT's rule where anarcism lost them.
 
     anarcism's profile alignment loses the J motif after some long CDR3s (31- and 32-residue CDR-H3s on a human
-    heavy chain: it numbers part of the loop as FR4 and stops at IMGT 121), so a chain whose numbering has a Cys 104
-    but no Trp/Phe at 118 while the J motif follows in the sequence is renumbered from Cys 104 on:
-    `imgt_cdr3_positions` for the loop, 118-128 for FR4. Hand-written: no numbering library offers this rescue."""
+    heavy chain: it numbers part of the loop as FR4 and stops at IMGT 121, or runs FR4 out to 128 inside the loop).
+    A chain whose numbering has a Cys 104 and does not read the J motif at 118-121, while a J motif follows where
+    the numbering stopped, is renumbered from Cys 104 on: `imgt_cdr3_positions` for the loop, 118-128 for FR4.
+    Raises InputError for a loop longer than MAX_RESCUED_CDR3. Hand-written: no numbering library offers this."""
     by_position = {position: index for index, position in index_to_position.items()}
     cysteine, j_residue = by_position.get((104, "")), by_position.get((118, ""))
-    if cysteine is None or (j_residue is not None and sequence[j_residue] in "WF"):
+    numbered_j = sequence[j_residue:j_residue + 4] if j_residue is not None else ""
+    if cysteine is None or J_MOTIF.fullmatch(numbered_j):
         return index_to_position
-    motif = J_MOTIF.search(sequence, cysteine + 3)
-    if motif is None or motif.start() - cysteine - 1 > MAX_RESCUED_CDR3:
+    motif = J_MOTIF.search(sequence, max(cysteine + 3, max(index_to_position) - 3))  # where the numbering stopped
+    if motif is None:
         return index_to_position
-    kept = {index: position for index, position in index_to_position.items() if index <= cysteine}
     loop = range(cysteine + 1, motif.start())
+    if len(loop) > MAX_RESCUED_CDR3:
+        raise InputError(record, f"CDR3 of {len(loop)} residues: longer than immunofold can number (at most "
+                                 f"{MAX_RESCUED_CDR3}, 26 insertion codes A-Z on each side of IMGT 111/112)")
+    kept = {index: position for index, position in index_to_position.items() if index <= cysteine}
     kept.update(zip(loop, imgt_cdr3_positions(len(loop))))
     fr4 = range(motif.start(), min(motif.start() + FR4_LENGTH, len(sequence)))
     kept.update(zip(fr4, [(n, "") for n in range(118, 129)]))
     return kept
+
+
+def _check_insertion_codes(index_to_position: dict, record: str) -> None:
+    """InputError if a position needs more than the 26 one-letter insertion codes a PDB file can hold (anarcism
+    goes on with 'AA', 'BB', ... past Z: CDR3s of 66 residues or more)."""
+    long_codes = [number for number, code in index_to_position.values() if len(code) > 1]
+    if not long_codes:
+        return
+    cdr3 = sum(105 <= number <= 117 for number, _ in index_to_position.values())
+    if set(long_codes) <= {111, 112}:
+        raise InputError(record, f"CDR3 of {cdr3} residues: longer than immunofold can number (at most "
+                                 f"{MAX_RESCUED_CDR3}, 26 insertion codes A-Z on each side of IMGT 111/112)")
+    raise InputError(record, f"more than 26 insertions at IMGT {long_codes[0]}: longer than a PDB file can number")
+
+
+# VHH hallmark residues at IMGT 42, 49, 50, 52 (the data README's nanobody definition); a lone heavy chain with fewer
+# than MIN_HALLMARKS of them is a conventional VH.
+VHH_HALLMARKS = {42: "FY", 49: "EQ", 50: "RC", 52: "FGL"}
+MIN_HALLMARKS = 2
+
+
+def count_vhh_hallmarks(positions: tuple[tuple[int, str], ...], sequence: str) -> int:
+    """Number of IMGT hallmark positions (42, 49, 50, 52) holding a VHH-type residue."""
+    residue_at = {number: aa for (number, code), aa in zip(positions, sequence) if not code}
+    return sum(residue_at.get(number, "") in allowed for number, allowed in VHH_HALLMARKS.items())
 
 
 def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = None) -> NumberedChain:
@@ -196,14 +242,15 @@ def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = N
     cleaned = clean_sequence(sequence, record)
     domains = find_domains(cleaned, record)
     if not domains:
-        raise InputError(record, "no antibody or TCR variable domain found (not an immune receptor V domain?)")
+        raise no_domain_error(cleaned, record)
     if len(domains) > 1:
         kinds = "+".join(d.chain_class for d in domains)
-        raise InputError(record, f"holds {len(domains)} V domains ({kinds}); give one domain per chain or split the scFv")
+        hint = " or split the scFv" if len({d.chain_class for d in domains}) > 1 else ""
+        raise InputError(record, f"holds {len(domains)} V domains ({kinds}); give one domain per chain{hint}")
     domain = domains[0]
     if allowed is not None and domain.chain_class not in allowed:
-        raise InputError(record, f"is {_article(domain.chain_class)} {domain.chain_class} chain, expected {' or '.join(allowed)}")
-    notes = []
+        raise InputError(record, f"is {indefinite_article(domain.chain_class)} {domain.chain_class} chain, expected {' or '.join(allowed)}")
+    notes = list(domain.notes)
     if ends_with_stop(sequence):
         notes.append(f"{record}: dropped the trailing stop codon '*'")
     if domain.trimmed_before or domain.trimmed_after:
@@ -214,7 +261,7 @@ def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = N
     return NumberedChain(**{**domain.__dict__, "notes": tuple(notes)})
 
 
-def _article(word: str) -> str:
+def indefinite_article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -237,7 +284,7 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     numbered = []
     for slot, _ in KIND_SLOTS[kind]:
         if slot not in jobs:
-            raise InputError(record, f"missing {slot} chain for {_article(kind)} {kind}", field=slot)
+            raise InputError(record, f"missing {slot} chain for {indefinite_article(kind)} {kind}", field=slot)
         try:
             numbered.append(jobs[slot].result())
         except InputError as error:
@@ -246,4 +293,11 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     if extra:
         raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for a {kind}", field="kind")
     assert len(numbered) == len(KIND_CHAIN_IDS[kind])
+    if kind == "nanobody":
+        heavy = numbered[0]
+        hallmarks = count_vhh_hallmarks(heavy.positions, heavy.sequence)
+        if hallmarks < MIN_HALLMARKS:
+            note = (f"{record} heavy chain: {hallmarks} of 4 VHH hallmarks (IMGT 42/49/50/52), so likely a conventional "
+                    "VH, which needs its light chain; modelled as a nanobody as asked")
+            numbered[0] = NumberedChain(**{**heavy.__dict__, "notes": (*heavy.notes, note)})
     return numbered

@@ -20,7 +20,7 @@ import torch
 from immunofold.constants import ATOM14_NAMES, IMGT_CDRS, KINDS, ONE_TO_THREE
 from immunofold.data.features import featurise
 from immunofold.data.sabdab import MIN_BACKBONE_FRACTION, cached, cached_examples, read_summary
-from immunofold.inputs import MIN_HALLMARKS, count_vhh_hallmarks
+from immunofold.sequences import MIN_HALLMARKS, count_vhh_hallmarks
 from immunofold.sequences import InputError, clean_sequence, find_domains
 
 BACKBONE_WITH_O = ("N", "CA", "C", "O")  # the atoms a record holds, atom14 slots 0-3 for every residue type
