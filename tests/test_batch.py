@@ -674,3 +674,24 @@ def test_a_rerun_with_other_options_overwrites_its_own_files_without_reading_the
     report = run_batch(fasta, outdir, numbering="kabat", **options)
     assert (report.done, report.failed, hashed) == (2, 0, [])
     assert "KABAT" in (outdir / "nb1.pdb").read_text()
+
+
+def test_a_model_that_cannot_be_written_fails_its_record_and_the_run_goes_on(tmp_path, predictor, monkeypatch):
+    import immunofold.batch
+
+    real_render = immunofold.batch.render
+
+    def render_failing_for_bad(prediction, fmt, developability=False):
+        if prediction.name == "bad":
+            raise TypeError("an atom name gemmi refuses")
+        return real_render(prediction, fmt, developability)
+
+    monkeypatch.setattr(immunofold.batch, "render", render_failing_for_bad)
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">bad\n{NB1}\n>good\n{NB2}\n")
+    report = run_batch(fasta, tmp_path / "out", refine=False, workers=0, predictor=predictor, threads=1)
+    summary = read_summary(tmp_path / "out")
+    assert report.ok_total == 1 and summary["good"]["status"] == "ok" and (tmp_path / "out" / "good.pdb").exists()
+    assert summary["bad"]["status"] == "failed" and not (tmp_path / "out" / "bad.pdb").exists()
+    failures = {row["name"]: row for row in read_csv(tmp_path / "out" / "failures.csv")}
+    assert failures["bad"]["reason"] == "writing the model failed (TypeError: an atom name gemmi refuses)"
