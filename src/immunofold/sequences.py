@@ -203,8 +203,7 @@ def _with_long_cdr3_numbered(sequence: str, index_to_position: dict, record: str
         return index_to_position
     loop = range(cysteine + 1, motif.start())
     if len(loop) > MAX_RESCUED_CDR3:
-        raise InputError(record, f"CDR3 of {len(loop)} residues: longer than immunofold can number (at most "
-                                 f"{MAX_RESCUED_CDR3}, 26 insertion codes A-Z on each side of IMGT 111/112)")
+        raise _cdr3_too_long(record, len(loop))
     kept = {index: position for index, position in index_to_position.items() if index <= cysteine}
     kept.update(zip(loop, imgt_cdr3_positions(len(loop))))
     fr4 = range(motif.start(), min(motif.start() + FR4_LENGTH, len(sequence)))
@@ -220,9 +219,13 @@ def _check_insertion_codes(index_to_position: dict, record: str) -> None:
         return
     cdr3 = sum(105 <= number <= 117 for number, _ in index_to_position.values())
     if set(long_codes) <= {111, 112}:
-        raise InputError(record, f"CDR3 of {cdr3} residues: longer than immunofold can number (at most "
-                                 f"{MAX_RESCUED_CDR3}, 26 insertion codes A-Z on each side of IMGT 111/112)")
+        raise _cdr3_too_long(record, cdr3)
     raise InputError(record, f"more than 26 insertions at IMGT {long_codes[0]}: longer than a PDB file can number")
+
+
+def _cdr3_too_long(record: str, length: int) -> InputError:
+    return InputError(record, f"CDR3 of {length} residues: longer than immunofold can number (at most "
+                              f"{MAX_RESCUED_CDR3}, 26 insertion codes A-Z on each side of IMGT 111/112)")
 
 
 # VHH hallmark residues at IMGT 42, 49, 50, 52 (the data README's nanobody definition); a lone heavy chain with fewer
