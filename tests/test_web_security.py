@@ -4,6 +4,8 @@ security headers on every response, no CDN docs, and the `serve` command's host 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
@@ -237,3 +239,26 @@ def test_api_docs_are_not_loaded_from_a_cdn(make_client):
     assert_one_line_json(client.get("/api/redoc"), 404)
     schema = client.get("/api/openapi.json")
     assert schema.status_code == 200 and "/api/predict" in schema.json()["paths"]
+
+
+def test_a_second_server_on_a_job_database_in_use_refuses_to_start(monkeypatch, capsys, tmp_path):
+    """A second server on the same --db would resume, and so re-run, the first one's jobs: it refuses in one line
+    before it opens the database."""
+    db = tmp_path / "j.sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from immunofold.web.jobs import claim_database; "
+                               "lock = claim_database(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(db)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr("immunofold.web.app.create_app", lambda **kwargs: pytest.fail("opened a database in use"))
+        args = build_parser().parse_args(["serve", "--db", str(db)])
+        assert args.handler(args) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: job database {db} is in use by another immunofold serve (pid {holder.pid}); stop it, "
+                       "or give this server its own --db\n")
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.undo()
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
+    assert args.handler(args) == 0  # free again once the first server is gone

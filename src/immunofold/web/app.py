@@ -36,6 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from immunofold import __version__
 from immunofold.inputs import CSV_SUFFIXES, FASTA_SUFFIXES, TSV_SUFFIXES, parse_fasta
 from immunofold.sequences import KIND_SLOTS, InputError, clean_sequence, find_domains, number_receptor
 from immunofold.web import assets as web_assets
@@ -163,7 +164,8 @@ def create_app(
         yield
         runner.shutdown(wait=False)
 
-    app = FastAPI(title="immunofold", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(title="immunofold", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
     app.state.store = store
     app.state.runner = runner
     app.state.csrf_token = csrf_token

@@ -12,6 +12,7 @@ running then ends as failed.
 from __future__ import annotations
 
 import csv
+import fcntl
 import inspect
 import io
 import json
@@ -54,6 +55,30 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created);
 """
 
 _PUBLIC_COLUMNS = "id, type, status, stage, name, created, updated, done, total, error, result"
+
+
+def claim_database(path: str | os.PathLike):
+    """An exclusive lock on `path`'s job database (a '<name>.lock' file beside it, created if needed), held while the
+    returned file stays open; StoreUnavailable naming the holder if another process holds it."""
+    lock_path = Path(f"{path}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as error:
+        raise StoreUnavailable(f"cannot use job database {path}: {error.strerror or error}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreUnavailable(f"job database {path} is in use by another immunofold serve ({holder}); stop it, or "
+                               "give this server its own --db") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 def default_db_path() -> Path:

@@ -79,6 +79,12 @@ def _serve(args: argparse.Namespace) -> int:
         required_member_sets()
     except WeightsError as exc:
         return _fail(f"weights: {exc}")
+    from immunofold.web.jobs import claim_database, default_db_path
+
+    try:  # one server per job database: a second would resume (re-run) the first one's jobs
+        lock = claim_database(args.db or default_db_path())  # noqa: F841  held until the process ends
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
     try:
         app = create_app(db_path=args.db, workers=args.workers, allowed_hosts=hosts, api_token=token, preload=True)
     except StoreUnavailable as exc:
