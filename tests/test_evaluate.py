@@ -126,3 +126,24 @@ def test_the_printed_summary_says_n_a_where_a_ranking_needs_more_entries():
     lines = []
     print_summary(summary, echo=lines.append)
     assert lines[1].endswith("H3 n/a (CDR3 error across entries)") and "None" not in "".join(lines)
+
+
+def test_evaluate_refuses_what_it_cannot_do_in_one_line_before_predicting(tmp_path, capsys):
+    folder = make_folder(tmp_path / "data", [NANOBODY_ROW])  # one entry, split "train"
+    out = str(tmp_path / "x.json")
+    cases = [
+        (["--data", folder, "--split", "nope"], f"--split nope: no entries with that split in {folder} (splits: train)"),
+        (["--data", str(tmp_path / "none")], f"--data {tmp_path / 'none'}: no such folder"),
+        (["--data", str(tmp_path)], f"--data {tmp_path}: no summary.tsv under it"),
+        (["--data", folder, "--split", "train", "--limit", "-3"], "--limit -3: give 1 or more"),
+        (["--data", folder, "--split", "train", "--limit", "0"], "--limit 0: give 1 or more"),
+    ]
+    for options, message in cases:
+        assert main(["evaluate", *options, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert main(["evaluate", "--data", folder, "--split", "train", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {tmp_path} is a folder")
+    assert main(["evaluate", "--data", folder, "--split", "train", "--out", "/proc/x/x.json"]) == 2
+    assert capsys.readouterr().err.startswith("error: --out: cannot create folder /proc/x")
+    assert not (tmp_path / "x.json").exists()

@@ -183,12 +183,42 @@ def _add_predict_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _evaluate_problem(args: argparse.Namespace) -> str | None:
+    """A one-line reason `evaluate` cannot run as asked (checked before any prediction), else None."""
+    from immunofold.data.sabdab import read_summary
+    from immunofold.io import prepare_output_folder
+
+    if args.limit is not None and args.limit < 1:
+        return f"--limit {args.limit}: give 1 or more"
+    if not os.path.isdir(args.data):
+        return f"--data {args.data}: no such folder"
+    splits = sorted({entry.split for entry in read_summary(args.data)})
+    if not splits:
+        return f"--data {args.data}: no summary.tsv under it (in sabdab/, stcrdab/ or the folder itself)"
+    if args.split not in splits:
+        return f"--split {args.split}: no entries with that split in {args.data} (splits: {', '.join(splits)})"
+    for option, path in (("--out", args.out), ("--csv", args.csv)):
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            return f"{option} {path} is a folder; give a file name such as {os.path.join(path, 'val.json')}"
+        try:
+            prepare_output_folder(os.path.dirname(path))
+        except OSError as error:
+            return f"{option}: {error}"
+    return None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from immunofold.ensemble import Ensemble
     from immunofold.evaluate import evaluate, print_summary, write_results
     from immunofold.prediction import Predictor
     from immunofold.weights import WeightsError, folder_member_sets
 
+    problem = _evaluate_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.weights and len(args.weights) == 1 and os.path.isdir(args.weights[0]):
             ensemble = Ensemble(folder_member_sets(args.weights[0]), args.device)  # its members.json, if any
@@ -256,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="val", help="split column value to evaluate (default val)")
     evaluate.add_argument("--out", required=True, help="results JSON path (a per-entry CSV is written beside it)")
     evaluate.add_argument("--csv", default=None, help="per-entry CSV path (default: the JSON path with .csv)")
-    evaluate.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False, help="score refined models")
+    evaluate.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
+                          help="score refined models (default: unrefined, --no-refine)")
     evaluate.add_argument("--weights", nargs="+", default=None,
                           help="weight files for every kind, or one folder of them (with its members.json, if any, "
                           "naming each kind's members); default: the shipped ensemble")
