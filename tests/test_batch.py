@@ -695,3 +695,12 @@ def test_a_model_that_cannot_be_written_fails_its_record_and_the_run_goes_on(tmp
     assert summary["bad"]["status"] == "failed" and not (tmp_path / "out" / "bad.pdb").exists()
     failures = {row["name"]: row for row in read_csv(tmp_path / "out" / "failures.csv")}
     assert failures["bad"]["reason"] == "writing the model failed (TypeError: an atom name gemmi refuses)"
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_the_ray_engine_refuses_fewer_than_one_worker_in_one_line(tmp_path, capsys, workers):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--engine", "ray", "--workers", workers]) == 2
+    assert capsys.readouterr().err == f"error: --workers {workers}: the Ray engine needs 1 or more actors (default: one per CPU)\n"
+    assert not (tmp_path / "out").exists()
