@@ -262,3 +262,13 @@ def test_a_second_server_on_a_job_database_in_use_refuses_to_start(monkeypatch, 
     monkeypatch.undo()
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
     assert args.handler(args) == 0  # free again once the first server is gone
+
+
+def test_serve_refuses_a_folder_as_database_and_a_port_out_of_range(capsys, tmp_path):
+    args = build_parser().parse_args(["serve", "--db", str(tmp_path)])
+    assert args.handler(args) == 2
+    assert capsys.readouterr().err == (f"error: job database {tmp_path} is a folder; give a file name such as "
+                                       f"{tmp_path / 'jobs.sqlite'}\n")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--port", "70000"])
+    assert "argument --port: '70000' is not a port (1-65535)" in capsys.readouterr().err

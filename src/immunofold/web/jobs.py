@@ -61,6 +61,8 @@ def claim_database(path: str | os.PathLike):
     """An exclusive lock on `path`'s job database (a '<name>.lock' file beside it, created if needed), held while the
     returned file stays open; StoreUnavailable naming the holder if another process holds it."""
     lock_path = Path(f"{path}.lock")
+    if Path(path).is_dir():
+        raise StoreUnavailable(f"job database {path} is a folder; give a file name such as {Path(path) / 'jobs.sqlite'}")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a+")
