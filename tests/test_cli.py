@@ -274,3 +274,11 @@ def test_unusable_weights_are_one_line_naming_the_file_in_every_command_and_batc
     code, _, err = immunofold(*nanobody)
     assert code == 2
     assert_one_line_error(err, "weights: no weight files", str(tmp_path / "empty"))
+
+
+def test_a_chain_without_cdr3_prints_n_a_for_its_cdr3_error(tmp_path):
+    code, stdout, stderr = immunofold("predict", "nanobody", "--heavy", TRASTUZUMAB_HEAVY[:96], "-o",
+                                      str(tmp_path / "cut.pdb"), "--no-refine")
+    assert code == 0, stderr
+    assert "(H3 n/a Å)" in stdout and "H3 nan" not in stdout
+    assert "before FR4 (IMGT 118-128)" in stderr

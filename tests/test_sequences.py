@@ -368,3 +368,12 @@ def test_a_conventional_vh_asked_for_as_a_nanobody_gets_a_note_and_a_vhh_none():
 def test_two_heavy_domains_in_one_chain_are_not_called_an_scfv():
     with pytest.raises(InputError, match=r"holds 2 V domains \(heavy\+heavy\); give one domain per chain$"):
         number_chain(CAMELID_VHH + "GGGGSGGGGS" + CAMELID_VHH, "tandem")
+
+
+def test_a_v_domain_cut_before_fr4_is_numbered_with_a_note():
+    cut = CAMELID_VHH[:100]  # ends in ...YYCA: no CDR3, no FR4
+    chain = number_chain(cut, "cut")
+    last = max(number for number, _ in chain.positions)
+    assert last < 118 and chain.notes[0] == (f"cut: the V domain ends at IMGT {last}, before FR4 (IMGT 118-128): its "
+                                             "CDR3 is probably incomplete; give the whole V domain")
+    assert number_chain(CAMELID_VHH, "whole").notes == ()

@@ -271,4 +271,4 @@ def test_serve_refuses_a_folder_as_database_and_a_port_out_of_range(capsys, tmp_
                                        f"{tmp_path / 'jobs.sqlite'}\n")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--port", "70000"])
-    assert "argument --port: '70000' is not a port (1-65535)" in capsys.readouterr().err
+    assert "argument --port: '70000' is not a port (0-65535)" in capsys.readouterr().err

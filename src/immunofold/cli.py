@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -126,7 +127,7 @@ def _predict(args: argparse.Namespace) -> int:
     except OSError as error:  # e.g. the disk filled up while writing
         print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
         return 2
-    cdr3 = [f"{cid}3 {err:.2f}" for cid, err in prediction.cdr3_errors().items()]
+    cdr3 = [f"{cid}3 {'n/a' if math.isnan(err) else f'{err:.2f}'}" for cid, err in prediction.cdr3_errors().items()]
     print(
         f"wrote {args.output}: {prediction.kind}, {len(prediction.error)} residues, "
         f"mean error {prediction.mean_error:.2f} Å ({', '.join(cdr3)} Å), "

@@ -136,12 +136,25 @@ def find_domains(sequence: str, record: str) -> list[NumberedChain]:
                 trimmed_before=kept[0],
                 trimmed_after=len(sequence) - kept[-1] - 1,
                 source_indices=kept,
-                notes=(f"{record}: numbered as a TCR delta chain (anarcism's type for TRDV and the shared TRAV/DV "
-                       "genes); modelled as an alpha chain",) if domain.chain_type == "D" else (),
+                notes=_domain_notes(domain.chain_type, index_to_position, record),
             )
         )
     domains.sort(key=lambda d: d.trimmed_before)
     return domains
+
+
+def _domain_notes(chain_type: str, index_to_position: dict, record: str) -> tuple[str, ...]:
+    """What a user should know about a numbered domain: a delta-typed chain modelled as alpha; a domain that ends
+    before FR4 (its CDR3 is probably cut)."""
+    notes = []
+    if chain_type == "D":
+        notes.append(f"{record}: numbered as a TCR delta chain (anarcism's type for TRDV and the shared TRAV/DV genes); "
+                     "modelled as an alpha chain")
+    last = max(number for number, _ in index_to_position.values())
+    if last < 118:
+        notes.append(f"{record}: the V domain ends at IMGT {last}, before FR4 (IMGT 118-128): its CDR3 is probably "
+                     "incomplete; give the whole V domain")
+    return tuple(notes)
 
 
 UNSUPPORTED_CHAIN_TYPES = {"G": "TCR gamma"}  # anarcism chain types immunofold does not model

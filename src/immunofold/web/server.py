@@ -98,13 +98,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _port(text: str) -> int:
-    """A TCP port number from the command line (1-65535), else argparse's one-line error."""
+    """A TCP port number from the command line (0-65535; 0: any free port), else argparse's one-line error."""
     try:
         port = int(text)
     except ValueError:
         port = -1
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
     return port
 
 
