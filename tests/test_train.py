@@ -201,6 +201,35 @@ def test_train_cli_names_a_missing_starting_point(tmp_path, capsys):
     assert error.startswith(f"error: {config}: init_from") and "missing.safetensors not found" in error and "\n" not in error
 
 
+@pytest.mark.parametrize("text, options, message", [
+    (None, [], "{config}: No such file or directory"),
+    ("epochs: [1\n", [], "{config}: not valid YAML (line 2)"),
+    ("bogus_key: 3\nmodel:\n  dimm: 8\n", [], "{config}: unknown config key(s) bogus_key, model.dimm"),
+    ("name: x\n", ["--threads", "0"], "--threads 0: give 1 or more"),
+    ("name: x\n", ["--max-minutes", "-1"], "--max-minutes -1.0: give a positive number"),
+])
+def test_train_cli_refuses_bad_configs_and_options_in_one_line(tmp_path, capsys, text, options, message):
+    from immunofold.cli import main
+
+    config = tmp_path / "member.yaml"
+    if text is not None:
+        config.write_text(text)
+    assert main(["train", "--config", str(config), *options]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(config=config)}\n"
+
+
+def test_training_without_data_is_refused_and_leaves_no_run(tmp_path, capsys):
+    from immunofold.cli import main
+
+    config = tmp_path / "member.yaml"
+    config.write_text(f"name: empty\ndata_root: {tmp_path / 'nowhere'}\nrun_dir: {tmp_path / 'runs'}\n"
+                      f"cache_dir: {tmp_path / 'cache'}\n")
+    assert main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {config}: no training examples of split 'train' under data_root") and error.count("\n") == 1
+    assert not (tmp_path / "runs" / "empty").exists()
+
+
 def test_cdr3_curriculum_starts_with_each_kinds_shortest_cdr3s_and_ends_with_all():
     import random
 

@@ -14,7 +14,17 @@ def _train(args: argparse.Namespace) -> int:
     from immunofold.train.config import TrainConfig
     from immunofold.train.loop import train
 
-    config = TrainConfig.from_yaml(args.config)
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads {args.threads}: give 1 or more", file=sys.stderr)
+        return 2
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        print(f"error: --max-minutes {args.max_minutes}: give a positive number", file=sys.stderr)
+        return 2
+    try:
+        config = TrainConfig.from_yaml(args.config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.max_minutes is not None:
         config.max_minutes = args.max_minutes
     if args.threads is not None:

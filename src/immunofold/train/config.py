@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import yaml
 
@@ -55,8 +55,24 @@ class TrainConfig:
 
     @staticmethod
     def from_yaml(path: str) -> "TrainConfig":
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
+        """The config of a YAML file; ValueError naming the file and the reason (unreadable, not YAML, unknown key)."""
+        try:
+            with open(path) as handle:
+                raw = yaml.safe_load(handle) or {}
+        except OSError as error:
+            raise ValueError(f"{path}: {error.strerror or error}") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ValueError(f"{path}: not valid YAML{where}") from None
+        if isinstance(raw, dict) and raw.get("model", {}) is None:
+            raw["model"] = {}
+        if not isinstance(raw, dict) or not isinstance(raw.get("model", {}), dict):
+            raise ValueError(f"{path}: expected a mapping of config keys (and a 'model' mapping)")
+        model_keys, train_keys = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(raw) - train_keys) + [f"model.{k}" for k in sorted(set(raw.get("model", {})) - model_keys)]
+        if unknown:
+            raise ValueError(f"{path}: unknown config key(s) {', '.join(unknown)}")
         model = ModelConfig(**raw.pop("model", {}))
         weights = {**DEFAULT_LOSS_WEIGHTS, **raw.pop("loss_weights", {})}
         config = TrainConfig(model=model, loss_weights=weights, **raw)

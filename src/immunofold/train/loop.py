@@ -215,11 +215,14 @@ def train(config: TrainConfig, log=print) -> dict:
     checkpoint_path = os.path.join(run_dir, "last.pt")
     if not os.path.exists(checkpoint_path) and config.init_from and not os.path.exists(config.init_from):
         raise FileNotFoundError(f"init_from {config.init_from} not found (the config's comment says how to restore it)")
+    unique_examples = training_examples(config)
+    if not unique_examples:
+        raise FileNotFoundError(f"no training examples of split {config.train_split!r} under data_root "
+                                f"{config.data_root} (sabdab/ or stcrdab/ summary.tsv and structures)")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(config.to_yaml())
 
-    unique_examples = training_examples(config)
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     if config.train_kinds:  # a specialist is validated (and its best epoch chosen) on its own kinds
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
