@@ -279,7 +279,8 @@ def test_wrong_chain_for_slot(kind, chains, slot, expected):
         ("antibody", {"heavy": HUMAN_HEAVY, "light": "  "}, "missing light chain"),
         ("antibody", {"light": HUMAN_KAPPA}, "missing heavy chain"),
         ("tcr", {"alpha": TCR_ALPHA}, "missing beta chain"),
-        ("nanobody", {"heavy": CAMELID_VHH, "light": HUMAN_KAPPA}, "unexpected chain(s) light for a nanobody"),
+        ("nanobody", {"heavy": CAMELID_VHH, "light": HUMAN_KAPPA}, "unexpected chain(s) light for a nanobody (it takes heavy)"),
+        ("tcr", {"heavy": HUMAN_HEAVY, "light": HUMAN_KAPPA}, "unexpected chain(s) heavy, light for a tcr (it takes alpha and beta)"),
         ("fab", {"heavy": HUMAN_HEAVY, "light": HUMAN_KAPPA}, "unknown receptor kind 'fab'"),
     ],
 )

@@ -536,3 +536,15 @@ def test_serve_command_defaults_to_loopback(tmp_path, monkeypatch):
     client = TestClient(create_app(db_path=str(tmp_path / "h.sqlite"), allowed_hosts=["127.0.0.1", "localhost"]))
     assert client.get("/api/health", headers={"host": "evil.example"}).status_code == 400
     assert client.get("/api/health", headers={"host": "127.0.0.1:8000"}).status_code == 200
+
+
+def test_the_fasta_box_and_chain_fields_together_are_refused_not_half_ignored(client):
+    response = client.post("/api/predict", json={"kind": "antibody", "fasta": f">x|H\n{TRASTUZUMAB_HEAVY}\n>x|L\n{TRASTUZUMAB_LIGHT}\n",
+                                                 "heavy": TRASTUZUMAB_HEAVY})
+    assert response.status_code == 422
+    assert "give either the FASTA box or the chain fields (heavy), not both" in response.text
+
+
+def test_the_page_template_redirects_to_the_page_that_carries_the_token(client):
+    response = client.get("/static/index.html", follow_redirects=False)
+    assert response.status_code == 308 and response.headers["location"] == "/"

@@ -290,6 +290,11 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
     """
     if kind not in KIND_SLOTS:
         raise InputError(record, f"unknown receptor kind {kind!r} (antibody, nanobody or tcr)", field="kind")
+    extra = sorted(set(k for k, v in chains.items() if v) - {slot for slot, _ in KIND_SLOTS[kind]})
+    if extra:
+        slots = " and ".join(slot for slot, _ in KIND_SLOTS[kind])
+        raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for {indefinite_article(kind)} {kind} "
+                                 f"(it takes {slots})", field="kind")
     given = {slot: chains.get(slot) for slot, _ in KIND_SLOTS[kind]}
     given = {slot: sequence for slot, sequence in given.items() if sequence is not None and str(sequence).strip()}
     with ThreadPoolExecutor(max_workers=len(given) or 1) as pool:
@@ -305,9 +310,6 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
             numbered.append(jobs[slot].result())
         except InputError as error:
             raise InputError(error.record, error.reason, field=slot) from None
-    extra = sorted(set(k for k, v in chains.items() if v) - {slot for slot, _ in KIND_SLOTS[kind]})
-    if extra:
-        raise InputError(record, f"unexpected chain(s) {', '.join(extra)} for a {kind}", field="kind")
     assert len(numbered) == len(KIND_CHAIN_IDS[kind])
     if kind == "nanobody":
         heavy = numbered[0]

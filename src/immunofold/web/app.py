@@ -31,14 +31,14 @@ from typing import Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from immunofold import __version__
 from immunofold.inputs import CSV_SUFFIXES, FASTA_SUFFIXES, TSV_SUFFIXES, parse_fasta
-from immunofold.sequences import KIND_SLOTS, InputError, clean_sequence, find_domains, number_receptor
+from immunofold.sequences import KIND_SLOTS, InputError, clean_sequence, find_domains, indefinite_article, number_receptor
 from immunofold.web import assets as web_assets
 from immunofold.web.jobs import JobRunner, JobStore, StoreUnavailable, count_records, default_db_path
 from immunofold.web.security import (
@@ -100,7 +100,8 @@ def chains_from_fasta(kind: str, text: str, name: str) -> tuple[str, dict[str, s
     if not any(sequence.strip() for _, sequence in parts):
         raise InputError(name, "no sequences found in the FASTA")
     if len(parts) != len(slots):
-        raise InputError(name, f"a {kind} needs {len(slots)} FASTA chain(s) ({' + '.join(slots)}), found {len(parts)}")
+        raise InputError(name, f"{indefinite_article(kind)} {kind} needs {len(slots)} FASTA chain(s) ({' + '.join(slots)}), "
+                               f"found {len(parts)}")
     assigned = {slot: sequence for slot, sequence in parts if slot is not None}
     for slot in assigned:
         if slot not in slots:
@@ -210,6 +211,10 @@ def create_app(
             return error(404, f"3Dmol.js is not installed; run `{web_assets.INSTALL_COMMAND}`")
         return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
+    @app.get("/static/index.html")
+    def page_template():  # the page's template (no CSRF token in it, so its forms could not submit): the page is at /
+        return RedirectResponse("/", status_code=308)
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/api/health")
@@ -235,6 +240,10 @@ def create_app(
     def submit_prediction(body: PredictRequest):
         from_fasta = bool(body.fasta.strip())
         name = clean_name(body.name)
+        given_chains = [slot for slot in ("heavy", "light", "alpha", "beta") if getattr(body, slot).strip()]
+        if from_fasta and given_chains:
+            return error(422, f"give either the FASTA box or the chain fields ({', '.join(given_chains)}), not both",
+                         "fasta")
         try:
             if from_fasta:
                 fasta_name, chains = chains_from_fasta(body.kind, body.fasta, name)
@@ -313,7 +322,8 @@ def create_app(
             return error(409, f"job is {job['status']}, not done")
         content = store.get_field(job_id, column)
         if content is None:
-            return error(404, f"this job has no {suffix} file")
+            what = "results.zip (it is a single prediction: download its model)" if column == "archive" else f"{suffix} file"
+            return error(404, f"this job has no {what}")
         filename = f"{download_stem(job['name'])}{suffix}"
         return Response(content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
