@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,12 +139,18 @@ def _load_or_reason(entry: Entry):
         return None, f"{entry.name}: {type(error).__name__}: {error}"
 
 
+def _ignore_ctrl_c() -> None:
+    """Pool workers leave Ctrl-C (sent to the whole process group) to the parent, which stops them; each would
+    otherwise print its own KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_examples(entries: list[Entry], workers: int = 2) -> tuple[list[dict], list[str]]:
     """Featurise entries in parallel; returns (examples, one-line reasons for skipped entries)."""
     if workers <= 1:
         results = [_load_or_reason(entry) for entry in entries]
     else:  # spawn, not fork: forking after torch has started its thread pool can deadlock
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_ctrl_c) as pool:
             results = pool.map(_load_or_reason, entries, chunksize=8)
     examples = [
         {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in e.items()}
