@@ -191,6 +191,8 @@ def test_single_job_carries_the_developability_profile(client, predictor):
         assert len(shown["residues"]) == len(metric.residues)
         assert {(r["chain"], r["resi"], r["icode"]) for r in shown["residues"]} <= in_file
     assert profile["metrics"]["cdr_length"]["value"] == 47
+    archive = client.get(f"/api/jobs/{job_id}/results.zip")  # batch jobs have one; a single job has its model
+    assert archive.status_code == 404 and "single prediction: download its model" in archive.text
 
     nanobody = wait_done(client, client.post("/api/predict", json={"kind": "nanobody", "heavy": NANOBODY}).json()["id"])
     metrics = nanobody["result"]["developability"]["metrics"]
