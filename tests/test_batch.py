@@ -276,6 +276,14 @@ def test_workers_csv_input_and_plots(tmp_path, predictor, monkeypatch):
     assert inline.ok_total == 3
     for name in ("ab1", "nb1", "tcr1"):
         assert (tmp_path / "out" / f"{name}.pdb").read_bytes() == (tmp_path / "inline" / f"{name}.pdb").read_bytes()
+    # a changed record gets a new plot; a record that now fails loses its plot with its model; the others stay
+    drawn = {p: (tmp_path / "out" / "plots" / p).read_bytes() for p in plots}
+    table.write_text(f"name\theavy\tlight\talpha\tbeta\nab1\t{AB1_H}\t{AB1_L}\t\t\nnb1\t{NB2}\t\t\t\n"
+                     f"tcr1\t\t\t{TCR1_A}\tNOTATCR\nvl\t\t{AB1_L}\t\t\n")
+    run_batch(table, tmp_path / "out", refine=False, workers=0, batch_size=4, predictor=predictor, plots=True, threads=1)
+    assert sorted(os.listdir(tmp_path / "out" / "plots")) == ["ab1.png", "nb1.png", "overview.png"]
+    assert (tmp_path / "out" / "plots" / "ab1.png").read_bytes() == drawn["ab1.png"]
+    assert (tmp_path / "out" / "plots" / "nb1.png").read_bytes() != drawn["nb1.png"]
 
 
 def test_cli_batch(tmp_path, capsys):

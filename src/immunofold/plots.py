@@ -104,15 +104,18 @@ def plot_overview(rows: list[dict], path: str) -> str:
 
 
 def write_plots(ok_rows: list[dict], stems: dict, records, store, folder: str) -> list[str]:
-    """Per-record PNGs (only those missing) and the overview PNG (always remade); returns the paths."""
+    """Per-record PNGs (drawn when missing or older than the record's result; removed for a record that has no
+    model now) and the overview PNG (always remade); returns the paths."""
     os.makedirs(folder, exist_ok=True)
     paths = []
     for record in records:
         data = store.load(record)  # a batch.RecordStore
-        if data is None or data.get("status") != "ok":
-            continue
         path = os.path.join(folder, f"{stems[record.index]}.png")
-        if not os.path.isfile(path):
+        if data is None or data.get("status") != "ok":
+            if os.path.isfile(path):
+                os.remove(path)  # the plot of a model this run removed or never made
+            continue
+        if not os.path.isfile(path) or os.path.getmtime(path) < os.path.getmtime(store.path(record)):
             plot_record(data, path)
         paths.append(path)
     paths.append(plot_overview(ok_rows, os.path.join(folder, OVERVIEW_FILE)))
