@@ -112,3 +112,31 @@ def test_a_prediction_prints_as_one_short_line():
     text = repr(prediction)
     assert "\n" not in text and len(text) < 200
     assert text.startswith("Prediction(name='tz', kind='antibody', chains=H+L, residues=227, unrefined, mean_error=")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"name": 5}, TypeError, "name must be a string, not int"),
+    ({"refine": "no"}, TypeError, "input: refine must be True or False, not 'no'"),
+    ({"clean_geometry": None, "refine": False}, TypeError, "input: clean_geometry must be True or False, not None"),
+])
+def test_options_of_the_wrong_type_are_refused_in_one_line(kwargs, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        immunofold.predict(heavy=TRASTUZUMAB_HEAVY, **kwargs)
+
+
+def test_no_chain_at_all_says_which_to_give():
+    with pytest.raises(InputError, match="^input: no chain given: heavy= \\(and light=\\) for an antibody or nanobody"):
+        immunofold.predict()
+
+
+def test_save_creates_its_folder_and_refuses_a_format_that_contradicts_the_name(tmp_path):
+    prediction = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False)
+    prediction.save(tmp_path / "new" / "model.pdb")
+    assert (tmp_path / "new" / "model.pdb").read_text().startswith("REMARK")
+    with pytest.raises(ValueError, match="model.pdb ends in .pdb but fmt is 'cif'; name it .*model.cif"):
+        prediction.save(tmp_path / "model.pdb", fmt="cif")
+    with pytest.raises(ValueError, match="^fmt='xyz': give 'pdb' or 'cif'$"):
+        prediction.save_ensemble(tmp_path / "members", fmt="xyz")
+    assert not (tmp_path / "members").exists() and not (tmp_path / "model.pdb").exists()
+    with pytest.raises(ValueError, match=r"atom14 must be \[227, 14, 3\] coordinates"):
+        prediction.structure_of(0)

@@ -361,7 +361,7 @@ def test_a_gamma_chain_is_named_as_such_and_a_delta_chain_gets_a_note():
 def test_a_conventional_vh_asked_for_as_a_nanobody_gets_a_note_and_a_vhh_none():
     vh, = number_receptor("nanobody", {"heavy": HUMAN_HEAVY}, "tz")
     assert vh.notes == ("tz heavy chain: 0 of 4 VHH hallmarks (IMGT 42/49/50/52), so likely a conventional VH, which "
-                        "needs its light chain; modelled as a nanobody as asked",)
+                        "needs its light chain; modelled as a nanobody",)
     vhh, = number_receptor("nanobody", {"heavy": CAMELID_VHH}, "nb")
     assert vhh.notes == ()
 

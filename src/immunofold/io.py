@@ -143,7 +143,12 @@ def write_structure(structure: gemmi.Structure, path: str | os.PathLike, fmt: st
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model.pdb'}")
-    fmt = fmt or FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    implied = FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    if fmt is not None and fmt not in ("pdb", "cif"):
+        raise ValueError(f"fmt={fmt!r}: give 'pdb' or 'cif'")
+    if fmt is not None and implied is not None and implied != fmt:
+        raise ValueError(f"{path} ends in {path.suffix} but fmt is {fmt!r}; name it {path.with_suffix('.' + fmt)}")
+    fmt = fmt or implied
     if fmt not in ("pdb", "cif"):
         raise ValueError(f"{path}: cannot tell the format; give fmt='pdb' or 'cif'")
     write_text_atomic(path, to_pdb_string(structure) if fmt == "pdb" else to_cif_string(structure))

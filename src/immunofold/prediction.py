@@ -154,6 +154,9 @@ class Prediction:
 
     def structure_of(self, atom14: np.ndarray) -> gemmi.Structure:
         """This receptor's chains, numbering and errors with the coordinates `atom14` [N, 14, 3] Å."""
+        shape = np.shape(atom14)
+        if shape != (len(self.error), 14, 3):
+            raise ValueError(f"atom14 must be [{len(self.error)}, 14, 3] coordinates (Å), not of shape {shape}")
         return build_structure(self._chain_atoms(atom14), self.remarks())
 
     def structure(self) -> gemmi.Structure:
@@ -172,12 +175,18 @@ class Prediction:
         return to_cif_string(self.structure())
 
     def save(self, path: str | os.PathLike, fmt: str | None = None) -> None:
-        """Write the structure to `path` (.pdb or .cif, or `fmt` = "pdb" | "cif"), atomically."""
+        """Write the structure to `path` (.pdb or .cif, or `fmt` = "pdb" | "cif"), atomically, creating its folder
+        if needed (as the command line does)."""
+        folder = os.path.dirname(os.fspath(path))
+        if folder and not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
         write_structure(self.structure(), path, fmt)
 
     def save_ensemble(self, folder: str | os.PathLike, fmt: str = "pdb") -> list[str]:
         """Write every ensemble member (unrefined) as <safe name>_member<i>.<fmt> inside `folder` (a name such as
         '../x' cannot lead outside it); returns the paths."""
+        if fmt not in ("pdb", "cif"):
+            raise ValueError(f"fmt={fmt!r}: give 'pdb' or 'cif'")
         os.makedirs(folder, exist_ok=True)
         paths = []
         for i in range(len(self.members)):
@@ -337,14 +346,23 @@ def predict(
 ) -> Prediction:
     """Predict one antibody (heavy + light), nanobody (heavy) or TCR (alpha + beta) from sequence.
 
-    Raises TypeError for a sequence that is not a string and InputError (one line: '<name>: <reason>') for
-    anything else that cannot be modelled: bad sequences, unknown kind, numbering or device.
+    Raises TypeError for a sequence or name that is not a string or a refine/clean_geometry that is not a bool,
+    and InputError (one line: '<name>: <reason>') for anything else that cannot be modelled: no or bad sequences,
+    unknown kind, numbering or device.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, not {type(name).__name__}")
+    for option, value in (("refine", refine), ("clean_geometry", clean_geometry)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: {option} must be True or False, not {value!r}")
     chains = {"heavy": heavy, "light": light, "alpha": alpha, "beta": beta}
     for slot, sequence in chains.items():
         if sequence is not None and not isinstance(sequence, str):
             raise TypeError(f"{name}: {slot} must be a sequence string, not {type(sequence).__name__}")
     chains = {k: v for k, v in chains.items() if v}
+    if not chains:
+        raise InputError(name, "no chain given: heavy= (and light=) for an antibody or nanobody, alpha= and beta= for a "
+                               "TCR")
     kind = kind or infer_kind(**chains)
     if numbering not in NUMBERING_SCHEMES:
         raise InputError(name, f"unknown numbering scheme {numbering!r} ({', '.join(NUMBERING_SCHEMES)})", field="numbering")

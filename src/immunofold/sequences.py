@@ -316,6 +316,6 @@ def number_receptor(kind: str, chains: dict[str, str], record: str = "input") ->
         hallmarks = count_vhh_hallmarks(heavy.positions, heavy.sequence)
         if hallmarks < MIN_HALLMARKS:
             note = (f"{record} heavy chain: {hallmarks} of 4 VHH hallmarks (IMGT 42/49/50/52), so likely a conventional "
-                    "VH, which needs its light chain; modelled as a nanobody as asked")
+                    "VH, which needs its light chain; modelled as a nanobody")
             numbered[0] = NumberedChain(**{**heavy.__dict__, "notes": (*heavy.notes, note)})
     return numbered
