@@ -90,7 +90,7 @@ from immunofold.inputs import (
     resolve_or_reason,
 )
 from immunofold.numbering import SCHEMES
-from immunofold.io import atomic_output, write_text_atomic
+from immunofold.io import STRUCTURE_FORMATS, atomic_output, write_text_atomic
 from immunofold.sequences import InputError
 
 STATE_DIR = ".immunofold"
@@ -926,7 +926,7 @@ def run_batch(
     start = time.perf_counter()
     if kind not in KIND_CHOICES:
         raise InputError("--kind", f"unknown receptor kind {kind!r} ({', '.join(KIND_CHOICES)})")
-    if fmt not in ("pdb", "cif"):
+    if fmt not in STRUCTURE_FORMATS:
         raise InputError("--format", f"unknown format {fmt!r} (pdb or cif)")
     if numbering not in SCHEMES:
         raise InputError("--numbering", f"unknown numbering scheme {numbering!r} ({', '.join(SCHEMES)})")
@@ -1137,7 +1137,7 @@ def add_batch_parser(commands) -> None:
                         help="add the TAP (antibodies) / TNP (nanobodies) developability metrics and flags to the summary "
                         "(tap_* and tnp_* columns)")
     parser.add_argument("--plots", action="store_true", help="write error plots (needs matplotlib: pip install 'immunofold[plots]')")
-    parser.add_argument("--format", choices=("pdb", "cif"), default="pdb", help="structure file format (default pdb)")
+    parser.add_argument("--format", choices=STRUCTURE_FORMATS, default="pdb", help="structure file format (default pdb)")
     parser.add_argument("--numbering", choices=SCHEMES, default="imgt", help="residue numbering (default imgt)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the model pass (default: every core with --no-refine, else the cores "

@@ -29,6 +29,7 @@ REMARK_TEXT_WIDTH = 80 - len("REMARK 250 ")
 UNKNOWN_RESIDUE = "UNK"
 # Atoms of modified residues that play the part of a parent atom, e.g. selenium in MSE.
 MODIFIED_ATOM_TO_PARENT_ATOM = {("MSE", "SE"): "SD"}
+STRUCTURE_FORMATS = ("pdb", "cif")
 FORMAT_BY_SUFFIX = {".pdb": "pdb", ".ent": "pdb", ".cif": "cif", ".mmcif": "cif"}
 
 
@@ -144,12 +145,12 @@ def write_structure(structure: gemmi.Structure, path: str | os.PathLike, fmt: st
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'model.pdb'}")
     implied = FORMAT_BY_SUFFIX.get(path.suffix.lower())
-    if fmt is not None and fmt not in ("pdb", "cif"):
+    if fmt is not None and fmt not in STRUCTURE_FORMATS:
         raise ValueError(f"fmt={fmt!r}: give 'pdb' or 'cif'")
     if fmt is not None and implied is not None and implied != fmt:
         raise ValueError(f"{path} ends in {path.suffix} but fmt is {fmt!r}; name it {path.with_suffix('.' + fmt)}")
     fmt = fmt or implied
-    if fmt not in ("pdb", "cif"):
+    if fmt not in STRUCTURE_FORMATS:
         raise ValueError(f"{path}: cannot tell the format; give fmt='pdb' or 'cif'")
     write_text_atomic(path, to_pdb_string(structure) if fmt == "pdb" else to_cif_string(structure))
 

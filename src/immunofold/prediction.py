@@ -28,7 +28,7 @@ from immunofold.data.features import collate, featurise
 from immunofold.ensemble import Ensemble, EnsembleOutput
 from immunofold.geometry import residue_tables
 from immunofold.inputs import safe_name
-from immunofold.io import ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
+from immunofold.io import STRUCTURE_FORMATS, ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
 from immunofold.numbering import SCHEMES as NUMBERING_SCHEMES, renumber
 from immunofold.refine import refine as refine_structure
 from immunofold.sequences import InputError, NumberedChain, number_receptor
@@ -178,14 +178,14 @@ class Prediction:
         """Write the structure to `path` (.pdb or .cif, or `fmt` = "pdb" | "cif"), atomically, creating its folder
         if needed (as the command line does)."""
         folder = os.path.dirname(os.fspath(path))
-        if folder and not os.path.isdir(folder):
+        if folder:
             os.makedirs(folder, exist_ok=True)
         write_structure(self.structure(), path, fmt)
 
     def save_ensemble(self, folder: str | os.PathLike, fmt: str = "pdb") -> list[str]:
         """Write every ensemble member (unrefined) as <safe name>_member<i>.<fmt> inside `folder` (a name such as
         '../x' cannot lead outside it); returns the paths."""
-        if fmt not in ("pdb", "cif"):
+        if fmt not in STRUCTURE_FORMATS:
             raise ValueError(f"fmt={fmt!r}: give 'pdb' or 'cif'")
         os.makedirs(folder, exist_ok=True)
         paths = []

@@ -65,15 +65,14 @@ class TrainConfig:
             mark = getattr(error, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
             raise ValueError(f"{path}: not valid YAML{where}") from None
-        if isinstance(raw, dict) and raw.get("model", {}) is None:
-            raw["model"] = {}
-        if not isinstance(raw, dict) or not isinstance(raw.get("model", {}), dict):
+        model_raw = (raw.pop("model", None) or {}) if isinstance(raw, dict) else None
+        if not isinstance(model_raw, dict):
             raise ValueError(f"{path}: expected a mapping of config keys (and a 'model' mapping)")
-        model_keys, train_keys = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(raw) - train_keys) + [f"model.{k}" for k in sorted(set(raw.get("model", {})) - model_keys)]
+        unknown = sorted(set(raw) - {f.name for f in fields(TrainConfig)})
+        unknown += [f"model.{key}" for key in sorted(set(model_raw) - {f.name for f in fields(ModelConfig)})]
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {', '.join(unknown)}")
-        model = ModelConfig(**raw.pop("model", {}))
+        model = ModelConfig(**model_raw)
         weights = {**DEFAULT_LOSS_WEIGHTS, **raw.pop("loss_weights", {})}
         config = TrainConfig(model=model, loss_weights=weights, **raw)
         if config.fit_epochs_to_minutes is not None and config.decay_after_epochs < 1:

@@ -240,17 +240,15 @@ def create_app(
     def submit_prediction(body: PredictRequest):
         from_fasta = bool(body.fasta.strip())
         name = clean_name(body.name)
-        given_chains = [slot for slot in ("heavy", "light", "alpha", "beta") if getattr(body, slot).strip()]
-        if from_fasta and given_chains:
-            return error(422, f"give either the FASTA box or the chain fields ({', '.join(given_chains)}), not both",
-                         "fasta")
+        given = {slot: getattr(body, slot) for slot in ("heavy", "light", "alpha", "beta") if getattr(body, slot).strip()}
+        if from_fasta and given:
+            return error(422, f"give either the FASTA box or the chain fields ({', '.join(given)}), not both", "fasta")
         try:
             if from_fasta:
                 fasta_name, chains = chains_from_fasta(body.kind, body.fasta, name)
                 name = clean_name(body.name or fasta_name)
             else:
-                given = {slot: getattr(body, slot) for slot in ("heavy", "light", "alpha", "beta")}
-                chains = {slot: seq for slot, seq in given.items() if seq.strip()}
+                chains = given
             number_receptor(body.kind, chains, name)  # validate now, so errors go next to their field
         except InputError as exc:
             return error(422, " ".join(str(exc).split()), "fasta" if from_fasta else exc.field)
