@@ -51,7 +51,7 @@ from peers import igfold_peer
 from immunofold.constants import KIND_CHAIN_IDS, KINDS
 from immunofold.data.sabdab import _load_or_reason, load_example, read_summary
 from immunofold.evaluate import number_entry
-from immunofold.metrics import error_spearman
+from immunofold.metrics import STANDING_OUT_REACH, error_spearman
 from immunofold.sequences import InputError
 
 METHODS = ("immunofold", "flashabb", "igfold", "template")
@@ -59,7 +59,6 @@ METHOD_LABELS = {"immunofold": "immunofold", "flashabb": "FlashABB 0.0.5", "igfo
                  "template": "nearest template"}
 ERROR_ESTIMATES = {"immunofold": "error column (expected CA deviation)", "igfold": "pRMSD (B-factor column)"}
 CDR3_PANELS = [("antibody", "H3"), ("antibody", "L3"), ("nanobody", "H3"), ("tcr", "A3"), ("tcr", "B3")]
-EXTENDED_REACH = 27.0  # Å; CDR3 reach above this: the loop stands out of the domain (~16 % of train nanobodies)
 CHUNK = 16
 
 
@@ -372,7 +371,7 @@ def conformation_section(report: dict) -> list[str]:
         "## nanobody CDR3 by conformation",
         "",
         f"Experimental CDR3 reach = largest distance (Å) of a CDR3 CA from the centroid of the framework CAs; "
-        f"folded: <= {EXTENDED_REACH:.0f} Å, standing out: > {EXTENDED_REACH:.0f} Å. Cells: mean / median H3 RMSD (Å).",
+        f"folded: <= {STANDING_OUT_REACH:.0f} Å, standing out: > {STANDING_OUT_REACH:.0f} Å. Cells: mean / median H3 RMSD (Å).",
         "",
         "| method | folded n | folded H3 | standing-out n | standing-out H3 |",
         "|---|--:|--:|--:|--:|",
@@ -384,7 +383,7 @@ def conformation_section(report: dict) -> list[str]:
             continue
         cells = []
         for extended in (False, True):
-            values = [r["H3"] for r in rows if (r["H3_truth_reach"] > EXTENDED_REACH) == extended]
+            values = [r["H3"] for r in rows if (r["H3_truth_reach"] > STANDING_OUT_REACH) == extended]
             cells += [str(len(values)), f"{fmt(_mean(values))} / {fmt(_median(values))}"]
         lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
     return lines + [""]

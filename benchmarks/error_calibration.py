@@ -19,7 +19,6 @@ import os
 import sys
 
 import numpy as np
-from scipy.stats import mannwhitneyu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
@@ -27,7 +26,7 @@ from common import RESULTS_DIR  # noqa: E402
 
 from immunofold.calibration import Calibrator, packaged_calibrator  # noqa: E402
 from immunofold.constants import KIND_CHAIN_IDS, KINDS  # noqa: E402
-from immunofold.metrics import error_spearman  # noqa: E402
+from immunofold.metrics import error_spearman, roc_auc  # noqa: E402
 
 FLAG = 4.0  # Å real CDR3 RMSD a user wants flagged
 QUINTILES = 5
@@ -52,13 +51,6 @@ def cdr3_pairs(records: list[dict], errors: list[np.ndarray], kind: str, chain_i
             if (chain_id in (None, cid)) and loop.any() and f"{cid}3" in record["rmsd"]:
                 pairs.append((float(np.sqrt(np.mean(error[loop] ** 2))), record["rmsd"][f"{cid}3"]))
     return np.array(pairs).reshape(-1, 2)
-
-
-def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of `score` for the boolean labels `positive` (NaN when one class is empty)."""
-    if positive.all() or not positive.any():
-        return float("nan")
-    return float(mannwhitneyu(score[positive], score[~positive]).statistic / (positive.sum() * (~positive).sum()))
 
 
 def quintiles(pairs: np.ndarray) -> list[dict]:

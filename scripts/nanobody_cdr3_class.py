@@ -5,7 +5,7 @@ A logistic regression on the CDR3 length and the VHH hallmark residues (IMGT 42,
 trained on ../shared/data/aux/nbframe_cdr3_classes.tsv, leaving out every row >= 95 % identical to a val entry or
 sharing a val entry's CDR3. Reported: 5-fold cross-validated accuracy on those rows, and accuracy on the val
 nanobodies against the class of their crystal structure, read as Extended when the CDR3 reaches more than
-REACH_EXTENDED Å from the framework centroid (immunofold.metrics.cdr3_reach; docs/training-log.md). Writes
+STANDING_OUT_REACH Å from the framework centroid (immunofold.metrics.cdr3_reach; docs/training-log.md). Writes
 benchmarks/results/nanobody_cdr3_class.md.
 
 Usage: python scripts/nanobody_cdr3_class.py [--data ../shared/data] [--cache /tmp/immunofold-calibration]
@@ -24,10 +24,10 @@ from scipy.optimize import minimize
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import calibration_data  # noqa: E402
 
+from immunofold.metrics import STANDING_OUT_REACH  # noqa: E402
 from immunofold.sequences import InputError, number_receptor  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-REACH_EXTENDED = 27.0  # Å
 HALLMARKS = {42: "FY", 49: "EQ", 50: "RL", 52: "FGLW", 118: "W"}  # IMGT position -> residues given their own feature
 RIDGE = 1.0
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     val_records = [r for r in data["val"] if r["kind"] == "nanobody" and r["reach"][0] is not None]
     val_x = np.array([features(r["chains"][0]) for r in val_records])
-    val_y = np.array([r["reach"][0] > REACH_EXTENDED for r in val_records])
+    val_y = np.array([r["reach"][0] > STANDING_OUT_REACH for r in val_records])
     val_p = probability(w, val_x)
     cdr3_rmsd = np.array([r["rmsd"]["H3"] for r in val_records])
     predicted_ext = val_p > 0.5
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(rows)} numbered: {len(rows) - len(y)} left out as >= 95 % identical to a val entry or sharing its CDR3.",
         "",
         f"- 5-fold cross-validated accuracy on NbFrame rows: {correct / len(y):.3f} (majority class {max(y.mean(), 1 - y.mean()):.3f}).",
-        f"- Val nanobodies ({len(val_y)}; crystal class Extended when CDR3 reach > {REACH_EXTENDED:.0f} Å: {int(val_y.sum())}): "
+        f"- Val nanobodies ({len(val_y)}; crystal class Extended when CDR3 reach > {STANDING_OUT_REACH:.0f} Å: {int(val_y.sum())}): "
         f"accuracy {np.mean(predicted_ext == val_y):.3f} (majority class {max(val_y.mean(), 1 - val_y.mean()):.3f}); "
         f"{int((predicted_ext & val_y).sum())} of {int(val_y.sum())} standing-out loops predicted Extended, "
         f"{int((predicted_ext & ~val_y).sum())} of {int((~val_y).sum())} others.",

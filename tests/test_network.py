@@ -129,3 +129,27 @@ def test_distogram_head_runs_in_training_only_on_sampled_rows(nanobody_atoms):
     n = batch["restype"].shape[1]
     assert output["distogram_logits"].shape == (1, DISTOGRAM_ROWS, n, 16)
     assert len(set(output["distogram_rows"].tolist())) == DISTOGRAM_ROWS  # distinct residues
+
+
+LONG_CDR3_NANOBODY = (  # 1F2X, a 21-residue CDR3
+    "QVQLVESGGGSVQAGGSLRLSCAASGYTVSTYCMGWFRQAPGKEREGVATILGGSTYYGDSVKGRFTISQDNAKNTVYLQMNSLKPEDTAIYYCAGSTVASTGWCSRLRPYD"
+    "YHYRGQGTQVTVSS"
+)
+
+
+def test_cdr3_class_head_reads_the_first_chains_cdr3_and_needs_no_structure_module(nanobody_atoms):
+    batch = nanobody_batch(nanobody_atoms)
+    assert "cdr3_class_logit" not in trained_like_model()(batch)  # off unless configured
+    model = trained_like_model(cdr3_class_head=True)
+    logit = model(batch)["cdr3_class_logit"]
+    assert logit.shape == (1,)
+    torch.testing.assert_close(model.sequence_only_cdr3_class_logit(batch), logit)
+    # padding (a longer receptor in the batch) does not change it; a CDR3 residue's type does
+    padded = collate([featurise("nanobody", [number_chain(nanobody_atoms[3], "7f5g")]),
+                      featurise("nanobody", [number_chain(LONG_CDR3_NANOBODY, "1f2x")])])
+    assert padded["residue_mask"].shape[1] > batch["residue_mask"].shape[1]
+    torch.testing.assert_close(model.sequence_only_cdr3_class_logit(padded)[0], logit[0])
+    in_cdr3 = ((batch["imgt_position"] >= 105) & (batch["imgt_position"] <= 117))[0].nonzero()[:, 0]
+    mutated = {k: v.clone() for k, v in batch.items()}
+    mutated["restype"][0, in_cdr3[len(in_cdr3) // 2]] = (mutated["restype"][0, in_cdr3[len(in_cdr3) // 2]] + 1) % 20
+    assert not torch.allclose(model.sequence_only_cdr3_class_logit(mutated), logit)

@@ -250,3 +250,51 @@ def test_cdr3_curriculum_starts_with_each_kinds_shortest_cdr3s_and_ends_with_all
     config = TrainConfig(name="curriculum", cdr3_curriculum_epochs=2)
     assert len(epoch_examples(examples, config, random.Random(0), 0)) == 3
     assert len(epoch_examples(examples, config, random.Random(0))) == 6  # no epoch given: a full epoch
+
+
+LABEL_COLUMNS = ("pdb", "structure_id", "sequence", "cdr3_imgt", "cdr3_class", "class_confidence", "manual_label")
+
+
+def write_label_table(folder: str, rows: list[tuple]) -> None:
+    """A minimal aux/nbframe_cdr3_classes.tsv (the columns the importer reads)."""
+    import os
+
+    os.makedirs(os.path.join(folder, "aux"), exist_ok=True)
+    with open(os.path.join(folder, "aux", "nbframe_cdr3_classes.tsv"), "w") as handle:
+        handle.write("\t".join(LABEL_COLUMNS) + "\n")
+        handle.writelines("\t".join(row) + "\n" for row in rows)
+
+
+def test_cdr3_class_labels_train_the_head_and_its_val_ranking_is_logged(tmp_path, nanobody_atoms):
+    from test_network import LONG_CDR3_NANOBODY
+
+    from immunofold.data.cdr3_classes import cached_class_examples
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.model.cdr3_class_head, config.cdr3_class_batch = True, 2
+    write_label_table(config.data_root, [
+        ("1f2x", "1f2x_L", LONG_CDR3_NANOBODY, "-", "Kinked", "High_Kinked", ""),
+        ("1abc", "1abc_A", LONG_CDR3_NANOBODY.replace("YDYHY", "YDYHA"), "-", "Kinked", "Uncertain", "Extended"),
+        ("1bad", "1bad_A", "QVQLXESGG", "-", "Kinked", "High_Kinked", ""),
+        ("7f5h", "7f5h_B", nanobody_atoms[3], "-", "Extended", "High_Extended", ""),  # the val nanobody itself
+    ])
+    train(config, log=lambda message: None)
+    record = json.loads((tmp_path / "runs" / "tiny" / "log.jsonl").read_text())
+    assert record["train"]["cdr3_class"] > 0
+    assert 0 <= record["val"]["cdr3_class"]["accuracy"] <= 1  # one val nanobody: accuracy, no AUC (one class)
+
+    examples = cached_class_examples(config.data_root, config.cache_dir, config.val_split)
+    assert [(e["name"], float(e["cdr3_extended"])) for e in examples] == [("nbframe:1f2x_L", 0.0), ("nbframe:1abc_A", 1.0)]
+    skipped = (tmp_path / "cache" / "skipped-cdr3-classes-v1.txt").read_text()
+    assert "nbframe:1bad_A heavy chain: invalid letters 'X'" in skipped and "nbframe:7f5h_B: CDR3 identical to val entry" in skipped
+
+
+def test_cdr3_class_loss_is_the_mean_binary_cross_entropy():
+    import math
+
+    import torch
+
+    from immunofold.train.loop import cdr3_class_loss
+
+    loss = cdr3_class_loss(torch.tensor([0.0, math.log(3)]), torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log(2) + math.log(4)) / 2)  # p = 0.5 for Extended; p = 0.75 for Kinked

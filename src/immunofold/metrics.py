@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import mannwhitneyu, spearmanr
 
 from immunofold.constants import IMGT_CDRS, KIND_CHAIN_IDS, is_cdr, is_framework
 from immunofold.geometry import kabsch
@@ -73,6 +73,9 @@ def ca_distance(moved_atom14, true_atom14, true_mask) -> torch.Tensor:
     return torch.where(true_mask[..., 1], deviation, torch.full_like(deviation, float("nan")))
 
 
+STANDING_OUT_REACH = 27.0  # Å; a CDR3 reaching further than this stands out of the domain (~16 % of train nanobodies)
+
+
 def cdr3_reach(atom14, atom_mask, chain_slot, imgt_position, slot: int = 0) -> float | None:
     """How far a chain's CDR3 reaches out (Å): the largest distance of a CDR3 CA (IMGT 105-117) from the centroid of
     the chain's framework CAs. About 17-26 Å for a CDR3 folded onto its domain, above ~27 Å for one that stands out
@@ -92,6 +95,13 @@ def count_chain_breaks(atom14, atom_mask, chain_slot, max_peptide_bond: float = 
     distance = torch.linalg.norm(atom14[:-1, 2] - atom14[1:, 0], dim=-1)
     both = atom_mask[:-1, 2] & atom_mask[1:, 0] & (chain_slot[:-1] == chain_slot[1:])
     return int((both & (distance > max_peptide_bond)).sum())
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `score` for the boolean labels `positive` (NaN when one class is empty)."""
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(mannwhitneyu(score[positive], score[~positive]).statistic / (positive.sum() * (~positive).sum()))
 
 
 def error_spearman(predicted_error: np.ndarray, real_deviation: np.ndarray) -> float:

@@ -67,4 +67,6 @@ def collate(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
         mask[i, : len(example["restype"])] = True
     batch["residue_mask"] = mask
     batch["kind"] = torch.stack([e["kind"] for e in examples])
+    if all("cdr3_extended" in e for e in examples):
+        batch["cdr3_extended"] = torch.stack([e["cdr3_extended"] for e in examples])
     return batch

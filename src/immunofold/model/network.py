@@ -19,6 +19,7 @@ from immunofold.constants import (
     NUM_TORSIONS,
     RESTYPE_INDEX,
     UNKNOWN_RESTYPE,
+    is_cdr,
 )
 from immunofold.data.features import MAX_INSERTION_RANK
 from immunofold.geometry import Frames, atom14_from_frames, quaternion_to_rotation
@@ -53,6 +54,7 @@ class ModelConfig:
     language_dropout: float = 0.0  # training only: fraction of examples shown without their language features
     distogram_bins: int = 0  # > 0: training also predicts binned CB-CB distances from the trunk output (layers.DistogramHead)
     distogram_dim: int = 32  # hidden width of the distogram head's pair features
+    cdr3_class_head: bool = False  # the trunk output also predicts whether chain 1's CDR3 stands out (NbFrame "Extended")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +151,10 @@ class ImmunoFoldNet(nn.Module):
         self.error_head = nn.Sequential(
             nn.LayerNorm(config.dim), nn.Linear(config.dim, config.dim), nn.ReLU(), nn.Linear(config.dim, config.error_bins)
         )
+        if config.cdr3_class_head:
+            self.cdr3_class_head = nn.Sequential(
+                nn.LayerNorm(config.dim), nn.Linear(config.dim, config.dim), nn.ReLU(), nn.Linear(config.dim, 1)
+            )
         # Mean backbone (N, CA, C) per [kind, chain slot, IMGT position, insertion rank], Å; filled from training data.
         self.register_buffer(
             "template_atoms", torch.zeros(len(KINDS), 2, NUM_IMGT_POSITIONS, MAX_INSERTION_RANK + 1, 3, 3)
@@ -163,9 +169,33 @@ class ImmunoFoldNet(nn.Module):
         width = self.config.error_max / self.config.error_bins
         return (torch.arange(self.config.error_bins, device=self.template_atoms.device) + 0.5) * width
 
+    def trunk_output(self, batch: dict[str, torch.Tensor], buckets: torch.Tensor, trunk_biases: list) -> torch.Tensor:
+        """Embedding and sequence trunk: the single representation [B, N, C]."""
+        s = self.embedding(batch)
+        for layer, attn_bias in zip(self.trunk, trunk_biases):
+            s = layer(s, attn_bias)
+        return self.single_norm(s)
+
+    def cdr3_class_logit(self, s: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logit [B] that the first chain's CDR3 (IMGT 105-117) stands out of the domain, from the trunk output
+        s [B, N, C] averaged over that CDR3's residues."""
+        in_cdr3 = is_cdr(batch["imgt_position"], 3) & (batch["chain_slot"] == 0) & batch["residue_mask"]  # [B, N]
+        pooled = (s * in_cdr3[..., None]).sum(1) / in_cdr3.sum(1, keepdim=True).clamp(min=1)  # [B, C]
+        return self.cdr3_class_head(pooled).squeeze(-1)
+
+    def sequence_only_cdr3_class_logit(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`cdr3_class_logit` [B] without the structure module (for examples that have labels but no atoms)."""
+        buckets = relative_position_buckets(batch["chain_slot"])
+        cysteines = None
+        if self.config.cysteine_pair_bias:
+            cysteines = cysteine_pairs((batch["restype"] == RESTYPE_INDEX["C"]) & batch["residue_mask"])
+        trunk_biases = attention_biases([layer.bias for layer in self.trunk], buckets, batch["residue_mask"], cysteines)
+        return self.cdr3_class_logit(self.trunk_output(batch, buckets, trunk_biases), batch)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """Returns frames per block, torsions per block ([B, N, 5, 2]), atom14 [B, N, 14, 3] Å, error logits [B, N, bins]
-        and, in training with a distogram head, distogram logits [B, R, N, bins] for R sampled rows `distogram_rows`."""
+        and, in training with a distogram head, distogram logits [B, R, N, bins] for R sampled rows `distogram_rows`;
+        with a CDR3-class head, `cdr3_class_logit` [B]."""
         mask = batch["residue_mask"]
         buckets = relative_position_buckets(batch["chain_slot"])
         bias_modules = [layer.bias for layer in self.trunk] + [block.ipa.bias for block in self.blocks]
@@ -174,10 +204,7 @@ class ImmunoFoldNet(nn.Module):
             cysteines = cysteine_pairs((batch["restype"] == RESTYPE_INDEX["C"]) & mask)  # [B, N, N]
         biases = attention_biases(bias_modules, buckets, mask, cysteines)  # [B, H, N, N] per trunk layer, then per IPA block
         trunk_biases, block_biases = biases[: len(self.trunk)], biases[len(self.trunk) :]
-        s = self.embedding(batch)
-        for layer, attn_bias in zip(self.trunk, trunk_biases):
-            s = layer(s, attn_bias)
-        s = self.single_norm(s)
+        s = self.trunk_output(batch, buckets, trunk_biases)
         s_initial = s
         distogram = None
         if self.training and hasattr(self, "distogram_head"):
@@ -206,4 +233,6 @@ class ImmunoFoldNet(nn.Module):
         }
         if distogram is not None:
             output["distogram_logits"], output["distogram_rows"] = distogram
+        if hasattr(self, "cdr3_class_head"):
+            output["cdr3_class_logit"] = self.cdr3_class_logit(s_initial, batch)  # [B]
         return output

@@ -18,6 +18,7 @@ DEFAULT_LOSS_WEIGHTS = {
     "cdr_rmsd": 0.0,  # CDR RMSD after framework superposition (losses.cdr_rmsd); off in v0.1/v0.2 runs
     "disulfide": 0.0,  # SG-SG distance error of the truth's disulfides (losses.disulfide_loss); from v0.7
     "distogram": 0.3,  # binned CB-CB distance cross-entropy (losses.distogram_loss); only with model.distogram_bins > 0
+    "cdr3_class": 0.2,  # NbFrame CDR3-class cross-entropy on sequence-only rows (data.cdr3_classes); only with model.cdr3_class_head
 }
 VIOLATION_TERMS = ("bond", "clash")
 
@@ -43,6 +44,7 @@ class TrainConfig:
     train_kinds: list[str] = field(default_factory=list)  # train on these receptor kinds only (empty: all)
     cdr3_fape_weight: float = 1.0  # FAPE weight of CDR3 points relative to the others
     cdr3_cluster_sampling: bool = False  # each epoch: one random example per identical-CDR3 cluster
+    cdr3_class_batch: int = 4  # with model.cdr3_class_head: NbFrame label rows per step (trunk and class head only)
     cdr3_curriculum_epochs: int = 0  # > 0: the first epochs train on short CDR3s first (train.loop.curriculum_examples)
     decay_after_epochs: int = 0  # learning rate stays at its peak (after warm-up) for this many epochs, then cosine
     fit_epochs_to_minutes: float | None = None  # fresh runs only: after epoch 1, set `epochs` to fit this wall time

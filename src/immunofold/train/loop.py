@@ -23,10 +23,11 @@ import torch
 from immunofold.constants import KINDS, is_cdr
 from immunofold.data.features import collate
 from immunofold.data.aux import cached_aux_examples
+from immunofold.data.cdr3_classes import cached_class_examples
 from immunofold.data.language import attach_language_features
 from immunofold.data.sabdab import cached_examples
 from immunofold.data.template import build_template
-from immunofold.metrics import region_rmsds
+from immunofold.metrics import STANDING_OUT_REACH, cdr3_reach, region_rmsds, roc_auc
 from immunofold.model.network import ImmunoFoldNet
 from immunofold.train.config import VIOLATION_TERMS, TrainConfig
 from immunofold.train.losses import total_loss
@@ -56,9 +57,11 @@ def move(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def validate(model: ImmunoFoldNet, examples: list[dict], device: torch.device, batch_size: int = 8) -> dict:
-    """Mean region RMSDs per kind on `examples`, and a single score (mean CDR3 + framework RMSD over kinds)."""
+    """Mean region RMSDs per kind on `examples`, and a single score (mean CDR3 + framework RMSD over kinds); with a
+    CDR3-class head also how its logit ranks the nanobodies whose experimental CDR3 stands out (ROC AUC, accuracy)."""
     model.eval()
     per_kind: dict[str, list[dict]] = {k: [] for k in KINDS}
+    class_logits, standing_out = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         output = model(move(collate(chunk), device))
@@ -71,6 +74,11 @@ def validate(model: ImmunoFoldNet, examples: list[dict], device: torch.device, b
                     example["chain_slot"], example["imgt_position"],
                 )
             )
+            if "cdr3_class_logit" in output and kind == "nanobody":
+                reach = cdr3_reach(example["atom14"], example["atom_mask"], example["chain_slot"], example["imgt_position"])
+                if reach is not None:
+                    class_logits.append(float(output["cdr3_class_logit"][i]))
+                    standing_out.append(reach > STANDING_OUT_REACH)
     model.train()
     summary, score_terms = {}, []
     for kind, rows in per_kind.items():
@@ -81,6 +89,10 @@ def validate(model: ImmunoFoldNet, examples: list[dict], device: torch.device, b
         score_terms += [summary[kind][k] for k in CDR3_REGIONS[kind]]
         score_terms += [summary[kind][k] for k in keys if k.endswith("fr")]
     summary["score"] = round(float(np.mean(score_terms)), 4)
+    if class_logits:
+        logits, positive = np.array(class_logits), np.array(standing_out)
+        summary["cdr3_class"] = {"auc": round(roc_auc(logits, positive), 3),
+                                 "accuracy": round(float(((logits > 0) == positive).mean()), 3)}
     return summary
 
 
@@ -154,6 +166,11 @@ def epoch_examples(examples: list[dict], config: TrainConfig, rng: random.Random
     return [e for e in examples for _ in range(config.oversample.get(KINDS[int(e["kind"])], 1))]
 
 
+def cdr3_class_loss(logit: torch.Tensor, extended: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of CDR3-class logits [B] against labels [B] (1.0 = Extended)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(logit, extended)
+
+
 def _save_atomic(obj, path: str) -> None:
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -194,7 +211,7 @@ def build_model(config: TrainConfig, device: torch.device) -> ImmunoFoldNet:
     return ImmunoFoldNet(config.model).to(device)
 
 
-ZERO_EFFECT_ADDITIONS = (".bias.cysteine", "pair_bias.", "embedding.language.")  # modules a config may add to an init_from model; no effect at start
+ZERO_EFFECT_ADDITIONS = (".bias.cysteine", "pair_bias.", "embedding.language.", "cdr3_class_head.")  # modules a config may add to an init_from model; no effect at start
 
 
 def load_init_weights(model: ImmunoFoldNet, state: dict) -> list[str]:
@@ -226,8 +243,11 @@ def train(config: TrainConfig, log=print) -> dict:
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     if config.train_kinds:  # a specialist is validated (and its best epoch chosen) on its own kinds
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
+    class_examples = []
+    if config.model.cdr3_class_head:
+        class_examples = cached_class_examples(config.data_root, config.cache_dir, config.val_split)
     if config.model.language_dim > 0:  # computed once per sequence, cached beside the examples
-        attach_language_features(unique_examples + val_examples, config.cache_dir)
+        attach_language_features(unique_examples + val_examples + class_examples, config.cache_dir)
     model = build_model(config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     average = None
@@ -284,6 +304,11 @@ def train(config: TrainConfig, log=print) -> dict:
                 group["lr"] = learning_rate(state["step"], config, steps_per_epoch)
             output = model(batch)
             loss, terms = total_loss(output, batch, weights, config.model.error_max, config.cdr3_fape_weight)
+            if class_examples:
+                rows = collate(rng.sample(class_examples, config.cdr3_class_batch))
+                class_loss = cdr3_class_loss(model.sequence_only_cdr3_class_logit(move(rows, device)), rows["cdr3_extended"].to(device))
+                loss = loss + weights["cdr3_class"] * class_loss
+                terms["cdr3_class"] = class_loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
