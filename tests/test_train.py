@@ -298,3 +298,22 @@ def test_cdr3_class_loss_is_the_mean_binary_cross_entropy():
 
     loss = cdr3_class_loss(torch.tensor([0.0, math.log(3)]), torch.tensor([1.0, 0.0]))
     assert loss.item() == pytest.approx((math.log(2) + math.log(4)) / 2)  # p = 0.5 for Extended; p = 0.75 for Kinked
+
+
+def test_nanobodies_whose_cdr3_stands_out_can_be_oversampled(tmp_path):
+    import random
+
+    from immunofold.constants import is_cdr
+    from immunofold.metrics import STANDING_OUT_REACH, cdr3_reach
+    from immunofold.train.loop import epoch_examples, training_examples
+
+    config = tiny_config(tmp_path, epochs=1)
+    (folded,) = training_examples(config)
+    standing_out = dict(folded, atom14=folded["atom14"].clone())
+    standing_out["atom14"][is_cdr(folded["imgt_position"], 3)] += 30.0  # the loop moved 30 Å away from the domain
+    reach = lambda e: cdr3_reach(e["atom14"], e["atom_mask"], e["chain_slot"], e["imgt_position"])  # noqa: E731
+    assert reach(folded) < STANDING_OUT_REACH < reach(standing_out)
+
+    config.oversample, config.standing_out_oversample = {"nanobody": 2}, 3
+    epoch = epoch_examples([folded, standing_out], config, random.Random(0))
+    assert [e is standing_out for e in epoch].count(True) == 6 and [e is folded for e in epoch].count(True) == 2

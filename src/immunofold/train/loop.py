@@ -155,7 +155,8 @@ def curriculum_examples(examples: list[dict], epoch: int, curriculum_epochs: int
 def epoch_examples(examples: list[dict], config: TrainConfig, rng: random.Random, epoch: int | None = None) -> list[dict]:
     """One epoch's examples: all of them, or with `cdr3_cluster_sampling` one random example per
     CDR3 cluster (so a CDR3 solved in 40 PDB entries counts once); each repeated as its kind is oversampled.
-    With `cdr3_curriculum_epochs`, epoch `epoch` (0-based; None: a full epoch) first keeps the curriculum's share."""
+    With `cdr3_curriculum_epochs`, epoch `epoch` (0-based; None: a full epoch) first keeps the curriculum's share;
+    with `standing_out_oversample`, nanobodies whose CDR3 stands out are repeated that many times more."""
     if epoch is not None:
         examples = curriculum_examples(examples, epoch, config.cdr3_curriculum_epochs)
     if config.cdr3_cluster_sampling:
@@ -163,7 +164,15 @@ def epoch_examples(examples: list[dict], config: TrainConfig, rng: random.Random
         for example in examples:
             clusters.setdefault(cdr3_cluster_key(example), []).append(example)
         examples = [rng.choice(members) for members in clusters.values()]
-    return [e for e in examples for _ in range(config.oversample.get(KINDS[int(e["kind"])], 1))]
+    return [e for e in examples for _ in range(config.oversample.get(KINDS[int(e["kind"])], 1) * extra_copies(e, config))]
+
+
+def extra_copies(example: dict, config: TrainConfig) -> int:
+    """`standing_out_oversample` for a nanobody example whose experimental CDR3 stands out of the domain, else 1."""
+    if config.standing_out_oversample == 1 or KINDS[int(example["kind"])] != "nanobody":
+        return 1
+    reach = cdr3_reach(example["atom14"], example["atom_mask"], example["chain_slot"], example["imgt_position"])
+    return config.standing_out_oversample if reach is not None and reach > STANDING_OUT_REACH else 1
 
 
 def cdr3_class_loss(logit: torch.Tensor, extended: torch.Tensor) -> torch.Tensor:
