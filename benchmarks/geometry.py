@@ -8,8 +8,10 @@ consensus (as returned by default, and after `immunofold.cleanup.clean_geometry`
 member (ranked per entry, closest to the mean first; members are not cleaned) with `immunofold.refine.find_problems`,
 the check that decides whether a refined model is accepted: peptide bonds C(i)-N(i+1) outside 1.33 ± 0.1 Å,
 heavy atoms of different residues closer than 2.0 Å (bonded pairs excluded), non-proline cis peptides,
-D-amino acids. Also reports how far peptide bonds are from 1.329 Å. Refined models have none of these
-problems by construction (refinement is retried or reported failed). Also times the clean-up (groups of
+twisted peptides (|omega| 30-150°), backbone bond angles more than 15° from Engh & Huber's, D-amino acids. Also
+reports how far peptide bonds are from 1.329 Å. Refined models have none of the first, third and last kinds by
+construction (refinement is retried or reported failed); twisted peptides and angle outliers they may keep are
+named in their REFINED remark (benchmarks/refinement.py counts them). Also times the clean-up (groups of
 prediction.MAX_FORWARD_BATCH receptors of similar length, as in prediction; one torch thread) and how far it moves
 atoms. Writes <out-dir>/<out-name>.md and .json and prints the markdown.
 """

@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import Counter
 
 import numpy as np
 import openmm
@@ -42,7 +43,7 @@ from immunofold.evaluate import number_entry, region_names, score_entry
 from immunofold.io import to_pdb_string
 from immunofold.prediction import Predictor
 import immunofold.refine as refine_module
-from immunofold.refine import minimised
+from immunofold.refine import SOFT_PROBLEM_KINDS, find_problems, minimised
 from immunofold.weights import packaged_member_sets
 
 # immunofold 0.8.0's minimisation: tolerance (kJ/mol/nm), rounds without torsion terms first, 1 nm cutoff, every
@@ -88,6 +89,9 @@ def summarise(rows: list[dict], kind: str) -> dict:
     return {
         "n": len(ok),
         "refined": sum(r["refined"] for r in ok),
+        "clean": sum(r["refined"] and not r.get("problems", {}) for r in ok),
+        **{f"{kind}_per_model": round(float(np.mean([r.get("problems", {}).get(kind, 0) for r in ok])), 2)
+           for kind in SOFT_PROBLEM_KINDS},
         "seconds_median": round(statistics.median(r["seconds"] for r in ok), 3),
         "seconds_mean": round(statistics.mean(r["seconds"] for r in ok), 3),
         "cpu_seconds_median": round(statistics.median(r["cpu_seconds"] for r in ok), 3),
@@ -121,8 +125,10 @@ def main() -> None:
             warnings.simplefilter("ignore")
             refined = predictor.refine(prediction)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        problems = Counter(p.kind for p in find_problems(refined.to_pdb_string())) if refined.refined else Counter()
         rows["refined"].append({**score_entry(refined, truth, refined.refined), "kind": entry.kind,
-                                "refined": refined.refined, "seconds": seconds, "cpu_seconds": cpu_seconds})
+                                "refined": refined.refined, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                                "problems": dict(problems)})
         if entry.kind == "antibody" and baseline_left > 0:
             baseline_left -= 1
             unrefined_pdb = to_pdb_string(prediction.unrefined_structure())
@@ -157,15 +163,19 @@ def _markdown(report: dict) -> str:
         "100 kJ/mol/nm, or at convergence to 30; geometry check, PDB text). \"refined as 0.8.0\": the same models refined in the same "
         "run the way immunofold 0.8.0 did (PDBFixer hydrogens, a first round without torsion terms, 1 nm cutoff, every round minimised to "
         "convergence at 10 kJ/mol/nm, amber14-all.xml; its geometry check is today's, ~0.06 s faster per round than 0.8.0's). RMSD: mean Å over "
-        "entries, N/CA/C/CB, each chain on its own framework, IMGT CDRs.",
+        "entries, N/CA/C/CB, each chain on its own framework, IMGT CDRs. Clean: `immunofold.refine.find_problems` finds "
+        "nothing, not even the backbone outliers a refined model may keep and name in its REFINED remark (twisted "
+        "peptides, |omega| 30-150°; backbone bond angles more than 15° from Engh & Huber's).",
         "",
-        "| receptor | models | refined clean | wall s / model (median) | wall s / model (mean) | CPU s / model (median) |",
-        "|---|---|--:|--:|--:|--:|",
+        "| receptor | models | refined | of them clean | twisted peptides / model | angle outliers / model | wall s / model (median) | wall s / model (mean) | CPU s / model (median) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for label in ("refined", "refined as 0.8.0"):
         for kind, row in report["summary"][label].items():
             if row:
-                lines.append(f"| {kind} | {label} | {row['refined']} / {row['n']} | {row['seconds_median']:.2f} | "
+                geometry = (f"{row['clean']} | {row['twisted_per_model']:.2f} | {row['angle_per_model']:.2f}"
+                            if label == "refined" else "- | - | -")
+                lines.append(f"| {kind} | {label} | {row['refined']} / {row['n']} | {geometry} | {row['seconds_median']:.2f} | "
                              f"{row['seconds_mean']:.2f} | {row['cpu_seconds_median']:.2f} |")
     lines += ["", "| receptor | region | unrefined | refined | refined as 0.8.0 |", "|---|---|--:|--:|--:|"]
     for kind in KINDS:

@@ -74,6 +74,30 @@ def test_cif_round_trip_keeps_remarks(nanobody):
     assert "_database_PDB_remark.text" in text and "model immunofold test" in text
 
 
+def test_files_carry_the_records_structure_readers_need(nanobody):
+    """mmCIF: residue types' chem_comp types, the canonical sequence, auth ids, label_seq_id and the disulfide
+    (read by Biotite without a warning); PDB: the disulfide as SSBOND."""
+    import io
+    import warnings
+
+    import gemmi
+    from biotite.structure.io import pdbx
+
+    structure = build_structure([nanobody], remarks=["model immunofold test"])
+    text = to_cif_string(structure)
+    block = gemmi.cif.read_string(text).sole_block()
+    types = dict(zip(block.find_values("_chem_comp.id"), block.find_values("_chem_comp.type")))
+    assert types["GLY"] == "'peptide linking'" and types["CYS"] == "'L-peptide linking'"
+    assert list(block.find_values("_struct_conn.conn_type_id")) == ["disulf"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cif = pdbx.CIFFile.read(io.StringIO(text))
+        assert str(pdbx.get_sequence(cif)["B"]) == FIXTURE_SEQUENCE
+        atoms = pdbx.get_structure(cif, model=1, use_author_fields=False)
+    assert set(atoms.chain_id) == {"B"} and atoms.res_id.max() == len(FIXTURE_SEQUENCE)  # label_seq_id 1..N
+    assert sum(line.startswith("SSBOND") for line in to_pdb_string(structure).splitlines()) == 1
+
+
 def test_write_structure_infers_format_and_leaves_no_temp_files(nanobody, tmp_path):
     structure = build_structure([nanobody])
     for name in ("model.pdb", "model.cif", "model.mmcif"):

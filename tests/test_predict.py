@@ -8,7 +8,7 @@ from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
 from immunofold.cli import main
 from immunofold.io import read_chains
 from immunofold.prediction import Predictor
-from immunofold.refine import find_problems
+from immunofold.refine import SOFT_PROBLEM_KINDS, find_problems
 from immunofold.sequences import InputError
 
 # A val-split nanobody (7S2R) with a 21-residue CDR3: IMGT insertions 111A.., 112A..
@@ -41,7 +41,8 @@ def test_trastuzumab_is_refined_with_sane_geometry_and_errors(trastuzumab):
     pdb = trastuzumab.to_pdb_string()
     structure = gemmi.read_pdb_string(pdb)
     assert [chain.name for chain in structure[0]] == ["H", "L"]
-    assert find_problems(pdb) == []  # no clashes < 2 Å, cis non-Pro, D-amino acids, broken bonds
+    problems = find_problems(pdb)  # no clashes < 2 Å, cis non-Pro, D-amino acids, broken bonds
+    assert all(p.kind in SOFT_PROBLEM_KINDS and str(p) in trastuzumab.refine_message for p in problems[:3])
     assert all(abs(length - 1.33) < 0.1 for length in peptide_bonds(structure))
     bfactors = [atom.b_iso for residue in structure[0]["H"] for atom in residue]
     assert min(bfactors) > 0 and max(bfactors) < 30
@@ -141,3 +142,32 @@ def test_refining_returns_a_new_prediction_and_leaves_the_unrefined_one_as_it_wa
     assert unrefined.to_pdb_string() == before
     assert " H" in refined.to_pdb_string() and refined.to_pdb_string() != before
     assert refined.to_cif_string().startswith("data_model\n") and unrefined.to_cif_string().startswith("data_model\n")
+
+
+def test_refined_files_are_complete_for_structure_readers(trastuzumab, tmp_path):
+    """Refined mmCIF has the unrefined file's polymer records (label_seq_id, label_asym_id = chain id, entity
+    sequences), both V-domain disulfides are recorded (mmCIF _struct_conn, PDB SSBOND) so OpenMM bonds them from
+    the file, and the remarks state the refinement as done."""
+    from openmm import app
+
+    trastuzumab.save(tmp_path / "fv.cif")
+    trastuzumab.save(tmp_path / "fv.pdb")
+    structure = gemmi.read_structure(str(tmp_path / "fv.cif"))
+    assert [residue.subchain for residue in structure[0]["H"]][:1] == ["H"]
+    assert [residue.label_seq for residue in structure[0]["L"]] == list(range(1, len(TRASTUZUMAB_LIGHT) + 1))
+    assert [gemmi.one_letter_code(e.full_sequence) for e in structure.entities] == [TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT]
+    for path in (tmp_path / "fv.cif", tmp_path / "fv.pdb"):
+        reader = app.PDBxFile if path.suffix == ".cif" else app.PDBFile
+        topology = reader(str(path)).topology
+        disulfides = [(a.residue.chain.id, b.residue.chain.id) for a, b in topology.bonds() if a.name == b.name == "SG"]
+        assert sorted(disulfides) == [("H", "H"), ("L", "L")], path.suffix
+    assert sum(line.startswith("SSBOND") for line in (tmp_path / "fv.pdb").read_text().splitlines()) == 2
+    remarks = " ".join(line[11:].strip() for line in (tmp_path / "fv.pdb").read_text().splitlines() if line.startswith("REMARK 250"))
+    assert f"REFINED YES ({trastuzumab.refine_message})" in remarks if trastuzumab.refine_message else "REFINED YES" in remarks
+
+
+def test_ensemble_member_files_say_they_are_raw(trastuzumab, tmp_path):
+    for path in trastuzumab.save_ensemble(tmp_path / "members"):
+        text = open(path).read()
+        assert "REFINED NO" in text and "REFINED YES" not in text
+        assert "ENSEMBLE MEMBER" in text and "GEOMETRY CLEANED" not in text

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from immunofold.io import ChainAtoms, build_structure, read_chains, to_pdb_string
-from immunofold.refine import find_problems, refine
+from immunofold.refine import SOFT_PROBLEM_KINDS, find_problems, refine
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nanobody_7f5g.pdb"
 
@@ -125,7 +125,40 @@ def test_refine_turns_a_d_amino_acid_into_l(nanobody):
 def test_refine_turns_a_cis_peptide_trans(nanobody):
     result = refine(pdb_of(with_cis_peptide_5(nanobody)))
     assert result.refined, result.message
-    assert find_problems(result.pdb_string) == []
+    remaining = find_problems(result.pdb_string)
+    assert all(p.kind in SOFT_PROBLEM_KINDS for p in remaining)  # the cis peptide is gone
+    assert all(str(p) in result.message for p in remaining[:3])  # backbone outliers left are named
+
+
+def rotated_about(points: np.ndarray, origin: np.ndarray, axis: np.ndarray, degrees: float) -> np.ndarray:
+    """points [M, 3] turned by `degrees` about the line through origin along axis (Rodrigues)."""
+    k = axis / np.linalg.norm(axis)
+    v = points - origin
+    t = np.radians(degrees)
+    return origin + v * np.cos(t) + np.cross(k, v) * np.sin(t) + np.outer(v @ k, k) * (1 - np.cos(t))
+
+
+def test_detects_a_twisted_peptide(nanobody):
+    i = residue_index(nanobody, (5, ""))
+    atom14 = nanobody.atom14.copy()
+    present = nanobody.atom_mask[i + 1]
+    atom14[i + 1, present] = rotated_about(atom14[i + 1, present], atom14[i, 2], atom14[i + 1, 0] - atom14[i, 2], 90.0)
+    twisted = [p for p in find_problems(pdb_of(replace(nanobody, atom14=atom14))) if p.kind == "twisted"]
+    # residue 6 turned as a whole twists both of its peptides
+    assert [p.residues for p in twisted] == [("B5 GLN", "B6 GLU"), ("B6 GLU", "B7 SER")]
+    assert all(60 < abs(p.value) < 120 for p in twisted)
+    assert str(twisted[0]).startswith("twisted peptide B5 GLN - B6 GLU: omega ")
+
+
+def test_detects_a_distorted_backbone_angle(nanobody):
+    i = residue_index(nanobody, (10, ""))
+    atom14 = nanobody.atom14.copy()
+    ca, c, n_next = atom14[i, 1], atom14[i, 2], atom14[i + 1, 0]
+    atom14[i, 3] = rotated_about(atom14[i, 3][None], c, np.cross(ca - c, n_next - c), 25.0)[0]  # O turned in the plane
+    problems = find_problems(pdb_of(replace(nanobody, atom14=atom14)))
+    assert [(p.kind, p.atoms, p.residues) for p in problems] == [("angle", ("O", "C", "N"), ("B10 GLY", "B11 LEU"))]
+    assert abs(problems[0].value - 122.7) > 15
+    assert str(problems[0]).startswith("distorted backbone angle O-C-N at B10 GLY - B11 LEU: ")
 
 
 def test_problems_left_after_every_round_return_the_input(nanobody, monkeypatch):
@@ -140,7 +173,7 @@ def test_problems_left_after_every_round_return_the_input(nanobody, monkeypatch)
     result = refine(broken)
     assert not result.refined
     assert result.pdb_string == broken
-    assert result.message == "problems remain after refinement: D-amino acid B7 SER"
+    assert result.message.startswith("problems remain after refinement: ") and "D-amino acid B7 SER" in result.message
 
 
 def test_detects_clash(nanobody):

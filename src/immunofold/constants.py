@@ -137,3 +137,5 @@ PEPTIDE_BOND_LENGTH = 1.329  # C(i)-N(i+1), Å (Engh & Huber); the training loss
 # 116.4 and 122.2). The clean-up (immunofold.cleanup) holds predicted peptide bonds to them.
 CA_C_N_ANGLE = 116.2
 C_N_CA_ANGLE = 121.7
+N_CA_C_ANGLE = 111.0  # Engh & Huber 1991 (111.2 non-glycine, 112.5 glycine)
+O_C_N_ANGLE = 122.7  # Engh & Huber 1991

@@ -65,7 +65,6 @@ def _make_residue(resname: str, residue_id: tuple[int, str], coords: np.ndarray,
     residue.name = resname
     residue.seqid = gemmi.SeqId(int(residue_id[0]), residue_id[1] or " ")
     residue.het_flag = "A"
-    residue.entity_type = gemmi.EntityType.Polymer
     rounded = np.round(coords.astype(float), 3).tolist()  # one call per residue: this is on the batch hot path
     for slot, name in enumerate(atom14_names(resname)):
         if not mask[slot]:
@@ -80,35 +79,61 @@ def _make_residue(resname: str, residue_id: tuple[int, str], coords: np.ndarray,
     return residue
 
 
-def _setup_polymer_entities(structure: gemmi.Structure) -> None:
-    """Entities with their full sequences, and label_seq_id numbering, for mmCIF output."""
+DISULFIDE_MAX_DISTANCE = 2.5  # Å; cysteine SG pairs closer than this are recorded as disulfide bonds
+
+
+def finish_structure(structure: gemmi.Structure, remarks: list[str] = ()) -> gemmi.Structure:
+    """Make a one-model structure complete for PDB and mmCIF readers, in place: each chain one polymer entity with
+    its full sequence and label_seq_id numbering (label_asym_id = the chain id), disulfide bonds as connections
+    (PDB SSBOND, mmCIF _struct_conn: tools that do not infer bonds from distances need them), and `remarks` as
+    REMARK 250 text. Returns the structure."""
+    for chain in structure[0]:
+        for residue in chain:
+            residue.subchain = chain.name  # mmCIF label_asym_id
+            residue.entity_type = gemmi.EntityType.Polymer
     structure.setup_entities()
     for entity in structure.entities:
         entity.full_sequence = [residue.name for residue in structure[0].get_subchain(entity.subchains[0])]
-    structure.assign_label_seq_id(force=False)
-
-
-def build_structure(chains: list[ChainAtoms], remarks: list[str] = ()) -> gemmi.Structure:
-    """A one-model gemmi structure from atom14 chains, with `remarks` as REMARK 250 text."""
-    model = gemmi.Model(1)
-    for chain_atoms in chains:
-        chain = gemmi.Chain(chain_atoms.chain_id)
-        for i, letter in enumerate(chain_atoms.sequence):
-            resname = ONE_TO_THREE.get(letter, UNKNOWN_RESIDUE)
-            residue = _make_residue(resname, chain_atoms.residue_ids[i], chain_atoms.atom14[i],
-                                    chain_atoms.atom_mask[i], chain_atoms.bfactor[i])
-            residue.subchain = chain_atoms.chain_id  # mmCIF label_asym_id
-            chain.add_residue(residue)
-        model.add_chain(chain)
-    structure = gemmi.Structure()
-    structure.add_model(model)
-    _setup_polymer_entities(structure)
+    structure.assign_label_seq_id(force=True)
+    _add_disulfide_bonds(structure)
     structure.raw_remarks = [
         f"REMARK {REMARK_NUMBER} {line}".ljust(80)
         for remark in remarks
         for line in textwrap.wrap(remark, REMARK_TEXT_WIDTH) or [""]
     ]
     return structure
+
+
+def _add_disulfide_bonds(structure: gemmi.Structure) -> None:
+    """A disulfide connection for every pair of cysteine SG atoms closer than DISULFIDE_MAX_DISTANCE."""
+    model = structure[0]
+    sulfurs = [(chain, residue, atom) for chain in model for residue in chain if residue.name == "CYS"
+               for atom in residue if atom.name == "SG"]
+    structure.connections.clear()
+    for i, (chain_a, residue_a, atom_a) in enumerate(sulfurs):
+        for chain_b, residue_b, atom_b in sulfurs[i + 1:]:
+            if atom_a.pos.dist(atom_b.pos) < DISULFIDE_MAX_DISTANCE:
+                bond = gemmi.Connection()
+                bond.name = f"disulf{len(structure.connections) + 1}"
+                bond.type = gemmi.ConnectionType.Disulf
+                bond.partner1 = gemmi.make_address(chain_a, residue_a, atom_a)
+                bond.partner2 = gemmi.make_address(chain_b, residue_b, atom_b)
+                structure.connections.append(bond)
+
+
+def build_structure(chains: list[ChainAtoms], remarks: list[str] = ()) -> gemmi.Structure:
+    """A one-model gemmi structure from atom14 chains, with `remarks` as REMARK 250 text (`finish_structure`)."""
+    model = gemmi.Model(1)
+    for chain_atoms in chains:
+        chain = gemmi.Chain(chain_atoms.chain_id)
+        for i, letter in enumerate(chain_atoms.sequence):
+            resname = ONE_TO_THREE.get(letter, UNKNOWN_RESIDUE)
+            chain.add_residue(_make_residue(resname, chain_atoms.residue_ids[i], chain_atoms.atom14[i],
+                                            chain_atoms.atom_mask[i], chain_atoms.bfactor[i]))
+        model.add_chain(chain)
+    structure = gemmi.Structure()
+    structure.add_model(model)
+    return finish_structure(structure, remarks)
 
 
 def to_pdb_string(structure: gemmi.Structure) -> str:
@@ -130,13 +155,31 @@ def to_cif_string(structure: gemmi.Structure) -> str:
     groups = gemmi.MmcifOutputGroups(True)
     groups.cell = False
     groups.symmetry = False
+    groups.auth_all = True  # auth_comp_id, auth_atom_id: some readers (Biotite) warn without them
     document = structure.make_mmcif_document(groups)
+    _complete_polymer_records(document.sole_block())
     texts = _remark_texts(structure)
     if texts:
         loop = document.sole_block().init_loop("_database_PDB_remark.", ["id", "text"])
         for text in texts:
             loop.add_row([str(REMARK_NUMBER), gemmi.cif.quote(text)])
     return document.as_string()
+
+
+def _complete_polymer_records(block: gemmi.cif.Block) -> None:
+    """Fill what gemmi leaves empty for a model without a chemical component dictionary: each residue type's
+    `_chem_comp.type` (the CCD's: glycine 'peptide linking', the other amino acids 'L-peptide linking') and the
+    canonical one-letter sequence of each polymer (`_entity_poly.pdbx_seq_one_letter_code_can`; standard residues
+    only, so the same as the one-letter code)."""
+    components = block.get_mmcif_category("_chem_comp.", raw=True)
+    if components:
+        components["type"] = [gemmi.cif.quote("peptide linking" if name == "GLY" else "L-peptide linking")
+                              for name in components["id"]]
+        block.set_mmcif_category("_chem_comp.", components, raw=True)
+    polymers = block.get_mmcif_category("_entity_poly.", raw=True)
+    if polymers and "pdbx_seq_one_letter_code" in polymers:
+        polymers["pdbx_seq_one_letter_code_can"] = list(polymers["pdbx_seq_one_letter_code"])
+        block.set_mmcif_category("_entity_poly.", polymers, raw=True)
 
 
 def write_structure(structure: gemmi.Structure, path: str | os.PathLike, fmt: str | None = None) -> None:

@@ -28,7 +28,15 @@ from immunofold.data.features import collate, featurise
 from immunofold.ensemble import Ensemble, EnsembleOutput
 from immunofold.geometry import residue_tables
 from immunofold.inputs import safe_name
-from immunofold.io import STRUCTURE_FORMATS, ChainAtoms, build_structure, to_cif_string, to_pdb_string, write_structure
+from immunofold.io import (
+    STRUCTURE_FORMATS,
+    ChainAtoms,
+    build_structure,
+    finish_structure,
+    to_cif_string,
+    to_pdb_string,
+    write_structure,
+)
 from immunofold.numbering import SCHEMES as NUMBERING_SCHEMES, renumber
 from immunofold.refine import refine as refine_structure
 from immunofold.sequences import InputError, NumberedChain, number_receptor
@@ -164,12 +172,11 @@ class Prediction:
         if self._refined_pdb is not None:
             structure = gemmi.read_pdb_string(self._refined_pdb)
             structure.name = "model"  # the mmCIF block name of unrefined models; gemmi names a parsed string "string"
-            structure.setup_entities()
-            return structure
+            return finish_structure(structure, self.remarks())
         return self.unrefined_structure()
 
     def to_pdb_string(self) -> str:
-        return self._refined_pdb if self._refined_pdb is not None else to_pdb_string(self.structure())
+        return to_pdb_string(self.structure())
 
     def to_cif_string(self) -> str:
         return to_cif_string(self.structure())
@@ -183,7 +190,8 @@ class Prediction:
         write_structure(self.structure(), path, fmt)
 
     def save_ensemble(self, folder: str | os.PathLike, fmt: str = "pdb") -> list[str]:
-        """Write every ensemble member (unrefined) as <safe name>_member<i>.<fmt> inside `folder` (a name such as
+        """Write every ensemble member (the networks' raw models, never refined or cleaned, their remarks say so; the
+        B-factor column holds the ensemble's error) as <safe name>_member<i>.<fmt> inside `folder` (a name such as
         '../x' cannot lead outside it); returns the paths."""
         if fmt not in STRUCTURE_FORMATS:
             raise ValueError(f"fmt={fmt!r}: give 'pdb' or 'cif'")
@@ -191,7 +199,10 @@ class Prediction:
         paths = []
         for i in range(len(self.members)):
             path = os.path.join(folder, f"{safe_name(self.name)}_member{i}.{fmt}")
-            write_structure(self.unrefined_structure(i), path, fmt)
+            note = f"ensemble member {i}: the network's raw model; B-factor: the ensemble's error"
+            raw = dataclasses.replace(self, refined=False, refine_message="", geometry_cleaned=False,
+                                      notes=[*self.notes, note])
+            write_structure(raw.unrefined_structure(i), path, fmt)
             paths.append(path)
         return paths
 
@@ -205,8 +216,8 @@ def refine_prediction(prediction: Prediction) -> Prediction:
         if member is not None:
             candidate = dataclasses.replace(candidate, atom14=prediction.members[member])
         result = refine_structure(to_pdb_string(candidate.unrefined_structure()))
-        if result.refined:
-            return dataclasses.replace(candidate, _refined_pdb=result.pdb_string)
+        if result.refined:  # its message names any backbone outliers left
+            return dataclasses.replace(candidate, _refined_pdb=result.pdb_string, refine_message=result.message)
         message = result.message
     failed = dataclasses.replace(prediction, refined=False,
                                  refine_message=f"refinement failed, unrefined model returned: {message}")
