@@ -143,18 +143,21 @@ def main() -> None:
     lines = [
         f"# Geometry of unrefined models ({args.split} split, {len(items)} entries, weights {predictor.ensemble.version})",
         "",
-        "Checked by `immunofold.refine.find_problems` (what refinement must fix): peptide bond C-N outside 1.33 ± 0.1 Å, "
-        "heavy atoms of different residues closer than 2.0 Å, non-proline cis peptides, D-amino acids; per model, mean "
-        "over entries; members ranked per entry, 1 = closest to the members' mean (members are not cleaned; only "
-        "`--save-ensemble` writes them). Refined models have none (by construction).",
+        "Checked by `immunofold.refine.find_problems`: peptide bond C-N outside 1.33 ± 0.1 Å, heavy atoms of different "
+        "residues closer than 2.0 Å, non-proline cis peptides, D-amino acids (what refinement must fix), twisted peptides "
+        "(|omega| 30-150°) and backbone bond angles more than 15° from Engh & Huber's (what it removes where a local "
+        "minimisation can, else names; benchmarks/refinement.py counts what refined models keep); per model, mean over "
+        "entries; members ranked per entry, 1 = closest to the members' mean (members are not cleaned; only "
+        "`--save-ensemble` writes them).",
         "",
-        "| structure | models without problems | broken peptide bonds | clashes | cis non-Pro | D-amino acids | mean abs(C-N - 1.329) Å | bonds off > 0.1 Å | > 0.5 Å |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| structure | models without problems | broken peptide bonds | clashes | cis non-Pro | D-amino acids | twisted peptides | angle outliers | mean abs(C-N - 1.329) Å | bonds off > 0.1 Å | > 0.5 Å |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for label, s in summary.items():
         lines.append(
             f"| {label} | {s['models_without_problems']} / {s['models']} | {s['broken_per_model']:.1f} | {s['clash_per_model']:.1f} | "
-            f"{s['cis_per_model']:.2f} | {s['D-amino_per_model']:.2f} | {s['bond_deviation_mean']:.3f} | "
+            f"{s['cis_per_model']:.2f} | {s['D-amino_per_model']:.2f} | {s['twisted_per_model']:.2f} | "
+            f"{s['angle_per_model']:.2f} | {s['bond_deviation_mean']:.3f} | "
             f"{s['bonds_off_0.1_percent']:.1f} % | {s['bonds_off_0.5_percent']:.2f} % |"
         )
     lines += [

@@ -54,3 +54,11 @@ def web_clients(tmp_path, **defaults):
     finally:
         for client in clients:
             client.__exit__(None, None, None)
+
+
+def hard_problems(pdb_string: str) -> list:
+    """`refine.find_problems` without the backbone outliers (twisted peptides, bent backbone angles) that a
+    refined model may keep (naming them) and the clean-up does not remove: broken bonds, clashes, cis, D."""
+    from immunofold.refine import SOFT_PROBLEM_KINDS, find_problems
+
+    return [p for p in find_problems(pdb_string) if p.kind not in SOFT_PROBLEM_KINDS]

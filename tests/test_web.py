@@ -16,9 +16,8 @@ import pytest
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, WEB_BASE_URL, web_clients  # noqa: E402
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, WEB_BASE_URL, hard_problems, web_clients  # noqa: E402
 from immunofold.cli import build_parser  # noqa: E402
-from immunofold.refine import find_problems  # noqa: E402
 from immunofold.sequences import InputError, number_receptor  # noqa: E402
 from immunofold.web import assets as web_assets  # noqa: E402
 from immunofold.web.jobs import JobStore  # noqa: E402
@@ -157,7 +156,7 @@ def test_predict_antibody_result_downloads_and_numbering(client):
 
     pdb = client.get(f"/api/jobs/{job_id}/model.pdb")
     assert pdb.status_code == 200
-    assert result["geometry_cleaned"] is True and find_problems(pdb.text) == []  # real peptide bonds, no clashes
+    assert result["geometry_cleaned"] is True and hard_problems(pdb.text) == []  # real peptide bonds, no clashes
     disposition = pdb.headers["content-disposition"]
     assert disposition.startswith("attachment;") and "/" not in disposition and ".." not in disposition.split("=")[1][:3]
     structure = gemmi.read_pdb_string(pdb.text)
@@ -478,7 +477,7 @@ def test_batch_upload_gives_one_zip_with_summary(client):
         assert not any("/." in name for name in names)
         vhh = zf.read("immunofold_results/vhh.pdb").decode()
         assert "REMARK 250" in vhh and "GEOMETRY CLEANED" in vhh
-        assert find_problems(vhh) == [] and find_problems(zf.read("immunofold_results/trastuzumab.pdb").decode()) == []
+        assert hard_problems(vhh) == [] and hard_problems(zf.read("immunofold_results/trastuzumab.pdb").decode()) == []
 
 
 def test_batch_csv_upload(client):
