@@ -712,3 +712,16 @@ def test_the_ray_engine_refuses_fewer_than_one_worker_in_one_line(tmp_path, caps
     assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--engine", "ray", "--workers", workers]) == 2
     assert capsys.readouterr().err == f"error: --workers {workers}: the Ray engine needs 1 or more actors (default: one per CPU)\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_summary_notes_say_what_refinement_left_or_why_it_failed():
+    from immunofold.batch import _summary_row
+    from immunofold.inputs import Record
+
+    record = Record(0, "fv", (("heavy", "QV"),), "antibody", "input.fasta:1", None)
+    data = {"status": "ok", "kind": "antibody", "file": "fv.pdb", "mean_error": 1.0, "refined": True,
+            "refine_message": "backbone outliers remain: distorted backbone angle N-CA-C at H112A TYR: 92°",
+            "notes": ["kept the V domain"], "chains": [], "cdr3_error": {}}
+    row = _summary_row(record, data)
+    assert row["notes"] == "kept the V domain; backbone outliers remain: distorted backbone angle N-CA-C at H112A TYR: 92°"
+    assert _summary_row(record, {**data, "refine_message": "", "notes": []})["notes"] is None

@@ -170,3 +170,16 @@ def test_reads_shared_training_antibody():
     assert chains[entry["Lchain"]].sequence == entry["light_seq"]
     text = to_pdb_string(build_structure(list(chains.values())))
     assert_same_chains(list(chains.values()), read_chains(text))
+
+
+def test_remarks_are_written_in_ascii_and_wrapped_at_spaces(nanobody):
+    from immunofold.io import ascii_text
+
+    remark = ("REFINED YES (backbone outliers remain: distorted backbone angle C-N-CA at H113 ARG - H114 TRP: 139°; "
+              "distorted backbone angle N-CA-C at H112A TYR: 92°; error 1.5 Å for TCR α)")
+    text = to_pdb_string(build_structure([nanobody], remarks=[remark]))
+    lines = [line for line in text.splitlines() if line.startswith("REMARK")]
+    assert all(len(line) <= 80 and line.isascii() for line in lines)
+    assert "C-N-CA" in "\n".join(lines) and "139 deg" in " ".join(lines) and "1.5 A" in " ".join(lines)
+    assert " ".join(line[11:].strip() for line in lines) == ascii_text(remark)
+    assert to_cif_string(build_structure([nanobody], remarks=[remark])).isascii()

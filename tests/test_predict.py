@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
 from immunofold.cli import main
-from immunofold.io import read_chains
+from immunofold.io import ascii_text, read_chains
 from immunofold.prediction import Predictor
 from immunofold.refine import SOFT_PROBLEM_KINDS, find_problems
 from immunofold.sequences import InputError
@@ -163,7 +163,7 @@ def test_refined_files_are_complete_for_structure_readers(trastuzumab, tmp_path)
         assert sorted(disulfides) == [("H", "H"), ("L", "L")], path.suffix
     assert sum(line.startswith("SSBOND") for line in (tmp_path / "fv.pdb").read_text().splitlines()) == 2
     remarks = " ".join(line[11:].strip() for line in (tmp_path / "fv.pdb").read_text().splitlines() if line.startswith("REMARK 250"))
-    assert f"REFINED YES ({trastuzumab.refine_message})" in remarks if trastuzumab.refine_message else "REFINED YES" in remarks
+    assert f"REFINED YES ({ascii_text(trastuzumab.refine_message).upper()})" in remarks if trastuzumab.refine_message else "REFINED YES" in remarks
 
 
 def test_ensemble_member_files_say_they_are_raw(trastuzumab, tmp_path):

@@ -285,7 +285,8 @@ def test_cdr3_class_labels_train_the_head_and_its_val_ranking_is_logged(tmp_path
 
     examples = cached_class_examples(config.data_root, config.cache_dir, config.val_split)
     assert [(e["name"], float(e["cdr3_extended"])) for e in examples] == [("nbframe:1f2x_L", 0.0), ("nbframe:1abc_A", 1.0)]
-    skipped = (tmp_path / "cache" / "skipped-cdr3-classes-v1.txt").read_text()
+    (skipped_file,) = (tmp_path / "cache").glob("skipped-cdr3-classes-v1-*.txt")
+    skipped = skipped_file.read_text()
     assert "nbframe:1bad_A heavy chain: invalid letters 'X'" in skipped and "nbframe:7f5h_B: CDR3 identical to val entry" in skipped
 
 
@@ -317,3 +318,41 @@ def test_nanobodies_whose_cdr3_stands_out_can_be_oversampled(tmp_path):
     config.oversample, config.standing_out_oversample = {"nanobody": 2}, 3
     epoch = epoch_examples([folded, standing_out], config, random.Random(0))
     assert [e is standing_out for e in epoch].count(True) == 6 and [e is folded for e in epoch].count(True) == 2
+
+
+@pytest.mark.parametrize("rows, columns, message", [
+    ([("1abc", "1abc_A", "QVQL", "-", "Bent", "High", "")], LABEL_COLUMNS, "line 2: unknown CDR3 class 'Bent' (Extended or Kinked)"),
+    ([("1abc", "1abc_A", "QVQL", "-", "Kinked", "High")], LABEL_COLUMNS[:-1], "missing column(s) manual_label"),
+    ([], LABEL_COLUMNS, "needs at least cdr3_class_batch (2) usable rows"),
+])
+def test_bad_cdr3_label_tables_are_refused_in_one_line(tmp_path, capsys, rows, columns, message):
+    import os
+
+    import yaml
+
+    from immunofold.cli import main
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.model.cdr3_class_head, config.cdr3_class_batch = True, 2
+    os.makedirs(os.path.join(config.data_root, "aux"))
+    with open(os.path.join(config.data_root, "aux", "nbframe_cdr3_classes.tsv"), "w") as handle:
+        handle.write("\t".join(columns) + "\n")
+        handle.writelines("\t".join(row) + "\n" for row in rows)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_the_label_cache_follows_the_table(tmp_path, nanobody_atoms):
+    from test_network import LONG_CDR3_NANOBODY
+
+    from immunofold.data.cdr3_classes import cached_class_examples
+
+    config = tiny_config(tmp_path, epochs=1)
+    write_label_table(config.data_root, [("1f2x", "1f2x_L", LONG_CDR3_NANOBODY, "-", "Kinked", "High_Kinked", "")])
+    assert [float(e["cdr3_extended"]) for e in cached_class_examples(config.data_root, config.cache_dir, "train")] == [0.0]
+    write_label_table(config.data_root, [("1f2x", "1f2x_L", LONG_CDR3_NANOBODY, "-", "Kinked", "High_Kinked", "Extended")])
+    assert [float(e["cdr3_extended"]) for e in cached_class_examples(config.data_root, config.cache_dir, "train")] == [1.0]

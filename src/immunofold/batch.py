@@ -753,7 +753,7 @@ def _summary_row(record: Record, data: dict) -> dict:
     if data["status"] == "ok":
         row.update(file=data["file"], mean_error=data["mean_error"], refined=bool(data["refined"]),
                    error_calibrated=data.get("error_calibrated"),  # absent from sidecars of packages before 0.10.0
-                   notes="; ".join(data.get("notes", [])) or None)
+                   notes="; ".join([*data.get("notes", []), *filter(None, [data.get("refine_message")])]) or None)
         for chain in data["chains"]:
             row[f"length_{chain['id']}"] = chain["length"]
             row[f"cdr3_error_{chain['id']}"] = data["cdr3_error"].get(chain["id"])

@@ -12,7 +12,7 @@ import threading
 
 def _train(args: argparse.Namespace) -> int:
     from immunofold.train.config import TrainConfig
-    from immunofold.train.loop import train
+    from immunofold.train.loop import TrainingSetupError, train
 
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads {args.threads}: give 1 or more", file=sys.stderr)
@@ -31,7 +31,7 @@ def _train(args: argparse.Namespace) -> int:
         config.threads = args.threads
     try:
         best = train(config, log=lambda line: print(line, flush=True))
-    except FileNotFoundError as error:
+    except (OSError, TrainingSetupError) as error:  # missing data or starting weights, a bad label table
         print(f"error: {args.config}: {error}", file=sys.stderr)
         return 2
     print(f"best val: {best}")

@@ -99,9 +99,20 @@ def finish_structure(structure: gemmi.Structure, remarks: list[str] = ()) -> gem
     structure.raw_remarks = [
         f"REMARK {REMARK_NUMBER} {line}".ljust(80)
         for remark in remarks
-        for line in textwrap.wrap(remark, REMARK_TEXT_WIDTH) or [""]
+        for line in textwrap.wrap(ascii_text(remark), REMARK_TEXT_WIDTH, break_on_hyphens=False) or [""]
     ]
     return structure
+
+
+ASCII_SPELLINGS = {"°": " deg", "Å": "A", "α": "alpha", "β": "beta", "±": "+/-"}
+
+
+def ascii_text(text: str) -> str:
+    """`text` in ASCII, as PDB and CIF 1.1 files must be: units and Greek letters spelled out, other characters
+    dropped."""
+    for character, spelling in ASCII_SPELLINGS.items():
+        text = text.replace(character, spelling)
+    return text.encode("ascii", "ignore").decode()
 
 
 def _add_disulfide_bonds(structure: gemmi.Structure) -> None:

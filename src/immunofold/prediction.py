@@ -120,7 +120,7 @@ class Prediction:
             f"IMMUNOFOLD {__version__} WEIGHTS {self.weights_version}",
             f"RECEPTOR {self.kind.upper()} NUMBERING {self.numbering_scheme.upper()}",
             CALIBRATED_ERROR_REMARK if self.error_calibrated else ERROR_REMARK,
-            f"REFINED {'YES' if self.refined else 'NO'}" + (f" ({self.refine_message})" if self.refine_message else ""),
+            f"REFINED {'YES' if self.refined else 'NO'}" + (f" ({self.refine_message.upper()})" if self.refine_message else ""),
         ]
         if self.geometry_cleaned:
             lines.append("CONSENSUS GEOMETRY CLEANED WITHOUT A FORCE FIELD (PEPTIDE BONDS, CLASHES)")

@@ -23,7 +23,7 @@ import torch
 from immunofold.constants import KINDS, is_cdr
 from immunofold.data.features import collate
 from immunofold.data.aux import cached_aux_examples
-from immunofold.data.cdr3_classes import cached_class_examples
+from immunofold.data.cdr3_classes import CLASS_FILE, cached_class_examples
 from immunofold.data.language import attach_language_features
 from immunofold.data.sabdab import cached_examples
 from immunofold.data.template import build_template
@@ -213,6 +213,10 @@ def source_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+class TrainingSetupError(ValueError):
+    """A config whose data or starting weights cannot be used (found before the first step)."""
+
+
 def build_model(config: TrainConfig, device: torch.device) -> ImmunoFoldNet:
     """A fresh model whose initial weights, like the rest of the run (data order, dropout), follow `config.seed`."""
     random.seed(config.seed)
@@ -228,7 +232,7 @@ def load_init_weights(model: ImmunoFoldNet, state: dict) -> list[str]:
     missing, unexpected = model.load_state_dict(state, strict=False)
     not_new = [k for k in missing if not any(part in k for part in ZERO_EFFECT_ADDITIONS)]
     if not_new or unexpected:
-        raise ValueError(f"init_from weights do not fit the model: missing {not_new}, unexpected {unexpected}")
+        raise TrainingSetupError(f"init_from weights do not fit the model: missing {not_new}, unexpected {unexpected}")
     return missing
 
 
@@ -245,6 +249,15 @@ def train(config: TrainConfig, log=print) -> dict:
     if not unique_examples:
         raise FileNotFoundError(f"no training examples of split {config.train_split!r} under data_root "
                                 f"{config.data_root} (sabdab/ or stcrdab/ summary.tsv and structures)")
+    class_examples = []
+    if config.model.cdr3_class_head:
+        try:
+            class_examples = cached_class_examples(config.data_root, config.cache_dir, config.val_split)
+        except ValueError as error:  # a bad label table
+            raise TrainingSetupError(str(error)) from None
+        if len(class_examples) < config.cdr3_class_batch:
+            raise TrainingSetupError(f"model.cdr3_class_head needs at least cdr3_class_batch ({config.cdr3_class_batch}) usable "
+                             f"rows in {os.path.join(config.data_root, CLASS_FILE)}; it has {len(class_examples)}")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w") as handle:
         handle.write(config.to_yaml())
@@ -252,9 +265,6 @@ def train(config: TrainConfig, log=print) -> dict:
     val_examples = cached_examples(config.data_root, config.val_split, config.cache_dir)
     if config.train_kinds:  # a specialist is validated (and its best epoch chosen) on its own kinds
         val_examples = [e for e in val_examples if KINDS[int(e["kind"])] in config.train_kinds]
-    class_examples = []
-    if config.model.cdr3_class_head:
-        class_examples = cached_class_examples(config.data_root, config.cache_dir, config.val_split)
     if config.model.language_dim > 0:  # computed once per sequence, cached beside the examples
         attach_language_features(unique_examples + val_examples + class_examples, config.cache_dir)
     model = build_model(config, device)
