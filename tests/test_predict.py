@@ -171,3 +171,17 @@ def test_ensemble_member_files_say_they_are_raw(trastuzumab, tmp_path):
         text = open(path).read()
         assert "REFINED NO" in text and "REFINED YES" not in text
         assert "ENSEMBLE MEMBER" in text and "GEOMETRY CLEANED" not in text
+
+
+def test_cli_predict_notes_backbone_outliers_refinement_left(tmp_path, capsys, monkeypatch):
+    import immunofold.prediction
+    from immunofold.refine import RefineResult
+
+    left = "backbone outliers remain: twisted peptide H5 VAL - H6 GLU: omega 140°"
+    monkeypatch.setattr(immunofold.prediction, "refine_structure", lambda pdb: RefineResult(pdb, True, left))
+    out = tmp_path / "nb.pdb"
+    assert main(["predict", "nanobody", "--heavy", LONG_CDR3_NANOBODY, "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"note: {left}" in captured.err and ", refined," in captured.out
+    remarks = " ".join(line[11:].strip() for line in out.read_text().splitlines() if line.startswith("REMARK 250"))
+    assert "REFINED YES (BACKBONE OUTLIERS REMAIN: TWISTED PEPTIDE H5 VAL - H6 GLU: OMEGA 140 DEG)" in remarks

@@ -126,6 +126,8 @@ def _predict(args: argparse.Namespace) -> int:
                 prediction = predictor.refine(prediction)
         for note in prediction.notes:
             print(f"note: {note}", file=sys.stderr)
+        if prediction.refined and prediction.refine_message:  # backbone outliers refinement could not remove
+            print(f"note: {prediction.refine_message}", file=sys.stderr)
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
         prediction.save(args.output, fmt)
