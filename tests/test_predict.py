@@ -184,4 +184,4 @@ def test_cli_predict_notes_backbone_outliers_refinement_left(tmp_path, capsys, m
     captured = capsys.readouterr()
     assert f"note: {left}" in captured.err and ", refined," in captured.out
     remarks = " ".join(line[11:].strip() for line in out.read_text().splitlines() if line.startswith("REMARK 250"))
-    assert "REFINED YES (BACKBONE OUTLIERS REMAIN: TWISTED PEPTIDE H5 VAL - H6 GLU: OMEGA 140 DEG)" in remarks
+    assert "REFINED YES (BACKBONE OUTLIERS REMAIN: TWISTED PEPTIDE H5 VAL - H6 GLU: OMEGA 140 deg)" in remarks
