@@ -56,8 +56,9 @@ TORSION_K = (1000.0, 1000.0, 1000.0)  # kJ/mol, trans-peptide and L-chirality te
 BACKBONE_RESTRAINT_FACTOR = 10.0
 # Restraint weight of the heavy atoms around backbone outliers (twisted peptides, distorted angles) left after a round,
 # in one more minimisation: their backbone is then held like side chains. On 30 val models (14 antibodies) twisted
-# peptides went from 3.9 to 0 per model and models with any outlier from 26 to 7, antibody H3 unchanged, nanobody
-# CDR3 +0.015 Å; weight 0 left 3 with outliers but cost H3 +0.02 and nanobody CDR3 +0.05 Å.
+# peptides went from 3.9 to 0 per model and models with any outlier from 26 to 7 (with OMEGA_ENERGY), antibody H3
+# unchanged, nanobody CDR3 +0.015 Å; weight 0 left 3 with outliers but cost H3 +0.02 and nanobody CDR3 +0.05 Å. On all
+# of val the refined CDR3s moved 0.03-0.05 Å further from the crystal (docs/benchmarks.md, refinement item 7).
 RELEASED_RESTRAINT_WEIGHT = 1.0
 HARD_RESTRAINED_ATOMS = frozenset((*BACKBONE_ATOMS, "CB"))  # restrained BACKBONE_RESTRAINT_FACTOR times harder
 L_CHIRALITY_DIHEDRAL = -122.0  # degrees, N-CA-C-CB of L-amino acids (-122 ± 2 in the test nanobody)
@@ -257,7 +258,9 @@ def _restrained_context(topology: app.Topology, positions: np.ndarray) -> tuple[
     return context, restraint
 
 
-OMEGA_ENERGY = "0.5*(1+cos(theta))"  # zero for trans, highest (1) for cis; harmonic near trans
+# Zero for trans, highest (1) for cis, harmonic near trans: 0.10.1's 0.25*(1+cos(theta))^2 is flat near trans and left
+# 3.9 twisted peptides per val model (docs/benchmarks.md, refinement item 7)
+OMEGA_ENERGY = "0.5*(1+cos(theta))"
 PROLINE_OMEGA_ENERGY = "sin(theta)^2"  # zero for cis and trans X-Pro peptides, highest at 90°
 
 
