@@ -49,6 +49,11 @@ DEFAULT_RESTRAINT_K = 1000.0  # kJ/mol/nm^2 (about 2.4 kcal/mol/Å^2, ImmuneBuil
 # round with them on, and refinement took ~15 % more CPU time. Restraints are weakened only if problems remain.
 RESTRAINT_SCALES = (1.0, 0.1, 0.01)
 TORSION_K = (1000.0, 1000.0, 1000.0)  # kJ/mol, trans-peptide and L-chirality terms
+# Torsion energies (OpenMM expressions of theta, times k_torsion) of CA-C-N-CA. Non-proline peptides: zero for trans,
+# highest (1) for cis, harmonic near trans: 0.10.1's 0.25*(1+cos(theta))^2 is flat near trans and left 3.9 twisted
+# peptides per val model (docs/benchmarks.md, refinement item 7). X-Pro peptides: zero for cis and trans.
+OMEGA_ENERGY = "0.5*(1+cos(theta))"
+PROLINE_OMEGA_ENERGY = "sin(theta)^2"
 # Backbone atoms (and CB, which places the side chain) are restrained this many times harder than side-chain
 # atoms: side chains resolve clashes, the predicted fold stays where the model put it. On val (v0.7, 149 models,
 # all refined either way) factor 10 against 1: antibody H3 3.21 vs 3.24 Å, nanobody CDR3 4.20 vs 4.24, TCR CDR3-beta
@@ -258,10 +263,6 @@ def _restrained_context(topology: app.Topology, positions: np.ndarray) -> tuple[
     return context, restraint
 
 
-# Zero for trans, highest (1) for cis, harmonic near trans: 0.10.1's 0.25*(1+cos(theta))^2 is flat near trans and left
-# 3.9 twisted peptides per val model (docs/benchmarks.md, refinement item 7)
-OMEGA_ENERGY = "0.5*(1+cos(theta))"
-PROLINE_OMEGA_ENERGY = "sin(theta)^2"  # zero for cis and trans X-Pro peptides, highest at 90°
 
 
 def _geometry_torsions(topology: app.Topology) -> openmm.CustomTorsionForce:
