@@ -263,8 +263,6 @@ def _restrained_context(topology: app.Topology, positions: np.ndarray) -> tuple[
     return context, restraint
 
 
-
-
 def _geometry_torsions(topology: app.Topology) -> openmm.CustomTorsionForce:
     """Torsion terms (global strength k_torsion, kJ/mol; zero when satisfied) towards trans omega
     (CA-C-N-CA) for each bonded non-proline peptide, towards cis or trans for each X-Pro peptide, and
