@@ -167,7 +167,7 @@ def _release_residues(context: openmm.Context, restraint: openmm.CustomExternalF
                       problems: list) -> None:
     """Set the restraint weight of every heavy atom of the residues named in `problems`, and of their sequence
     neighbours, to RELEASED_RESTRAINT_WEIGHT (in the context)."""
-    labels = [f"{r.chain.id}{r.id}{r.insertionCode.strip()} {r.name}" for r in topology.residues()]  # as _residue_label
+    labels = [_format_residue(r.chain.id, r.id, r.insertionCode.strip(), r.name) for r in topology.residues()]
     named = {label for problem in problems for label in problem.residues}
     released = set()
     residues = list(topology.residues())
@@ -377,7 +377,12 @@ def _problems_of_chains(chains: list[ChainAtoms], clash_distance: float) -> list
 def _residue_label(chain: ChainAtoms, index: int) -> str:
     """E.g. 'H111A SER'."""
     number, insertion = chain.residue_ids[index]
-    return f"{chain.chain_id}{number}{insertion} {ONE_TO_THREE.get(chain.sequence[index], 'UNK')}"
+    return _format_residue(chain.chain_id, number, insertion, ONE_TO_THREE.get(chain.sequence[index], "UNK"))
+
+
+def _format_residue(chain_id: str, number, insertion: str, residue_name: str) -> str:
+    """The label problems name residues by (and `_release_residues` finds them by), e.g. 'H111A SER'."""
+    return f"{chain_id}{number}{insertion} {residue_name}"
 
 
 def _dihedral_degrees(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:

@@ -82,6 +82,15 @@ def redundant_with(example: dict, heavy_chains: list[HeavyChain]) -> str | None:
     return None
 
 
+def val_heavy_chains(root: str, val_split: str, cache_dir: str) -> list[HeavyChain]:
+    """The heavy chain of every antibody and nanobody of `val_split`, for `redundant_with`."""
+    return [
+        (e["name"], e["positions"][0], e["sequences"][0])
+        for e in cached_examples(root, val_split, cache_dir)
+        if KINDS[int(e["kind"])] in ("antibody", "nanobody")
+    ]
+
+
 def read_aux_examples(
     path: str, exclude_pdb_ids: set[str], val_heavy_chains: list[HeavyChain] = ()
 ) -> tuple[list[dict], list[str]]:
@@ -118,12 +127,8 @@ def cached_aux_examples(root: str, cache_dir: str, val_split: str = "val") -> li
 
     def build() -> tuple[list[dict], list[str], str]:
         known = {entry.pdb.lower() for entry in read_summary(root)}
-        val_heavy_chains = [
-            (e["name"], e["positions"][0], e["sequences"][0])
-            for e in cached_examples(root, val_split, cache_dir)
-            if KINDS[int(e["kind"])] in ("antibody", "nanobody")
-        ]
-        examples, skipped = read_aux_examples(os.path.join(root, AUX_FILE), known, val_heavy_chains)
+        val_chains = val_heavy_chains(root, val_split, cache_dir)
+        examples, skipped = read_aux_examples(os.path.join(root, AUX_FILE), known, val_chains)
         return examples, skipped, f"{len(skipped)} of {len(examples) + len(skipped)} aux records skipped"
 
     return cached(cache_dir, AUX_CACHE_NAME, build)

@@ -16,10 +16,9 @@ import os
 
 import torch
 
-from immunofold.constants import KINDS
-from immunofold.data.aux import HeavyChain, redundant_with
+from immunofold.data.aux import HeavyChain, redundant_with, val_heavy_chains
 from immunofold.data.features import featurise
-from immunofold.data.sabdab import cached, cached_examples
+from immunofold.data.sabdab import cached
 from immunofold.sequences import InputError, number_receptor
 
 CLASS_FILE = os.path.join("aux", "nbframe_cdr3_classes.tsv")
@@ -77,12 +76,7 @@ def cached_class_examples(root: str, cache_dir: str, val_split: str = "val") -> 
         digest = hashlib.sha256(handle.read() + val_split.encode()).hexdigest()[:12]
 
     def build() -> tuple[list[dict], list[str], str]:
-        val_heavy_chains = [
-            (e["name"], e["positions"][0], e["sequences"][0])
-            for e in cached_examples(root, val_split, cache_dir)
-            if KINDS[int(e["kind"])] in ("antibody", "nanobody")
-        ]
-        examples, skipped = read_class_examples(path, val_heavy_chains)
+        examples, skipped = read_class_examples(path, val_heavy_chains(root, val_split, cache_dir))
         return examples, skipped, f"{len(skipped)} of {len(examples) + len(skipped)} CDR3-class rows skipped"
 
     return cached(cache_dir, f"{CLASS_CACHE_NAME}-{digest}", build)

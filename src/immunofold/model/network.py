@@ -169,6 +169,12 @@ class ImmunoFoldNet(nn.Module):
         width = self.config.error_max / self.config.error_bins
         return (torch.arange(self.config.error_bins, device=self.template_atoms.device) + 0.5) * width
 
+    def cysteine_pairs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[B, N, N] bool pairs of two cysteines for the cysteine-pair bias; None without it."""
+        if not self.config.cysteine_pair_bias:
+            return None
+        return cysteine_pairs((batch["restype"] == RESTYPE_INDEX["C"]) & batch["residue_mask"])
+
     def trunk_output(self, batch: dict[str, torch.Tensor], buckets: torch.Tensor, trunk_biases: list) -> torch.Tensor:
         """Embedding and sequence trunk: the single representation [B, N, C]."""
         s = self.embedding(batch)
@@ -186,10 +192,8 @@ class ImmunoFoldNet(nn.Module):
     def sequence_only_cdr3_class_logit(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """`cdr3_class_logit` [B] without the structure module (for examples that have labels but no atoms)."""
         buckets = relative_position_buckets(batch["chain_slot"])
-        cysteines = None
-        if self.config.cysteine_pair_bias:
-            cysteines = cysteine_pairs((batch["restype"] == RESTYPE_INDEX["C"]) & batch["residue_mask"])
-        trunk_biases = attention_biases([layer.bias for layer in self.trunk], buckets, batch["residue_mask"], cysteines)
+        trunk_biases = attention_biases([layer.bias for layer in self.trunk], buckets, batch["residue_mask"],
+                                        self.cysteine_pairs(batch))
         return self.cdr3_class_logit(self.trunk_output(batch, buckets, trunk_biases), batch)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
@@ -199,10 +203,7 @@ class ImmunoFoldNet(nn.Module):
         mask = batch["residue_mask"]
         buckets = relative_position_buckets(batch["chain_slot"])
         bias_modules = [layer.bias for layer in self.trunk] + [block.ipa.bias for block in self.blocks]
-        cysteines = None
-        if self.config.cysteine_pair_bias:
-            cysteines = cysteine_pairs((batch["restype"] == RESTYPE_INDEX["C"]) & mask)  # [B, N, N]
-        biases = attention_biases(bias_modules, buckets, mask, cysteines)  # [B, H, N, N] per trunk layer, then per IPA block
+        biases = attention_biases(bias_modules, buckets, mask, self.cysteine_pairs(batch))  # [B, H, N, N] per trunk layer, then per IPA block
         trunk_biases, block_biases = biases[: len(self.trunk)], biases[len(self.trunk) :]
         s = self.trunk_output(batch, buckets, trunk_biases)
         s_initial = s
