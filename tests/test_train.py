@@ -1,6 +1,7 @@
 """Training runs, logs, checkpoints, and resumes where it stopped."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +131,19 @@ def test_a_time_boxed_run_records_the_epochs_it_chose(tmp_path):
     assert len((tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()) == 2
 
 
+def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("name: lr\nlearning_rate: 1e-3\n")  # PyYAML reads this as text
+    assert TrainConfig.from_yaml(str(path)).learning_rate == 1e-3
+
+
+def test_every_config_in_the_repository_is_valid():
+    configs = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+    assert len(configs) > 50
+    for path in configs:
+        TrainConfig.from_yaml(str(path))
+
+
 def test_time_boxed_configs_must_not_decay_before_the_epochs_are_known(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\nfit_epochs_to_minutes: 5\n")
@@ -207,6 +221,15 @@ def test_train_cli_names_a_missing_starting_point(tmp_path, capsys):
     ("bogus_key: 3\nmodel:\n  dimm: 8\n", [], "{config}: unknown config key(s) bogus_key, model.dimm"),
     ("name: x\n", ["--threads", "0"], "--threads 0: give 1 or more"),
     ("name: x\n", ["--max-minutes", "-1"], "--max-minutes -1.0: give a positive number"),
+    ("", [], "{config}: missing required key name"),
+    ("name: x\nbatch_size: eight\n", [], "{config}: batch_size: expected an integer, got 'eight'"),
+    ("name: x\nbatch_size: 0\n", [], "{config}: batch_size must be positive, got 0"),
+    ("name: x\nepochs: -1\n", [], "{config}: epochs must be positive, got -1"),
+    ("name: x\naux_kinds: [nanobdy]\n", [], "{config}: aux_kinds: unknown receptor kind(s) nanobdy (known: antibody, nanobody, tcr)"),
+    ("name: x\nmodel:\n  dim: big\n", [], "{config}: model.dim: expected an integer, got 'big'"),
+    ("name: x\nlearning_rate: fast\n", [], "{config}: learning_rate: expected a number, got 'fast'"),
+    ("name: x\nloss_weights: {fape: 1}\n", [], "{config}: loss_weights: unknown term(s) fape (known: "
+     "fape_backbone, fape_all_atom, torsion, bond, clash, error, cdr_rmsd, disulfide, distogram, cdr3_class)"),
 ])
 def test_train_cli_refuses_bad_configs_and_options_in_one_line(tmp_path, capsys, text, options, message):
     from immunofold.cli import main

@@ -348,6 +348,40 @@ def test_finished_and_unfinished_jobs_survive_a_restart(make_client, tmp_path, p
     assert wait_done(second, pending)["status"] == "done"
 
 
+def test_a_stopping_server_ends_its_running_batch_and_the_next_one_runs_it_again(make_client, tmp_path):
+    """Shutting down waits for the running batch, which stops at its next record (no job thread outlives the
+    server's claim on the database); the next server runs the job again from its upload."""
+    from immunofold.inputs import parse_input
+
+    started, calls = threading.Event(), []
+
+    def slow_batch(input_path, outdir, on_event=None, **options):
+        calls.append(0)
+        for record in parse_input(input_path):
+            started.set()
+            time.sleep(0.05)
+            calls[-1] += 1
+            on_event("record_done", record)
+        with open(os.path.join(outdir, "summary.csv"), "w") as handle:
+            handle.write("name\n")
+
+    db = str(tmp_path / "stop.sqlite")
+    first = make_client(db_path=db, batch_runner=slow_batch)
+    fasta = "".join(f">nb{i}\n{NANOBODY}\n" for i in range(400)).encode()
+    job_id = first.post("/api/batch", files={"file": ("many.fasta", fasta)}).json()["id"]
+    assert started.wait(30)
+    t0 = time.monotonic()
+    first.__exit__(None, None, None)  # the server's lifespan shutdown
+    assert time.monotonic() - t0 < 10
+    assert 1 <= calls[0] < 400  # stopped at a record, not run to the end
+    left = JobStore(db).get(job_id)
+    assert left["status"] == "running" and left["stage"] == "stopped with the server; runs again at its next start"
+
+    second = make_client(db_path=db, batch_runner=slow_batch)
+    assert wait_done(second, job_id, timeout=120)["status"] == "done"
+    assert calls[1] == 400
+
+
 def test_refined_prediction(client):
     job_id = client.post("/api/predict", json={**TRASTUZUMAB, "refine": True}).json()["id"]
     job = wait_done(client, job_id, timeout=120)
@@ -549,3 +583,60 @@ def test_the_fasta_box_and_chain_fields_together_are_refused_not_half_ignored(cl
 def test_the_page_template_redirects_to_the_page_that_carries_the_token(client):
     response = client.get("/static/index.html", follow_redirects=False)
     assert response.status_code == 308 and response.headers["location"] == "/"
+
+
+# --- the serve command's own life cycle (a subprocess, as users run it) ------------------------------------------
+def free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ctrl_c_stops_the_server_and_its_batch_and_frees_the_database(tmp_path):
+    """Ctrl-C on `immunofold serve` with a batch running: the process ends within seconds (the batch stops at its
+    next record), the job database is free for the next server, and the job is left to run again."""
+    import json
+    import signal
+    import urllib.request
+
+    from immunofold.web.jobs import claim_database
+
+    port, db = free_loopback_port(), tmp_path / "jobs.sqlite"
+    log = open(tmp_path / "serve.log", "w+")
+    process = subprocess.Popen(["immunofold", "serve", "--port", str(port), "--db", str(db)], stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=2):
+                    break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log.seek(0) or log.read()
+                time.sleep(0.2)
+        fasta = "".join(f">nb{i}\n{NANOBODY}\n" for i in range(300)).encode()
+        boundary = "immunofoldtestboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"many.fasta\"\r\n\r\n"
+                .encode() + fasta + f"\r\n--{boundary}--\r\n".encode())
+        request = urllib.request.Request(f"{url}/api/batch", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            job_id = json.load(response)["id"]
+        deadline = time.monotonic() + 120
+        while JobStore(db).get(job_id)["done"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    log.seek(0)
+    assert "Traceback" not in log.read()
+    job = JobStore(db).get(job_id)
+    assert job["status"] == "running" and 1 <= job["done"] < 300  # left for the next start, not run to the end
+    claim_database(db).close()  # free: no thread of the stopped server holds it

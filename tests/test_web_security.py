@@ -272,3 +272,17 @@ def test_serve_refuses_a_folder_as_database_and_a_port_out_of_range(capsys, tmp_
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--port", "70000"])
     assert "argument --port: '70000' is not a port (0-65535)" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_port_in_use_before_it_starts(monkeypatch, capsys, tmp_path):
+    import socket
+
+    monkeypatch.setattr("immunofold.web.app.create_app", lambda **kwargs: pytest.fail("started on a port in use"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        args = build_parser().parse_args(["serve", "--port", str(port), "--db", str(tmp_path / "j.sqlite")])
+        assert args.handler(args) == 2
+    assert capsys.readouterr().err == f"error: port {port} on 127.0.0.1 is in use (another server?); choose another with --port\n"
+    assert not (tmp_path / "j.sqlite").exists()

@@ -16,7 +16,9 @@ kills a worker: it comes back as a failure.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterable
 
@@ -151,6 +153,7 @@ class RayEngine:
                             options.get("clean_geometry", False))
         self.address, self.workers = address, workers
         self.actors: list = []
+        self.in_flight: dict = {}  # future of a task sent to an actor -> (actor index, its records)
 
     def _connect(self) -> bool:
         """Join or start Ray; True if this call started it (and so must stop it)."""
@@ -159,6 +162,10 @@ class RayEngine:
         if ray.is_initialized():
             return False
         settings = dict(log_to_driver=False, logging_level="ERROR", configure_logging=True)
+        # Ray's driver installs its own SIGTERM handling (a stack dump, exit 1): `kill` and schedulers must stop the run
+        # as Ctrl-C does, through the command's handler (summaries written, "interrupted; ... resume with")
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)} if on_main_thread else {}
         try:
             if self.address:
                 ray.init(address=self.address, **settings)
@@ -168,6 +175,10 @@ class RayEngine:
             if self.address:  # the user's address (e.g. "auto" with no cluster here): rerunning will not help
                 raise InputError("--address", f"cannot join Ray at {self.address}: {one_line(error)}") from None
             raise BatchStopped(f"cannot start Ray here: {type(error).__name__}: {one_line(error)}") from None
+        finally:
+            for number, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(number, handler)
         return True
 
     def _start_actors(self) -> None:
@@ -200,11 +211,14 @@ class RayEngine:
             self._start_actors()
             self._schedule(pending)
         finally:
-            for actor in self.actors:
-                ray.kill(actor)
+            for future in self.in_flight:  # an interrupted run: tasks still running end quietly, not as failures
+                ray.cancel(future)
+            if started:  # the runtime this run started ends with its actors (a ray.kill first would make Ray warn
+                ray.shutdown()  # once per in-flight task when a run is interrupted)
+            else:  # a cluster's: free its CPUs
+                for actor in self.actors:
+                    ray.kill(actor)
             self.actors = []
-            if started:
-                ray.shutdown()
 
     def _schedule(self, pending: Iterable[Record]) -> None:
         import ray
@@ -212,7 +226,7 @@ class RayEngine:
 
         chunks = _chunks(pending, CHUNK)
         retry: list[list[Record]] = []  # records of failed chunks, sent again one at a time
-        in_flight: dict = {}  # future -> (actor index, chunk)
+        in_flight = self.in_flight  # future -> (actor index, chunk)
         load = [0] * len(self.actors)
 
         def submit(index: int) -> bool:

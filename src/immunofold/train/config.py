@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import yaml
 
+from immunofold.constants import KINDS
 from immunofold.model.network import ModelConfig
 
 DEFAULT_LOSS_WEIGHTS = {
@@ -21,6 +24,7 @@ DEFAULT_LOSS_WEIGHTS = {
     "cdr3_class": 0.2,  # NbFrame CDR3-class cross-entropy on sequence-only rows (data.cdr3_classes); only with model.cdr3_class_head
 }
 VIOLATION_TERMS = ("bond", "clash")
+_UNION_TYPES = (typing.Union, types.UnionType)  # `X | None` in annotations, either spelling
 
 
 @dataclass
@@ -75,15 +79,102 @@ class TrainConfig:
         unknown += [f"model.{key}" for key in sorted(set(model_raw) - {f.name for f in fields(ModelConfig)})]
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {', '.join(unknown)}")
+        problem = _type_problem(raw, TrainConfig, "") or _type_problem(model_raw, ModelConfig, "model.")
+        if problem:
+            raise ValueError(f"{path}: {problem}")
         model = ModelConfig(**model_raw)
         weights = {**DEFAULT_LOSS_WEIGHTS, **raw.pop("loss_weights", {})}
         config = TrainConfig(model=model, loss_weights=weights, **raw)
-        if config.fit_epochs_to_minutes is not None and config.decay_after_epochs < 1:
-            raise ValueError(f"{path}: fit_epochs_to_minutes needs decay_after_epochs >= 1 (the schedule must not depend on the epoch count chosen after epoch 1)")
+        problem = config.value_problem()
+        if problem:
+            raise ValueError(f"{path}: {problem}")
         return config
+
+    def value_problem(self) -> str:
+        """What is wrong with this config's values (one line), or ""."""
+        positive = ("epochs", "batch_size", "learning_rate", "threads", "cdr3_class_batch", "standing_out_oversample")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                return f"{name} must be positive, got {getattr(self, name)}"
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "violation_from_epoch", "cdr3_curriculum_epochs",
+                     "decay_after_epochs"):
+            if getattr(self, name) < 0:
+                return f"{name} must be 0 or more, got {getattr(self, name)}"
+        if not 0.0 <= self.ema_decay < 1.0:
+            return f"ema_decay must be in [0, 1), got {self.ema_decay}"
+        for name in ("aux_kinds", "train_kinds"):
+            unknown = [kind for kind in getattr(self, name) if kind not in KINDS]
+            if unknown:
+                return f"{name}: unknown receptor kind(s) {', '.join(map(str, unknown))} (known: {', '.join(KINDS)})"
+        unknown = [kind for kind in self.oversample if kind not in KINDS]
+        if unknown:
+            return f"oversample: unknown receptor kind(s) {', '.join(map(str, unknown))} (known: {', '.join(KINDS)})"
+        if any(times < 1 for times in self.oversample.values()):
+            return "oversample: every kind must be seen at least once per epoch (1 or more)"
+        unknown = sorted(set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS))
+        if unknown:
+            return f"loss_weights: unknown term(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_LOSS_WEIGHTS)})"
+        if self.fit_epochs_to_minutes is not None and self.decay_after_epochs < 1:
+            return ("fit_epochs_to_minutes needs decay_after_epochs >= 1 (the schedule must not depend on the epoch "
+                    "count chosen after epoch 1)")
+        return ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _type_problem(raw: dict, cls: type, prefix: str) -> str:
+    """The first key of `raw` whose value does not fit its field's type in dataclass `cls` (or a required field
+    missing), as one line; "" if all fit. Numbers YAML read as text (1e-3) become floats in `raw`."""
+    hints = typing.get_type_hints(cls)
+    for name, value in raw.items():  # PyYAML reads 1e-3 (no dot) as text: take it as the number it means
+        if isinstance(value, str) and float in (hints.get(name), *typing.get_args(hints.get(name))):
+            try:
+                raw[name] = float(value)
+            except ValueError:
+                pass
+    for item in fields(cls):
+        if item.name not in raw and item.default is MISSING and item.default_factory is MISSING:
+            return f"missing required key {prefix}{item.name}"
+    for name, value in raw.items():
+        if name == "model":
+            continue
+        hint = dict[str, float] if name == "loss_weights" else hints[name]
+        if not _fits(value, hint):
+            return f"{prefix}{name}: expected {_type_name(hint)}, got {value!r}"
+    return ""
+
+
+def _fits(value, hint) -> bool:
+    """Whether a YAML value fits a field type (int, float, str, bool, their lists and str-keyed dicts, Optional)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in _UNION_TYPES:
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    """'an integer', 'a list of str', ... for error messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in _UNION_TYPES:
+        return " or ".join(_type_name(arg) for arg in args if arg is not type(None)) + " (or null)"
+    if origin is list:
+        return f"a list of {args[0].__name__}"
+    if origin is dict:
+        return f"a mapping of {args[0].__name__} to {args[1].__name__}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, hint.__name__)

@@ -23,6 +23,7 @@ job database cannot be used.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
@@ -163,7 +164,7 @@ def create_app(
         if preload:
             runner.preload()
         yield
-        runner.shutdown(wait=False)
+        await asyncio.to_thread(runner.shutdown)  # a running batch stops at its next record
 
     app = FastAPI(title="immunofold", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")

@@ -4,7 +4,8 @@ A job is a single prediction ("single") or a batch upload ("batch"); each type h
 pool, so a long batch never holds up single predictions. Finished results (PDB, mmCIF, per-residue
 error and numbering; or a zip archive for a batch) are stored in the database, so a restart of the
 server loses nothing; jobs that were queued or running when the server stopped are run again at the
-next start. Job ids are server-generated UUIDs and never become file paths. A database that cannot
+next start. A stopping server ends a running batch at its next record (`JobRunner.shutdown`) and waits for it,
+so no job outlives the server's claim on its database. Job ids are server-generated UUIDs and never become file paths. A database that cannot
 be used (deleted, read-only, locked, disk full) raises StoreUnavailable with a one-line reason; a job
 running then ends as failed.
 """
@@ -326,6 +327,11 @@ def count_records(data: bytes, suffix: str) -> int:
         return len(parse_input(path))
 
 
+class ServerStopping(Exception):
+    """Raised inside a running batch when the server stops: the job is left unfinished, to run again at the next
+    start."""
+
+
 class JobRunner:
     """Runs jobs in two thread pools, so a long batch never holds up single predictions: single jobs use
     `workers` threads, batches one thread of their own. The model is loaded once, on first use, and shared."""
@@ -349,7 +355,7 @@ class JobRunner:
             "batch": ThreadPoolExecutor(max_workers=1, thread_name_prefix="immunofold-batch"),
         }
         self._work_dir = Path(work_dir) if work_dir else None
-        self._closed = False
+        self._stopping = threading.Event()
 
     # --- model -----------------------------------------------------------------------------
     def predictor(self, clean_geometry: bool = False):
@@ -370,7 +376,8 @@ class JobRunner:
 
     def preload(self) -> None:
         """Start loading the model in the background (the first job then does not wait for it)."""
-        self._pools["single"].submit(self.predictor)
+        if not self._stopping.is_set():
+            self._pools["single"].submit(self.predictor)
 
     def batch_runner(self) -> Callable | None:
         if self._batch_runner is not None:
@@ -384,7 +391,7 @@ class JobRunner:
     # --- scheduling ------------------------------------------------------------------------
     def submit(self, job_id: str, job_type: str) -> None:
         """Queue a job of type "single" or "batch" in its own pool."""
-        if not self._closed:
+        if not self._stopping.is_set():
             self._pools[job_type].submit(self._run, job_id, job_type)
 
     def resume(self) -> int:
@@ -397,18 +404,24 @@ class JobRunner:
                 count += 1
         return count
 
-    def shutdown(self, wait: bool = False) -> None:
-        self._closed = True
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking jobs: queued ones stay queued, a running batch ends at its next record (both run again at the
+        next start), a running single prediction finishes. wait: return once no job thread runs."""
+        self._stopping.set()
         for pool in self._pools.values():
             pool.shutdown(wait=wait, cancel_futures=True)
 
     def _run(self, job_id: str, job_type: str) -> None:
+        if self._stopping.is_set():
+            return
         try:
             self.store.update(job_id, status="running", stage="starting")
             if job_type == "single":
                 self._run_single(job_id)
             else:
                 self._run_batch(job_id)
+        except ServerStopping:
+            self.store.update(job_id, stage="stopped with the server; runs again at its next start")
         except Exception as error:  # noqa: BLE001 - a job failure is reported to the user, not raised
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             self.store.fail(job_id, message)
@@ -466,6 +479,8 @@ class JobRunner:
                     with lock:
                         counter["done"] += 1
                         self.store.update(job_id, done=counter["done"])
+                    if self._stopping.is_set():
+                        raise ServerStopping
 
             options = {
                 "kind": request.get("kind", "auto"),

@@ -9,9 +9,11 @@ are loopback, the bound address and each `--allowed-host`.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import secrets
+import socket
 import sys
 
 from immunofold.web import assets as web_assets
@@ -81,20 +83,44 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"weights: {exc}")
     from immunofold.web.jobs import claim_database, default_db_path
 
+    problem = _listen_problem(args.host, args.port)
+    if problem:
+        return _fail(problem)
     try:  # one server per job database: a second would resume (re-run) the first one's jobs
-        lock = claim_database(args.db or default_db_path())  # noqa: F841  held until the process ends
+        lock = claim_database(args.db or default_db_path())
     except StoreUnavailable as exc:
         return _fail(str(exc))
-    try:
-        app = create_app(db_path=args.db, workers=args.workers, allowed_hosts=hosts, api_token=token, preload=True)
-    except StoreUnavailable as exc:
-        return _fail(str(exc))
-    shown_host = next((h for h in hosts if h not in LOOPBACK_HOSTS), hosts[0]) if not loopback else args.host
-    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
-    query = f"?token={token}" if token else ""
-    print(f"immunofold: http://{shown_host}:{args.port}/{query}  (jobs in {app.state.store.path})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    with lock:  # released only once no job thread runs (the runner's shutdown waits for them)
+        try:
+            app = create_app(db_path=args.db, workers=args.workers, allowed_hosts=hosts, api_token=token, preload=True)
+        except StoreUnavailable as exc:
+            return _fail(str(exc))
+        shown_host = next((h for h in hosts if h not in LOOPBACK_HOSTS), hosts[0]) if not loopback else args.host
+        shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
+        query = f"?token={token}" if token else ""
+        print(f"immunofold: http://{shown_host}:{args.port}/{query}  (jobs in {app.state.store.path})", flush=True)
+        try:
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        finally:
+            app.state.runner.shutdown()  # also when uvicorn stopped without its lifespan shutdown
     return 0
+
+
+def _listen_problem(host: str, port: int) -> str:
+    """Why the server could not listen on host:port (a one-line reason), or "" (port 0: any free port)."""
+    if port == 0:
+        return ""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            return f"port {port} on {host} is in use (another server?); choose another with --port"
+        return f"cannot listen on {host}:{port}: {error.strerror or error}"
+    return ""
 
 
 def _port(text: str) -> int:
