@@ -138,5 +138,8 @@ def test_save_creates_its_folder_and_refuses_a_format_that_contradicts_the_name(
     with pytest.raises(ValueError, match="^fmt='xyz': give 'pdb' or 'cif'$"):
         prediction.save_ensemble(tmp_path / "members", fmt="xyz")
     assert not (tmp_path / "members").exists() and not (tmp_path / "model.pdb").exists()
+    prediction.save(tmp_path / "new" / "model.pdb")
+    with pytest.raises(NotADirectoryError, match="model.pdb is a file; save_ensemble writes one file per member into a folder"):
+        prediction.save_ensemble(tmp_path / "new" / "model.pdb")
     with pytest.raises(ValueError, match=r"atom14 must be \[227, 14, 3\] coordinates"):
         prediction.structure_of(0)

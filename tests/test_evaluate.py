@@ -131,9 +131,12 @@ def test_the_printed_summary_says_n_a_where_a_ranking_needs_more_entries():
 def test_evaluate_refuses_what_it_cannot_do_in_one_line_before_predicting(tmp_path, capsys):
     folder = make_folder(tmp_path / "data", [NANOBODY_ROW])  # one entry, split "train"
     out = str(tmp_path / "x.json")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not data")
     cases = [
         (["--data", folder, "--split", "nope"], f"--split nope: no entries with that split in {folder} (splits: train)"),
         (["--data", str(tmp_path / "none")], f"--data {tmp_path / 'none'}: no such folder"),
+        (["--data", str(a_file)], f"--data {a_file}: a file, not a folder"),
         (["--data", str(tmp_path)], f"--data {tmp_path}: no summary.tsv under it"),
         (["--data", folder, "--split", "train", "--limit", "-3"], "--limit -3: give 1 or more"),
         (["--data", folder, "--split", "train", "--limit", "0"], "--limit 0: give 1 or more"),

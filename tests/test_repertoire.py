@@ -66,6 +66,10 @@ def test_airr_bad_rows_are_failures_not_file_errors(tmp_path):
     missing.write_text(f"sequence_id\tlocus\tsequence_aa\nx\tIGH\t{NB1}\n")
     with pytest.raises(inputs.InputError, match="productive"):
         parse_input(missing)
+    without_locus = tmp_path / "no_locus_column.tsv"  # still an AIRR file (sequence_id + AIRR columns): say what it lacks
+    without_locus.write_text(f"sequence_id\tcell_id\tproductive\tsequence_aa\nx\tc1\tT\t{NB1}\n")
+    with pytest.raises(inputs.InputError, match="AIRR rearrangement file without the column\\(s\\) locus$"):
+        parse_input(without_locus)
 
 
 def test_airr_round_trip_through_batch(tmp_path, predictor):  # noqa: F811

@@ -212,6 +212,16 @@ def test_predict_from_fasta_assigns_chains_by_type(client):
     assert job["status"] == "done" and [c["id"] for c in job["result"]["chains"]] == ["H"]
 
 
+def test_an_scfv_in_the_fasta_box_is_split_into_its_two_domains_as_batch_does(client):
+    linker = "GGGGS" * 3
+    for scfv in (TRASTUZUMAB_LIGHT + linker + TRASTUZUMAB_HEAVY, TRASTUZUMAB_HEAVY + linker + TRASTUZUMAB_LIGHT):
+        job = wait_done(client, client.post("/api/predict", json={"kind": "antibody", "fasta": f">scfv\n{scfv}"}).json()["id"])
+        assert job["status"] == "done" and job["name"] == "scfv"
+        assert [c["sequence"] for c in job["result"]["chains"]] == [TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT]
+    one_domain = client.post("/api/predict", json={"kind": "antibody", "fasta": f">vh\n{TRASTUZUMAB_HEAVY}"})
+    assert one_domain.status_code == 422 and "needs 2 FASTA chain(s) (heavy + light), found 1" in one_domain.json()["detail"]
+
+
 def cli_message(kind, chains, name="model"):
     with pytest.raises(InputError) as caught:
         number_receptor(kind, chains, name)

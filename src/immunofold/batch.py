@@ -399,6 +399,7 @@ class RecordStore:
         """Add the file a sidecar names to the files known as written here: by its SHA-256 and, when the sidecar
         has it, its size and modification time (an untouched file is then recognised without being read)."""
         if data.get("file") and data.get("sha256"):
+            self._written.add(f"{data['file']}\0named")
             self._written.add(f"{data['file']}\0{data['sha256']}")
             if data.get("file_stat"):
                 self._written.add(f"{data['file']}\0stat {data['file_stat']}")
@@ -427,6 +428,8 @@ class RecordStore:
             what = "a special file (pipe, socket or device)"
         elif self.written_here(file_name):
             return None
+        elif f"{file_name}\0named" in self._written:
+            what = "a file batch wrote here and that was changed since (edited?)"
         else:
             what = "a file no batch run in this folder wrote"
         return (f"{file_name} is in the way: {what} has the model's name; move it away (or write to another "

@@ -204,7 +204,7 @@ def _evaluate_problem(args: argparse.Namespace) -> str | None:
     if args.limit is not None and args.limit < 1:
         return f"--limit {args.limit}: give 1 or more"
     if not os.path.isdir(args.data):
-        return f"--data {args.data}: no such folder"
+        return f"--data {args.data}: {'a file, not a' if os.path.exists(args.data) else 'no such'} folder"
     splits = sorted({entry.split for entry in read_summary(args.data)})
     if not splits:
         return f"--data {args.data}: no summary.tsv under it (in sabdab/, stcrdab/ or the folder itself)"

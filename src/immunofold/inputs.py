@@ -146,8 +146,8 @@ def detect_format(path: str | os.PathLike, first: str) -> str:
     header = {cell.strip().lower() for cell in first.split("\t")}
     if suffix in FASTA_SUFFIXES or first.lstrip().startswith(">"):
         return "fasta"
-    if {"sequence_id", "locus"} <= header:
-        return "airr"
+    if "sequence_id" in header and header & {"locus", "cell_id", "productive", *AIRR_SEQUENCE_COLUMNS}:
+        return "airr"  # (a missing required AIRR column is then named by the AIRR reader)
     if suffix in CSV_SUFFIXES:
         return "csv"
     if suffix in TSV_SUFFIXES or "\t" in first:

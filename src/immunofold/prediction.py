@@ -195,6 +195,8 @@ class Prediction:
         '../x' cannot lead outside it); returns the paths."""
         if fmt not in STRUCTURE_FORMATS:
             raise ValueError(f"fmt={fmt!r}: give 'pdb' or 'cif'")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise NotADirectoryError(f"{folder} is a file; save_ensemble writes one file per member into a folder")
         os.makedirs(folder, exist_ok=True)
         paths = []
         for i in range(len(self.members)):

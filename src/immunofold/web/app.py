@@ -100,6 +100,13 @@ def chains_from_fasta(kind: str, text: str, name: str) -> tuple[str, dict[str, s
     slots = SLOTS[kind]
     if not any(sequence.strip() for _, sequence in parts):
         raise InputError(name, "no sequences found in the FASTA")
+    if len(parts) == 1 and len(slots) == 2 and parts[0][0] is None:  # an scFv: its two V domains, as batch reads it
+        record = f"{name} FASTA chain 1"
+        domains = find_domains(clean_sequence(parts[0][1], record), record)
+        allowed = dict(KIND_SLOTS[kind])
+        by_slot = {slot: [d for d in domains if d.chain_class in allowed[slot]] for slot in slots}
+        if len(domains) == 2 and all(len(found) == 1 for found in by_slot.values()):
+            return records[0].name, {slot: found[0].sequence for slot, found in by_slot.items()}
     if len(parts) != len(slots):
         raise InputError(name, f"{indefinite_article(kind)} {kind} needs {len(slots)} FASTA chain(s) ({' + '.join(slots)}), "
                                f"found {len(parts)}")
