@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--accuracy-of-all", action="store_true",
-                        help=f"measure val accuracy of every variant, not only those saving >= {SAVING_TO_CHECK:.0%}")
+                        help=f"measure val accuracy of every variant, not only those saving >= {SAVING_TO_CHECK * 100:.0f} %%")
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "precision.md"))
     args = parser.parse_args(argv)
     keep_freed_memory()

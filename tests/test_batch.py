@@ -508,6 +508,16 @@ def test_developability_of_tcrs_is_refused_before_any_folder_is_made(tmp_path):
     assert not (tmp_path / "tcrs").exists()
 
 
+@pytest.mark.parametrize("option, value, message", [("--batch-size", "0", "--batch-size 0: give 1 or more"),
+                                                     ("--workers", "-1", "--workers -1: give 0 or more")])
+def test_batch_size_and_workers_out_of_range_are_named(tmp_path, capsys, option, value, message):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), option, value]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("threads", ["0", "-1"])
 def test_threads_below_one_is_refused_before_any_folder_is_made(tmp_path, capsys, threads):
     fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"

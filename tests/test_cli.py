@@ -59,11 +59,11 @@ def test_output_without_a_file_name_or_onto_a_device_or_pipe_is_refused_before_a
     assert not (tmp_path / "new").exists() and stat.S_ISFIFO(os.stat(tmp_path / "pipe").st_mode)
 
 
-def test_an_unwritable_developability_file_is_a_one_line_error(tmp_path):
+def test_an_unwritable_developability_file_is_a_one_line_error_before_the_model_runs(tmp_path):
     (tmp_path / "m.developability.json").mkdir()
-    code, _, stderr = immunofold(*ANTIBODY, "--developability", "-o", str(tmp_path / "m.pdb"))
-    assert code == 2
-    assert_one_line_error(stderr, "cannot write", "m.developability.json")
+    code, stdout, stderr = immunofold(*ANTIBODY, "--developability", "-o", str(tmp_path / "m.pdb"))
+    assert code == 2 and stdout == "" and not (tmp_path / "m.pdb").exists()
+    assert_one_line_error(stderr, "--developability", "m.developability.json is not a regular file")
 
 
 def test_developability_of_a_tcr_is_refused_before_the_model_runs(tmp_path):

@@ -141,6 +141,11 @@ def test_evaluate_refuses_what_it_cannot_do_in_one_line_before_predicting(tmp_pa
         (["--data", folder, "--split", "train", "--limit", "-3"], "--limit -3: give 1 or more"),
         (["--data", folder, "--split", "train", "--limit", "0"], "--limit 0: give 1 or more"),
     ]
+    import torch
+
+    if not torch.cuda.is_available():  # as predict and batch say it
+        cases.append((["--data", folder, "--device", "cuda"],
+                      "--device: device 'cuda' requested but no CUDA GPU is available (use cpu)"))
     for options, message in cases:
         assert main(["evaluate", *options, "--out", out]) == 2
         err = capsys.readouterr().err

@@ -244,3 +244,25 @@ def test_a_round_stops_early_only_at_a_check_with_low_force_and_no_problems(nano
     assert not reporter.report(interval + 1, fixed.ravel(), low, {})  # between checks
     assert not reporter.report(interval, fixed.ravel(), high, {})  # force still high
     assert not reporter.report(interval, clashing.ravel(), low, {})  # the clash is still there
+
+
+def test_a_round_left_with_backbone_outliers_stops_once_they_stop_falling(nanobody):
+    """With patience, a minimisation that only backbone outliers keep from ending stops after that many checks
+    without fewer outliers; a hard problem (a clash) never lets it stop; without patience only a clean check does."""
+    import immunofold.refine as refine_module
+    from immunofold.protonation import protonated
+
+    i = residue_index(nanobody, (10, ""))
+    atom14 = nanobody.atom14.copy()
+    ca, c, n_next = atom14[i, 1], atom14[i, 2], atom14[i + 1, 0]
+    atom14[i, 3] = rotated_about(atom14[i, 3][None], c, np.cross(ca - c, n_next - c), 25.0)[0]  # O-C-N outlier
+    topology, bent = protonated(pdb_of(replace(nanobody, atom14=atom14)))
+    interval = refine_module.CHECK_INTERVAL
+    low = np.full(bent.size, 0.5 * refine_module.EARLY_STOP_RMS_FORCE)
+    patient = refine_module._StopWhenAcceptable(topology, patience=2)
+    assert [patient.report(k * interval, bent.ravel(), low, {}) for k in (1, 2, 3)] == [False, False, True]
+    without_patience = refine_module._StopWhenAcceptable(topology)
+    assert not any(without_patience.report(k * interval, bent.ravel(), low, {}) for k in range(1, 6))
+    clash_topology, clashing = protonated_clash(nanobody)
+    patient_with_clash = refine_module._StopWhenAcceptable(clash_topology, patience=2)
+    assert not any(patient_with_clash.report(k * interval, clashing.ravel(), low, {}) for k in range(1, 6))

@@ -933,8 +933,10 @@ def run_batch(
         raise InputError("--format", f"unknown format {fmt!r} (pdb or cif)")
     if numbering not in SCHEMES:
         raise InputError("--numbering", f"unknown numbering scheme {numbering!r} ({', '.join(SCHEMES)})")
-    if int(batch_size) < 1 or int(workers) < 0:
-        raise InputError("options", "batch size must be >= 1 and workers >= 0")
+    if int(batch_size) < 1:
+        raise InputError(f"--batch-size {batch_size}", "give 1 or more")
+    if int(workers) < 0:
+        raise InputError(f"--workers {workers}", "give 0 or more")
     if ray_workers is not None and int(ray_workers) < 1:
         raise InputError(f"--workers {ray_workers}", "the Ray engine needs 1 or more actors (default: one per CPU)")
     if threads is not None and int(threads) < 1:

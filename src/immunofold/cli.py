@@ -78,6 +78,9 @@ def _output_problem(args: argparse.Namespace) -> str | None:
         return f"-o {args.output} links to {os.readlink(args.output)}, whose folder does not exist"
     if os.path.exists(args.output) and not os.path.isfile(args.output):
         return f"-o {args.output} is not a regular file (a device or pipe would be replaced); give a file name"
+    sidecar = developability_path(args.output)
+    if args.developability and os.path.exists(sidecar) and not os.path.isfile(sidecar):
+        return f"--developability: {sidecar} is not a regular file (its profile goes there); move it or name -o otherwise"
     for option, folder in (("-o", os.path.dirname(args.output)), ("--save-ensemble", args.save_ensemble)):
         if folder is None:
             continue
@@ -151,6 +154,11 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def developability_path(output: str) -> str:
+    """Where `predict --developability` writes the profile of the model written to `output`."""
+    return os.path.splitext(output)[0] + ".developability.json"
+
+
 def _write_developability(prediction, output: str) -> int:
     """Print the TAP/TNP profile and write it as <output stem>.developability.json beside the model."""
     import json
@@ -163,7 +171,7 @@ def _write_developability(prediction, output: str) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    path = os.path.splitext(output)[0] + ".developability.json"
+    path = developability_path(output)
     try:
         write_text_atomic(path, json.dumps(profile.to_dict(), indent=1))
     except OSError as error:  # e.g. a folder of that name, a full disk
@@ -201,8 +209,15 @@ def _evaluate_problem(args: argparse.Namespace) -> str | None:
     from immunofold.data.sabdab import read_summary
     from immunofold.io import prepare_output_folder
 
+    from immunofold.prediction import check_device
+    from immunofold.sequences import InputError
+
     if args.limit is not None and args.limit < 1:
         return f"--limit {args.limit}: give 1 or more"
+    try:
+        check_device(args.device, "--device")
+    except InputError as error:
+        return f"--device: {error.reason}"
     if not os.path.isdir(args.data):
         return f"--data {args.data}: {'a file, not a' if os.path.exists(args.data) else 'no such'} folder"
     splits = sorted({entry.split for entry in read_summary(args.data)})

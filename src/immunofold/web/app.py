@@ -102,7 +102,10 @@ def chains_from_fasta(kind: str, text: str, name: str) -> tuple[str, dict[str, s
         raise InputError(name, "no sequences found in the FASTA")
     if len(parts) == 1 and len(slots) == 2 and parts[0][0] is None:  # an scFv: its two V domains, as batch reads it
         record = f"{name} FASTA chain 1"
-        domains = find_domains(clean_sequence(parts[0][1], record), record)
+        try:
+            domains = find_domains(clean_sequence(parts[0][1], record), record)
+        except InputError:  # not a sequence to number: the count of chains is the message below
+            domains = []
         allowed = dict(KIND_SLOTS[kind])
         by_slot = {slot: [d for d in domains if d.chain_class in allowed[slot]] for slot in slots}
         if len(domains) == 2 and all(len(found) == 1 for found in by_slot.values()):
