@@ -227,7 +227,8 @@ def test_train_cli_names_a_missing_starting_point(tmp_path, capsys):
     ("name: x\nepochs: -1\n", [], "{config}: epochs must be positive, got -1"),
     ("name: x\naux_kinds: [nanobdy]\n", [], "{config}: aux_kinds: unknown receptor kind(s) nanobdy (known: antibody, nanobody, tcr)"),
     ("name: x\nmodel:\n  dim: big\n", [], "{config}: model.dim: expected an integer, got 'big'"),
-    ("name: x\nlearning_rate: fast\n", [], "{config}: learning_rate: expected a number, got 'fast'"),
+    ("name: x\nlearning_rate: fast\n", [], "{config}: learning_rate: expected a finite number, got 'fast'"),
+    ("name: x\nlearning_rate: .nan\n", [], "{config}: learning_rate: expected a finite number, got nan"),
     ("name: x\nloss_weights: {fape: 1}\n", [], "{config}: loss_weights: unknown term(s) fape (known: "
      "fape_backbone, fape_all_atom, torsion, bond, clash, error, cdr_rmsd, disulfide, distogram, cdr3_class)"),
 ])

@@ -213,6 +213,7 @@ class RayEngine:
         finally:
             for future in self.in_flight:  # an interrupted run: tasks still running end quietly, not as failures
                 ray.cancel(future)
+            self.in_flight.clear()
             if started:  # the runtime this run started ends with its actors (a ray.kill first would make Ray warn
                 ray.shutdown()  # once per in-flight task when a run is interrupted)
             else:  # a cluster's: free its CPUs

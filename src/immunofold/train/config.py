@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -162,7 +163,7 @@ def _fits(value, hint) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
@@ -177,4 +178,4 @@ def _type_name(hint) -> str:
         return f"a list of {args[0].__name__}"
     if origin is dict:
         return f"a mapping of {args[0].__name__} to {args[1].__name__}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, hint.__name__)
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(hint, hint.__name__)

@@ -4,10 +4,10 @@ A job is a single prediction ("single") or a batch upload ("batch"); each type h
 pool, so a long batch never holds up single predictions. Finished results (PDB, mmCIF, per-residue
 error and numbering; or a zip archive for a batch) are stored in the database, so a restart of the
 server loses nothing; jobs that were queued or running when the server stopped are run again at the
-next start. A stopping server ends a running batch at its next record (`JobRunner.shutdown`) and waits for it,
-so no job outlives the server's claim on its database. Job ids are server-generated UUIDs and never become file paths. A database that cannot
-be used (deleted, read-only, locked, disk full) raises StoreUnavailable with a one-line reason; a job
-running then ends as failed.
+next start. A stopping server ends a running batch at its next record (`JobRunner.shutdown`) and waits
+for it, so no job outlives the server's claim on its database. Job ids are server-generated UUIDs and
+never become file paths. A database that cannot be used (deleted, read-only, locked, disk full) raises
+StoreUnavailable with a one-line reason; a job running then ends as failed.
 """
 
 from __future__ import annotations
