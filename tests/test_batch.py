@@ -560,7 +560,7 @@ def test_a_resume_trusts_untouched_structure_files_without_reading_them(tmp_path
     third = run_batch(fasta, outdir, **options)
     assert (third.done, third.failed, third.skipped) == (0, 1, 1) and "nb2.pdb" in hashed
     assert "HETATM" in structure.read_text()  # left as the user changed it
-    assert "nb2.pdb is in the way: a file batch wrote here and that was changed since (edited?)" in (outdir / "failures.csv").read_text()
+    assert "nb2.pdb is in the way: the model batch wrote, changed since (edited?), has the model's name" in (outdir / "failures.csv").read_text()
     structure.unlink()
     fourth = run_batch(fasta, outdir, **options)
     assert (fourth.done, fourth.failed, fourth.ok_total) == (1, 0, 2)

@@ -133,8 +133,9 @@ def test_a_time_boxed_run_records_the_epochs_it_chose(tmp_path):
 
 def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
     path = tmp_path / "lr.yaml"
-    path.write_text("name: lr\nlearning_rate: 1e-3\n")  # PyYAML reads this as text
-    assert TrainConfig.from_yaml(str(path)).learning_rate == 1e-3
+    path.write_text("name: lr\nlearning_rate: 1e-3\nloss_weights: {fape_backbone: 1e-3}\n")  # PyYAML reads these as text
+    config = TrainConfig.from_yaml(str(path))
+    assert config.learning_rate == 1e-3 and config.loss_weights["fape_backbone"] == 1e-3
 
 
 def test_every_config_in_the_repository_is_valid():
@@ -229,6 +230,16 @@ def test_train_cli_names_a_missing_starting_point(tmp_path, capsys):
     ("name: x\nmodel:\n  dim: big\n", [], "{config}: model.dim: expected an integer, got 'big'"),
     ("name: x\nlearning_rate: fast\n", [], "{config}: learning_rate: expected a finite number, got 'fast'"),
     ("name: x\nlearning_rate: .nan\n", [], "{config}: learning_rate: expected a finite number, got nan"),
+    ("name: x\n1: 2\n", [], "{config}: unknown config key(s) 1"),
+    ("name: x\nmodel: []\n", [], "{config}: expected a mapping of config keys (and a 'model' mapping)"),
+    ("name: ''\n", [], "{config}: name must not be empty (it names the run's folder)"),
+    ("name: x\nseed: 100000000000000000000000\n", [], "{config}: seed must be in [0, 2^63), got 100000000000000000000000"),
+    ("name: x\nthreads: 100000\n", [], "{config}: threads must be at most 1024, got 100000"),
+    ("name: x\nmodel:\n  dim: -8\n", [], "{config}: model.dim must be positive, got -8"),
+    ("name: x\nmodel:\n  dropout: 2.0\n", [], "{config}: model.dropout must be in [0, 1), got 2.0"),
+    ("name: x\nmodel:\n  trunk_heads: 3\n", [], "{config}: model.dim (128) must be a multiple of model.trunk_heads (3)"),
+    ("name: x\nmax_minutes: -1\n", [], "{config}: max_minutes must be positive, got -1"),
+    ("name: x\nloss_weights: {bond: -1}\n", [], "{config}: loss_weights.bond must be 0 or more, got -1"),
     ("name: x\nloss_weights: {fape: 1}\n", [], "{config}: loss_weights: unknown term(s) fape (known: "
      "fape_backbone, fape_all_atom, torsion, bond, clash, error, cdr_rmsd, disulfide, distogram, cdr3_class)"),
 ])

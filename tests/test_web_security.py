@@ -286,3 +286,11 @@ def test_serve_refuses_a_port_in_use_before_it_starts(monkeypatch, capsys, tmp_p
         assert args.handler(args) == 2
     assert capsys.readouterr().err == f"error: port {port} on 127.0.0.1 is in use (another server?); choose another with --port\n"
     assert not (tmp_path / "j.sqlite").exists()
+
+
+def test_serve_on_port_0_prints_the_port_it_serves(monkeypatch, capsys, tmp_path):
+    started = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, log_level: started.update(port=port))
+    args = build_parser().parse_args(["serve", "--port", "0", "--db", str(tmp_path / "j.sqlite")])
+    assert args.handler(args) == 0
+    assert started["port"] > 0 and capsys.readouterr().out.startswith(f"immunofold: http://127.0.0.1:{started['port']}/")

@@ -429,7 +429,7 @@ class RecordStore:
         elif self.written_here(file_name):
             return None
         elif f"{file_name}\0named" in self._written:
-            what = "a file batch wrote here and that was changed since (edited?)"
+            what = "the model batch wrote, changed since (edited?),"
         else:
             what = "a file no batch run in this folder wrote"
         return (f"{file_name} is in the way: {what} has the model's name; move it away (or write to another "

@@ -26,6 +26,7 @@ DEFAULT_LOSS_WEIGHTS = {
 }
 VIOLATION_TERMS = ("bond", "clash")
 _UNION_TYPES = (typing.Union, types.UnionType)  # `X | None` in annotations, either spelling
+MAX_THREADS = 1024  # torch's thread count must fit a C int; more than any machine here has
 
 
 @dataclass
@@ -73,11 +74,12 @@ class TrainConfig:
             mark = getattr(error, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
             raise ValueError(f"{path}: not valid YAML{where}") from None
-        model_raw = (raw.pop("model", None) or {}) if isinstance(raw, dict) else None
-        if not isinstance(model_raw, dict):
+        model_raw = raw.pop("model", None) if isinstance(raw, dict) else []
+        model_raw = {} if model_raw is None else model_raw
+        if not isinstance(raw, dict) or not isinstance(model_raw, dict):
             raise ValueError(f"{path}: expected a mapping of config keys (and a 'model' mapping)")
-        unknown = sorted(set(raw) - {f.name for f in fields(TrainConfig)})
-        unknown += [f"model.{key}" for key in sorted(set(model_raw) - {f.name for f in fields(ModelConfig)})]
+        unknown = sorted(map(str, set(raw) - {f.name for f in fields(TrainConfig)}))
+        unknown += [f"model.{key}" for key in sorted(map(str, set(model_raw) - {f.name for f in fields(ModelConfig)}))]
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {', '.join(unknown)}")
         problem = _type_problem(raw, TrainConfig, "") or _type_problem(model_raw, ModelConfig, "model.")
@@ -93,16 +95,38 @@ class TrainConfig:
 
     def value_problem(self) -> str:
         """What is wrong with this config's values (one line), or ""."""
-        positive = ("epochs", "batch_size", "learning_rate", "threads", "cdr3_class_batch", "standing_out_oversample")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                return f"{name} must be positive, got {getattr(self, name)}"
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "violation_from_epoch", "cdr3_curriculum_epochs",
-                     "decay_after_epochs"):
-            if getattr(self, name) < 0:
-                return f"{name} must be 0 or more, got {getattr(self, name)}"
-        if not 0.0 <= self.ema_decay < 1.0:
-            return f"ema_decay must be in [0, 1), got {self.ema_decay}"
+        if not self.name.strip():
+            return "name must not be empty (it names the run's folder)"
+        model = self.model
+        positive = [(name, getattr(self, name)) for name in (
+            "epochs", "batch_size", "learning_rate", "threads", "cdr3_class_batch", "standing_out_oversample")]
+        positive += [(f"model.{name}", getattr(model, name)) for name in (
+            "dim", "trunk_layers", "trunk_heads", "ipa_blocks", "structure_passes", "ipa_heads", "error_bins", "error_max")]
+        positive += [(name, getattr(self, name)) for name in ("fit_epochs_to_minutes", "max_minutes")
+                     if getattr(self, name) is not None]
+        for name, value in positive:
+            if value <= 0:
+                return f"{name} must be positive, got {value}"
+        at_least_zero = [(name, getattr(self, name)) for name in (
+            "warmup_steps", "weight_decay", "grad_clip", "violation_from_epoch", "cdr3_curriculum_epochs",
+            "decay_after_epochs", "cdr3_fape_weight")]
+        at_least_zero += [(f"model.{name}", getattr(model, name)) for name in (
+            "pair_dim", "language_dim", "distogram_bins", "distogram_dim")]
+        at_least_zero += [(f"loss_weights.{name}", weight) for name, weight in self.loss_weights.items()]
+        for name, value in at_least_zero:
+            if value < 0:
+                return f"{name} must be 0 or more, got {value}"
+        fractions = [("ema_decay", self.ema_decay)]
+        fractions += [(f"model.{name}", getattr(model, name)) for name in ("dropout", "restype_dropout", "language_dropout")]
+        for name, value in fractions:
+            if not 0.0 <= value < 1.0:
+                return f"{name} must be in [0, 1), got {value}"
+        if model.dim % model.trunk_heads:
+            return f"model.dim ({model.dim}) must be a multiple of model.trunk_heads ({model.trunk_heads})"
+        if not 0 <= self.seed < 2**63:
+            return f"seed must be in [0, 2^63), got {self.seed}"
+        if self.threads > MAX_THREADS:
+            return f"threads must be at most {MAX_THREADS}, got {self.threads}"
         for name in ("aux_kinds", "train_kinds"):
             unknown = [kind for kind in getattr(self, name) if kind not in KINDS]
             if unknown:
@@ -133,10 +157,10 @@ def _type_problem(raw: dict, cls: type, prefix: str) -> str:
     hints = typing.get_type_hints(cls)
     for name, value in raw.items():  # PyYAML reads 1e-3 (no dot) as text: take it as the number it means
         if isinstance(value, str) and float in (hints.get(name), *typing.get_args(hints.get(name))):
-            try:
-                raw[name] = float(value)
-            except ValueError:
-                pass
+            raw[name] = _number_or_text(value)
+        if name == "loss_weights" and isinstance(value, dict):
+            raw[name] = {term: _number_or_text(weight) if isinstance(weight, str) else weight
+                         for term, weight in value.items()}
     for item in fields(cls):
         if item.name not in raw and item.default is MISSING and item.default_factory is MISSING:
             return f"missing required key {prefix}{item.name}"
@@ -147,6 +171,14 @@ def _type_problem(raw: dict, cls: type, prefix: str) -> str:
         if not _fits(value, hint):
             return f"{prefix}{name}: expected {_type_name(hint)}, got {value!r}"
     return ""
+
+
+def _number_or_text(text: str):
+    """float(text) if it reads as one (YAML's 1e-3), else the text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _fits(value, hint) -> bool:

@@ -52,6 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(TOKEN_ENV) or (None if loopback else secrets.token_urlsafe(24))
     if token is not None and not re.fullmatch(TOKEN_PATTERN, token):
         return _fail("the token must be 16-200 characters of A-Z a-z 0-9 . _ ~ -")
+    port, problem = _listening_port(args.host, args.port)
+    if problem:
+        return _fail(problem)
     hosts = served_hosts(args.host, args.allowed_host)
     if not loopback:
         print(
@@ -83,9 +86,6 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"weights: {exc}")
     from immunofold.web.jobs import claim_database, default_db_path
 
-    problem = _listen_problem(args.host, args.port)
-    if problem:
-        return _fail(problem)
     try:  # one server per job database: a second would resume (re-run) the first one's jobs
         lock = claim_database(args.db or default_db_path())
     except StoreUnavailable as exc:
@@ -98,29 +98,29 @@ def _serve(args: argparse.Namespace) -> int:
         shown_host = next((h for h in hosts if h not in LOOPBACK_HOSTS), hosts[0]) if not loopback else args.host
         shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
         query = f"?token={token}" if token else ""
-        print(f"immunofold: http://{shown_host}:{args.port}/{query}  (jobs in {app.state.store.path})", flush=True)
+        print(f"immunofold: http://{shown_host}:{port}/{query}  (jobs in {app.state.store.path})", flush=True)
         try:
-            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+            uvicorn.run(app, host=args.host, port=port, log_level=args.log_level)
         finally:
             app.state.runner.shutdown()  # also when uvicorn stopped without its lifespan shutdown
     return 0
 
 
-def _listen_problem(host: str, port: int) -> str:
-    """Why the server could not listen on host:port (a one-line reason), or "" (port 0: any free port)."""
-    if port == 0:
-        return ""
+def _listening_port(host: str, port: int) -> tuple[int, str]:
+    """(the port the server will listen on, "") or (port, why it cannot listen on host:port, one line). Port 0: a free
+    port chosen here, so that the address printed is the one served."""
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                                 flags=socket.AI_PASSIVE)[0]
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             probe.bind(address)
+            port = probe.getsockname()[1]
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
-            return f"port {port} on {host} is in use (another server?); choose another with --port"
-        return f"cannot listen on {host}:{port}: {error.strerror or error}"
-    return ""
+            return port, f"port {port} on {host} is in use (another server?); choose another with --port"
+        return port, f"cannot listen on {host}:{port}: {error.strerror or error}"
+    return port, ""
 
 
 def _port(text: str) -> int:
