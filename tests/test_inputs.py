@@ -281,3 +281,11 @@ def test_specific_reasons(tmp_path):
     assert "no antibody or TCR variable domain" in out["p"][0]
     assert "invalid letters 'X'" in out["x"][0]
     assert "10000 residues is longer than" in out["long"][0]
+
+
+def test_a_repeated_pair_is_one_failure_and_the_first_pair_keeps_its_chains(tmp_path):
+    path = write(tmp_path, f">x|H\n{VH}\n>x|L\n{VL}\n>y\n{VHH}\n>x|H\n{VH}\n>x|L\n{VL}\n>x|H\n{VH}\n", ".fa")
+    records = parse_input(path)
+    assert [(r.name, r.error, [slot for slot, _ in r.chains]) for r in records] == [
+        ("x", None, ["heavy", "light"]), ("y", None, [None]),
+        ("x", "duplicate name", ["heavy", "light"]), ("x", "duplicate name", ["heavy"])]

@@ -238,7 +238,7 @@ class _Pairing:
     """Joins entries that share a name (FASTA NAME|H + NAME|L, AIRR rows of one cell) into one record each, in order
     of first appearance. A receptor is complete with two labelled chains (or one unlabelled one); one that waits
     longer than PAIRING_WINDOW entries for its partner is given out as it is, and a later entry of the same name
-    becomes a record of its own with `clash` as its error."""
+    becomes a record of its own with `clash` as its error (a later labelled pair of that name, one such record)."""
 
     def __init__(self, clash: str, heavy_alone_vhh_only: bool = False):
         self.clash = clash
@@ -267,8 +267,9 @@ class _Pairing:
             group = {"name": name, "parts": [(slot, sequence)], "source": source, "error": error, "entry": self.entries}
             if error is None and name:
                 self.seen.add(name)
-                if slot is not None and not alone:
-                    self.open[name] = group
+            # a labelled chain waits for its partner; so does a repeated name's, so that a repeated pair is one failure
+            if name and slot is not None and not alone and (error is None or (error == self.clash and name not in self.open)):
+                self.open[name] = group
             self.waiting.append(group)
         return self._give_out(final=False)
 
