@@ -2,6 +2,11 @@
 
 import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 import torch
@@ -62,3 +67,32 @@ def hard_problems(pdb_string: str) -> list:
     from immunofold.refine import SOFT_PROBLEM_KINDS, find_problems
 
     return [p for p in find_problems(pdb_string) if p.kind not in SOFT_PROBLEM_KINDS]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_serve(db, log, env=None, cwd=None, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """`immunofold serve` in a subprocess of its own session on a free loopback port with job database `db`, output
+    to the open file `log`; (process, base URL) once /api/health answers, else the test fails with the log."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "immunofold.cli", "serve", "--port", str(port), "--db", str(db)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.seek(0)
+            pytest.fail(f"immunofold serve did not start:\n{log.read()}")
+        time.sleep(0.2)

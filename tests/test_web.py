@@ -16,7 +16,9 @@ import pytest
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, WEB_BASE_URL, hard_problems, web_clients  # noqa: E402
+from conftest import (  # noqa: E402
+    TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, WEB_BASE_URL, hard_problems, start_serve, web_clients,
+)
 from immunofold.cli import build_parser  # noqa: E402
 from immunofold.sequences import InputError, number_receptor  # noqa: E402
 from immunofold.web import assets as web_assets  # noqa: E402
@@ -596,14 +598,6 @@ def test_the_page_template_redirects_to_the_page_that_carries_the_token(client):
 
 
 # --- the serve command's own life cycle (a subprocess, as users run it) ------------------------------------------
-def free_loopback_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ctrl_c_stops_the_server_and_its_batch_and_frees_the_database(tmp_path):
     """Ctrl-C on `immunofold serve` with a batch running: the process ends within seconds (the batch stops at its
     next record), the job database is free for the next server, and the job is left to run again."""
@@ -613,20 +607,10 @@ def test_ctrl_c_stops_the_server_and_its_batch_and_frees_the_database(tmp_path):
 
     from immunofold.web.jobs import claim_database
 
-    port, db = free_loopback_port(), tmp_path / "jobs.sqlite"
+    db = tmp_path / "jobs.sqlite"
     log = open(tmp_path / "serve.log", "w+")
-    process = subprocess.Popen(["immunofold", "serve", "--port", str(port), "--db", str(db)], stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_serve(db, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=2):
-                    break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log.seek(0) or log.read()
-                time.sleep(0.2)
         fasta = "".join(f">nb{i}\n{NANOBODY}\n" for i in range(300)).encode()
         boundary = "immunofoldtestboundary"
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"many.fasta\"\r\n\r\n"

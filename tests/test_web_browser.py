@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import zlib
 
 import pytest
 
-from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT
+from conftest import TRASTUZUMAB_HEAVY, TRASTUZUMAB_LIGHT, free_port, start_serve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCREENSHOT_COPY = os.path.join(REPO, "docs", "web.png")
@@ -31,12 +30,6 @@ CHROMEDRIVER = os.environ.get("IMMUNOFOLD_CHROMEDRIVER", "/usr/bin/chromedriver"
 
 if os.environ.get("IMMUNOFOLD_SKIP_BROWSER") == "1":
     pytest.skip("IMMUNOFOLD_SKIP_BROWSER=1", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
@@ -85,27 +78,9 @@ def server(tmp_path_factory):
     env = dict(os.environ)
     if not packaged_weight_files() and os.path.isdir(DEV_WEIGHTS):
         env[WEIGHTS_ENV] = DEV_WEIGHTS
-    port = free_port()
     db = tmp_path_factory.mktemp("web") / "jobs.sqlite"
     log = open(tmp_path_factory.mktemp("log") / "serve.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "immunofold.cli", "serve", "--port", str(port), "--db", str(db)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            process.kill()
-            pytest.fail(f"immunofold serve did not start:\n{log.read()}")
-        time.sleep(0.2)
+    process, url = start_serve(db, log, env=env, cwd=REPO)
     yield url
     process.terminate()
     try:

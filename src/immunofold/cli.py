@@ -217,7 +217,7 @@ def _evaluate_problem(args: argparse.Namespace) -> str | None:
     try:
         check_device(args.device, "--device")
     except InputError as error:
-        return f"--device: {error.reason}"
+        return str(error)
     if not os.path.isdir(args.data):
         return f"--data {args.data}: {'a file, not a' if os.path.exists(args.data) else 'no such'} folder"
     splits = sorted({entry.split for entry in read_summary(args.data)})
