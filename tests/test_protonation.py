@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from immunofold.io import build_structure, read_chains, to_pdb_string
+from immunofold.io import atom14_names, build_structure, read_chains, to_pdb_string
 from immunofold.protonation import protonated
 from immunofold.refine import FORCE_FIELD, _force_field
 
@@ -74,3 +74,21 @@ def test_missing_heavy_atoms_are_completed():
 def test_text_without_amino_acids_is_a_value_error():
     with pytest.raises(ValueError, match="no amino acid"):
         protonated("HETATM    1  O   HOH A   1       0.000   0.000   0.000  1.00  0.00           O\nEND\n")
+
+
+def test_chains_residue_numbers_and_insertion_codes_are_kept():
+    """Two chains, the second renumbered with insertion codes: the topology keeps each residue's chain, number and
+    code in order, and every atom of a residue stays in it."""
+    chain = read_chains(FIXTURE)["B"]
+    ids = [(100 + i // 3, "" if i % 3 == 0 else "AB"[i % 3 - 1]) for i in range(len(chain.residue_ids))]
+    second = replace(chain, chain_id="C", residue_ids=ids, atom14=chain.atom14 + 50.0)
+    topology, _ = protonated(to_pdb_string(build_structure([chain, second])))
+    chains = list(topology.chains())
+    assert [c.id for c in chains] == ["B", "C"]
+    assert [(r.id, r.insertionCode) for r in chains[0].residues()] == [(str(n), c) for n, c in chain.residue_ids]
+    assert [(r.id, r.insertionCode) for r in chains[1].residues()] == [(str(n), c) for n, c in ids]
+    for residues in (list(c.residues()) for c in chains):  # each residue holds its own heavy atoms, no other's
+        for residue in residues:
+            heavy = {a.name for a in residue.atoms() if a.element.symbol != "H"}
+            expected = {name for name in atom14_names(residue.name) if name} | ({"OXT"} if residue is residues[-1] else set())
+            assert heavy == expected, (residue, heavy ^ expected)

@@ -124,14 +124,18 @@ def _ph7_charges(atoms: struc.AtomArray) -> np.ndarray:
 def _openmm_topology(atoms: struc.AtomArray) -> app.Topology:
     """OpenMM topology with the atoms' chains, residues (number and insertion code), names, elements and bonds."""
     topology = app.Topology()
-    added = []
-    for chain_atoms in struc.chain_iter(atoms):
-        chain = topology.addChain(str(chain_atoms.chain_id[0]))
-        for residue_atoms in struc.residue_iter(chain_atoms):
-            residue = topology.addResidue(str(residue_atoms.res_name[0]), chain, str(residue_atoms.res_id[0]),
-                                          str(residue_atoms.ins_code[0]))
-            for name, element in zip(residue_atoms.atom_name, residue_atoms.element):
-                added.append(topology.addAtom(str(name), app.Element.getBySymbol(str(element).capitalize()), residue))
-    for a, b, _ in atoms.bonds.as_array():
+    elements = {symbol: app.Element.getBySymbol(symbol.capitalize()) for symbol in set(atoms.element.tolist())}
+    names, symbols = atoms.atom_name.tolist(), atoms.element.tolist()
+    chain_ids, residue_names = atoms.chain_id.tolist(), atoms.res_name.tolist()
+    residue_ids, insertion_codes = atoms.res_id.tolist(), atoms.ins_code.tolist()
+    residue_starts = struc.get_residue_starts(atoms, add_exclusive_stop=True)
+    chain_starts = set(struc.get_chain_starts(atoms).tolist())
+    added, chain = [], None
+    for start, stop in zip(residue_starts[:-1].tolist(), residue_starts[1:].tolist()):
+        if start in chain_starts:
+            chain = topology.addChain(chain_ids[start])
+        residue = topology.addResidue(residue_names[start], chain, str(residue_ids[start]), insertion_codes[start])
+        added += [topology.addAtom(names[i], elements[symbols[i]], residue) for i in range(start, stop)]
+    for a, b in atoms.bonds.as_array()[:, :2].tolist():
         topology.addBond(added[a], added[b])
     return topology

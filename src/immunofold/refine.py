@@ -11,7 +11,7 @@ unrefined. Backbone outliers (twisted peptides, bond angles far from Engh & Hube
 minimised once more with their residues held only as loosely as side chains; any that remain are named in
 the result's message (and so in the model's REFINED remark).
 
-Nonbonded forces use a 0.8 nm cutoff with OpenMM's reaction field (CutoffNonPeriodic): several
+Nonbonded forces use a 0.7 nm cutoff with OpenMM's reaction field (CutoffNonPeriodic): several
 times faster than no cutoff for an Fv, and the reaction field damps vacuum electrostatics. A round ends at the
 first check (every CHECK_INTERVAL iterations) where the heavy atoms pass `find_problems` and the RMS force is below
 EARLY_STOP_RMS_FORCE, or when the minimiser converges to MINIMISATION_TOLERANCE, whichever comes first; a round
@@ -74,19 +74,24 @@ L_CHIRALITY_DIHEDRAL = -122.0  # degrees, N-CA-C-CB of L-amino acids (-122 ± 2 
 MINIMISATION_TOLERANCE = 30.0
 # A round stops early once the structure is acceptable: heavy atoms without problems and RMS force (kJ/mol/nm) below
 # this, checked every CHECK_INTERVAL iterations. On 12 val antibodies problems were gone after 10-110 iterations
-# (median 40) of the ~140 to convergence, and the heavy atoms then moved 0.05-0.29 Å RMS more.
+# (median 40) of the ~140 to convergence, and the heavy atoms then moved 0.05-0.29 Å RMS more. A check costs ~5 ms
+# (under one iteration); checking every 5 instead of 10 iterations ends rounds a few iterations sooner.
 EARLY_STOP_RMS_FORCE = 100.0
-CHECK_INTERVAL = 10
+CHECK_INTERVAL = 5
 # A round also ends once only backbone outliers are left and their number has not fallen for this many checks (the
 # release minimisation then takes them on). Until 0.10.2 a round ended as soon as only outliers were left: on val
 # (149 models, the same run) going on while they still fall took refined TCR CDR2-beta 0.904 -> 0.846 Å, CDR3-beta
 # 2.050 -> 2.031, antibody H3 3.241 -> 3.228, no region worse by more than 0.003, as many models without an outlier
-# (docs/benchmarks.md, refinement item 8).
-ROUND_PATIENCE = 3
+# (docs/benchmarks.md, refinement item 8). Counted in checks: 6 checks of CHECK_INTERVAL, 30 iterations (3 checks
+# of 5 iterations cost TCR CDR2-beta +0.011 Å on val, refinement item 9).
+ROUND_PATIENCE = 6
 # Amber14's protein force field: amber14-all.xml's protein part, the same parameters, whose residue templates
 # match ~20 ms faster per Fv without the nucleic-acid and lipid ones
 FORCE_FIELD = "amber14/protein.ff14SB.xml"
-NONBONDED_CUTOFF = 0.8 * unit.nanometer  # ~18 % less CPU time than 1 nm on val antibodies
+# 1 nm -> 0.8 nm: ~18 % less CPU time on val antibodies; 0.8 -> 0.7 nm (with CHECK_INTERVAL 5): ~9 % less again,
+# refined RMSDs within 0.003 Å in every region but nanobody CDR1 (+0.007 ± 0.004), more models without outliers
+# (docs/benchmarks.md, refinement item 9)
+NONBONDED_CUTOFF = 0.7 * unit.nanometer
 CPU_THREADS = 1  # one thread: minimisation is deterministic and, on 2 cores, about as fast as two
 
 PEPTIDE_BOND_TOLERANCE = 0.1  # Å around constants.PEPTIDE_BOND_LENGTH
