@@ -214,27 +214,35 @@ def protonated_clash(chain: ChainAtoms):
     return protonated(with_clash(chain))
 
 
-def test_the_check_during_minimisation_finds_what_find_problems_finds(nanobody):
-    """The minimiser's stop check reads coordinates straight from OpenMM's arrays; it must report exactly what
-    find_problems reports for the same coordinates written as PDB text."""
-    import openmm
+def test_the_checks_during_refinement_see_what_the_written_file_holds(nanobody):
+    """Refinement checks coordinates straight from OpenMM's arrays, rounded as PDB text holds them, and writes the
+    text once: the check must report exactly what find_problems reports on that text, and the text must hold every
+    atom of the topology at those coordinates."""
+    import gemmi
 
     import immunofold.refine as refine_module
 
     topology, positions = protonated_clash(nanobody)
-    chains, atom_index = refine_module._chain_layout(topology)
-    for chain, index in zip(chains, atom_index):
-        chain.atom14[chain.atom_mask] = positions[index[chain.atom_mask]] * 10.0
-    as_text = refine_module._openmm_pdb_string(topology, positions * openmm.unit.nanometer)
-    found = refine_module._problems_of_chains(chains, refine_module.CLASH_CHECK_DISTANCE)
-    assert [str(p) for p in found] == [str(p) for p in find_problems(as_text)] == ["clash B59 TYR OH - B69 ILE CG2: 1.60 Å"]
+    layout = refine_module._chain_layout(topology)
+    noisy = positions + np.random.default_rng(0).normal(0.0, 0.02, positions.shape)  # 0.2 Å: many problems
+    for coordinates in (positions, noisy):
+        text = refine_module._pdb_text(topology, coordinates, with_clash(nanobody))
+        found = refine_module._problems_at(coordinates, layout)
+        assert [str(p) for p in found] == [str(p) for p in find_problems(text)]
+        written = [(residue.seqid.num, atom.name, atom.pos.tolist()) for residue in gemmi.read_pdb_string(text)[0]["B"]
+                   for atom in residue]
+        expected = [(int(atom.residue.id), atom.name, np.round(coordinates[atom.index] * 10.0, 3).tolist())
+                    for atom in topology.atoms()]
+        assert written == expected
+    assert [str(p) for p in refine_module._problems_at(positions, layout)] == ["clash B59 TYR OH - B69 ILE CG2: 1.60 Å"]
+    assert len(refine_module._problems_at(noisy, layout)) > 10
 
 
 def test_a_round_stops_early_only_at_a_check_with_low_force_and_no_problems(nanobody):
     import immunofold.refine as refine_module
 
     topology, clashing = protonated_clash(nanobody)
-    reporter = refine_module._StopWhenAcceptable(topology)
+    reporter = refine_module._StopWhenAcceptable(refine_module._chain_layout(topology))
     interval, limit = refine_module.CHECK_INTERVAL, refine_module.EARLY_STOP_RMS_FORCE
     fixed = clashing.copy()
     tyr_oh = next(atom.index for atom in topology.atoms() if atom.residue.id == "59" and atom.name == "OH")
@@ -259,10 +267,10 @@ def test_a_round_left_with_backbone_outliers_stops_once_they_stop_falling(nanobo
     topology, bent = protonated(pdb_of(replace(nanobody, atom14=atom14)))
     interval = refine_module.CHECK_INTERVAL
     low = np.full(bent.size, 0.5 * refine_module.EARLY_STOP_RMS_FORCE)
-    patient = refine_module._StopWhenAcceptable(topology, patience=2)
+    patient = refine_module._StopWhenAcceptable(refine_module._chain_layout(topology), patience=2)
     assert [patient.report(k * interval, bent.ravel(), low, {}) for k in (1, 2, 3)] == [False, False, True]
-    without_patience = refine_module._StopWhenAcceptable(topology)
+    without_patience = refine_module._StopWhenAcceptable(refine_module._chain_layout(topology))
     assert not any(without_patience.report(k * interval, bent.ravel(), low, {}) for k in range(1, 6))
     clash_topology, clashing = protonated_clash(nanobody)
-    patient_with_clash = refine_module._StopWhenAcceptable(clash_topology, patience=2)
+    patient_with_clash = refine_module._StopWhenAcceptable(refine_module._chain_layout(clash_topology), patience=2)
     assert not any(patient_with_clash.report(k * interval, clashing.ravel(), low, {}) for k in range(1, 6))

@@ -24,7 +24,6 @@ Output keeps chain ids, residue numbers and insertion codes, and each residue's 
 from __future__ import annotations
 
 import functools
-import io as text_io
 from dataclasses import dataclass
 
 import gemmi
@@ -149,30 +148,77 @@ def minimised(topology: app.Topology, positions: np.ndarray, pdb_string: str, ma
     named in the message. pdb_string is the input, whose annotations the result keeps.
     tolerance: root-mean-square force at convergence, kJ/mol/nm."""
     context, restraint = _restrained_context(topology, positions)
+    layout = _chain_layout(topology)
     for scale, torsion_k in zip(RESTRAINT_SCALES, TORSION_K):
         context.setParameter("k", restraint_k * scale)
         context.setParameter("k_torsion", torsion_k)
-        stop_when_acceptable = _StopWhenAcceptable(topology, patience=ROUND_PATIENCE)
+        stop_when_acceptable = _StopWhenAcceptable(layout, patience=ROUND_PATIENCE)
         openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations, stop_when_acceptable)
-        refined = _refined_pdb(context, topology, pdb_string)
-        problems = find_problems(refined)
+        refined = _positions_nm(context)
+        problems = _problems_at(refined, layout)
         if problems and all(p.kind in SOFT_PROBLEM_KINDS for p in problems):
             _release_residues(context, restraint, topology, problems)
-            stop_when_clean = _StopWhenAcceptable(topology)
+            stop_when_clean = _StopWhenAcceptable(layout)
             openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations, stop_when_clean)
-            released = _refined_pdb(context, topology, pdb_string)
-            released_problems = find_problems(released)
+            released = _positions_nm(context)
+            released_problems = _problems_at(released, layout)
             if all(p.kind in SOFT_PROBLEM_KINDS for p in released_problems):
                 refined, problems = released, released_problems
         if all(p.kind in SOFT_PROBLEM_KINDS for p in problems):
-            return RefineResult(refined, True, f"backbone outliers remain: {_listed(problems)}" if problems else "")
+            message = f"backbone outliers remain: {_listed(problems)}" if problems else ""
+            return RefineResult(_pdb_text(topology, refined, pdb_string), True, message)
     return RefineResult(pdb_string, False, f"problems remain after refinement: {_listed(problems)}")
 
 
-def _refined_pdb(context: openmm.Context, topology: app.Topology, pdb_string: str) -> str:
-    """The context's structure as PDB text with the input's annotations."""
-    positions = context.getState(getPositions=True).getPositions()
-    return _with_input_annotations(_openmm_pdb_string(topology, positions), pdb_string)
+def _positions_nm(context: openmm.Context) -> np.ndarray:
+    """[N_atoms, 3] nm, the context's coordinates."""
+    return context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+
+
+def _written_angstroms(positions_nm: np.ndarray) -> np.ndarray:
+    """[N_atoms, 3] Å as a PDB file holds them (3 decimals): what the checks see is what a reader of the file sees."""
+    return np.round(np.asarray(positions_nm, dtype=np.float64) * 10.0, 3)
+
+
+def _problems_at(positions_nm: np.ndarray, layout: tuple[list[ChainAtoms], list[np.ndarray]]) -> list:
+    """`find_problems` of the heavy atoms at these coordinates ([N_atoms, 3] nm), as written to PDB text, through
+    the topology's `_chain_layout` (filled in place)."""
+    chains, atom_index = layout
+    angstroms = _written_angstroms(positions_nm)
+    for chain, index in zip(chains, atom_index):
+        chain.atom14[chain.atom_mask] = angstroms[index[chain.atom_mask]]
+    return _problems_of_chains(chains, CLASH_CHECK_DISTANCE)
+
+
+def _pdb_text(topology: app.Topology, positions_nm: np.ndarray, input_pdb: str) -> str:
+    """PDB text of the protonated structure at these coordinates ([N_atoms, 3] nm), keeping chain ids, residue
+    numbers and insertion codes, with the input's per-residue B-factors and remarks."""
+    source = gemmi.read_pdb_string(input_pdb)
+    bfactors = {(chain.name, str(residue.seqid)): float(np.mean([atom.b_iso for atom in residue]))
+                for chain in source[0] for residue in chain if len(residue)}
+    angstroms = _written_angstroms(positions_nm).tolist()
+    model = gemmi.Model("1")
+    for chain in topology.chains():
+        written = gemmi.Chain(chain.id)
+        for residue in chain.residues():
+            seqid = gemmi.SeqId(int(residue.id), residue.insertionCode.strip() or " ")
+            bfactor = bfactors.get((chain.id, str(seqid)), 0.0)
+            entry = gemmi.Residue()
+            entry.name, entry.seqid, entry.het_flag = residue.name, seqid, "A"
+            for atom in residue.atoms():
+                written_atom = gemmi.Atom()
+                written_atom.name = atom.name
+                written_atom.element = gemmi.Element(atom.element.symbol)
+                written_atom.pos = gemmi.Position(*angstroms[atom.index])
+                written_atom.occ, written_atom.b_iso = 1.0, bfactor
+                entry.add_atom(written_atom)
+            written.add_residue(entry)
+        model.add_chain(written)
+    structure = gemmi.Structure()
+    structure.add_model(model)
+    structure.raw_remarks = list(source.raw_remarks)
+    structure.setup_entities()
+    return to_pdb_string(structure)
 
 
 def _release_residues(context: openmm.Context, restraint: openmm.CustomExternalForce, topology: app.Topology,
@@ -201,13 +247,13 @@ def _listed(problems: list) -> str:
 
 class _StopWhenAcceptable(openmm.MinimizationReporter):
     """Ends a minimisation at the first check (every CHECK_INTERVAL iterations) where the RMS force is below
-    EARLY_STOP_RMS_FORCE and the heavy atoms have no `find_problems` problem. patience: also end at such a check once
-    only backbone outliers (SOFT_PROBLEM_KINDS) are left and their number has not fallen for this many checks (None:
-    never)."""
+    EARLY_STOP_RMS_FORCE and the heavy atoms have no `find_problems` problem. layout: the topology's `_chain_layout`.
+    patience: also end at such a check once only backbone outliers (SOFT_PROBLEM_KINDS) are left and their number has
+    not fallen for this many checks (None: never)."""
 
-    def __init__(self, topology: app.Topology, patience: int | None = None):
+    def __init__(self, layout: tuple[list[ChainAtoms], list[np.ndarray]], patience: int | None = None):
         super().__init__()
-        self.chains, self.atom_index = _chain_layout(topology)
+        self.layout = layout
         self.patience = patience
         self.fewest_outliers = None
         self.checks_without_fewer = 0
@@ -217,10 +263,7 @@ class _StopWhenAcceptable(openmm.MinimizationReporter):
             return False
         if np.sqrt(np.mean(np.square(np.asarray(grad)))) > EARLY_STOP_RMS_FORCE:
             return False
-        positions = np.asarray(x).reshape(-1, 3) * 10.0  # nm -> Å
-        for chain, index in zip(self.chains, self.atom_index):
-            chain.atom14[chain.atom_mask] = positions[index[chain.atom_mask]]
-        problems = _problems_of_chains(self.chains, CLASH_CHECK_DISTANCE)
+        problems = _problems_at(np.asarray(x).reshape(-1, 3), self.layout)
         if not problems:
             return True
         if self.patience is None or any(p.kind not in SOFT_PROBLEM_KINDS for p in problems):
@@ -233,8 +276,9 @@ class _StopWhenAcceptable(openmm.MinimizationReporter):
 
 
 def _chain_layout(topology: app.Topology) -> tuple[list[ChainAtoms], list[np.ndarray]]:
-    """Protein chains of an OpenMM topology as ChainAtoms (heavy atoms; coordinates zero) and, per chain, the
-    topology atom index of each atom14 slot [N_res, 14] (-1 where absent), to fill coordinates in later."""
+    """Protein chains of an OpenMM topology as ChainAtoms (heavy atoms; coordinates zero, float32 as `read_chains`
+    reads them from text) and, per chain, the topology atom index of each atom14 slot [N_res, 14] (-1 where absent),
+    to fill coordinates in later."""
     chains, indices = [], []
     for chain in topology.chains():
         residues = list(chain.residues())
@@ -248,7 +292,7 @@ def _chain_layout(topology: app.Topology) -> tuple[list[ChainAtoms], list[np.nda
         chains.append(ChainAtoms(
             chain.id, "".join(THREE_TO_ONE.get(residue.name, "X") for residue in residues),
             [(int(residue.id), residue.insertionCode.strip()) for residue in residues],
-            np.zeros((len(residues), 14, 3)), mask, np.zeros(len(residues))))
+            np.zeros((len(residues), 14, 3), np.float32), mask, np.zeros(len(residues))))
         indices.append(index)
     return chains, indices
 
@@ -314,29 +358,6 @@ def _geometry_torsions(topology: app.Topology) -> openmm.CustomTorsionForce:
         if all(name in names for name in ("N", "CA", "C", "CB")):
             force.addTorsion(names["N"], names["CA"], names["C"], names["CB"], [1.0, 0.0, 0.0, target])
     return force
-
-
-def _openmm_pdb_string(topology: app.Topology, positions) -> str:
-    """PDB text from OpenMM, keeping chain ids, residue numbers and insertion codes."""
-    buffer = text_io.StringIO()
-    app.PDBFile.writeFile(topology, positions, buffer, keepIds=True)
-    return buffer.getvalue()
-
-
-def _with_input_annotations(refined_pdb: str, input_pdb: str) -> str:
-    """Refined PDB text rewritten by gemmi with the input's per-residue B-factors and remarks."""
-    source = gemmi.read_pdb_string(input_pdb)
-    bfactors = {(chain.name, str(residue.seqid)): float(np.mean([atom.b_iso for atom in residue]))
-                for chain in source[0] for residue in chain if len(residue)}
-    structure = gemmi.read_pdb_string(refined_pdb)
-    for chain in structure[0]:
-        for residue in chain:
-            bfactor = bfactors.get((chain.name, str(residue.seqid)), 0.0)
-            for atom in residue:
-                atom.b_iso = bfactor
-    structure.raw_remarks = list(source.raw_remarks)
-    structure.setup_entities()
-    return to_pdb_string(structure)
 
 
 # --- geometry checks ---------------------------------------------------------------------------
