@@ -506,37 +506,40 @@ def _clash_problems(chains: list[ChainAtoms], clash_distance: float) -> list[Geo
     """Pairs of non-bonded heavy atoms in different residues closer than clash_distance (Å)."""
     from scipy.spatial import cKDTree  # imported when first needed: scipy.spatial costs ~0.3 s at start-up
 
-    coords, chain_index, residue_index, atom_names = [], [], [], []
-    for c, chain in enumerate(chains):
-        for r, letter in enumerate(chain.sequence):
-            names = atom14_names(ONE_TO_THREE.get(letter, "UNK"))
-            for slot in np.flatnonzero(chain.atom_mask[r]):
-                coords.append(chain.atom14[r, slot])
-                chain_index.append(c)
-                residue_index.append(r)
-                atom_names.append(names[slot])
-    coords = np.asarray(coords, np.float64)
-    problems = []
+    located = [np.nonzero(chain.atom_mask) for chain in chains]  # (residue, slot) of each atom, in file order
+    coords = np.concatenate([chain.atom14[r, s] for chain, (r, s) in zip(chains, located)]).astype(np.float64)
+    chain_index = np.concatenate([np.full(len(r), c) for c, (r, _) in enumerate(located)]).tolist()
+    residue_index = np.concatenate([r for r, _ in located]).tolist()
+    slot_index = np.concatenate([s for _, s in located]).tolist()
     pairs = cKDTree(coords).query_pairs(clash_distance, output_type="ndarray")  # [P, 2], a < b, any order
-    for a, b in pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]:
-        if (chain_index[a], residue_index[a]) == (chain_index[b], residue_index[b]):
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].tolist()
+    names = {}  # atom -> atom name, for the few atoms in pairs across residues
+
+    def name(atom: int) -> str:
+        if atom not in names:
+            letter = chains[chain_index[atom]].sequence[residue_index[atom]]
+            names[atom] = atom14_names(ONE_TO_THREE.get(letter, "UNK"))[slot_index[atom]]
+        return names[atom]
+
+    problems = []
+    for a, b in pairs:
+        if chain_index[a] == chain_index[b] and residue_index[a] == residue_index[b]:
             continue
-        if _bonded_across_residues(chain_index, residue_index, atom_names, a, b):
+        if _bonded_across_residues(chain_index, residue_index, name, a, b):
             continue
         chain_a, chain_b = chains[chain_index[a]], chains[chain_index[b]]
         problems.append(GeometryProblem(
             "clash", (_residue_label(chain_a, residue_index[a]), _residue_label(chain_b, residue_index[b])),
-            float(np.linalg.norm(coords[a] - coords[b])), (atom_names[a], atom_names[b])))
+            float(np.linalg.norm(coords[a] - coords[b])), (name(a), name(b))))
     return problems
 
 
-def _bonded_across_residues(chain_index: list[int], residue_index: list[int], atom_names: list[str],
-                            a: int, b: int) -> bool:
-    """Whether atoms a and b (different residues) are a disulfide SG pair or within two bonds
-    across the peptide bond of consecutive residues."""
-    if atom_names[a] == atom_names[b] == "SG":
+def _bonded_across_residues(chain_index: list[int], residue_index: list[int], name, a: int, b: int) -> bool:
+    """Whether atoms a and b (different residues; name(atom) gives an atom's name) are a disulfide SG pair or within
+    two bonds across the peptide bond of consecutive residues."""
+    if name(a) == name(b) == "SG":
         return True
     if chain_index[a] != chain_index[b] or abs(residue_index[a] - residue_index[b]) != 1:
         return False
     first, second = (a, b) if residue_index[a] < residue_index[b] else (b, a)
-    return (atom_names[first], atom_names[second]) in PEPTIDE_NEIGHBOUR_PAIRS
+    return (name(first), name(second)) in PEPTIDE_NEIGHBOUR_PAIRS
