@@ -3,8 +3,8 @@
     python benchmarks/refinement.py                      # every val entry; 0.8.0's method on the antibodies too
     python benchmarks/refinement.py --baseline-limit 0   # today's refinement only
 
-Times `Predictor.refine` (what `immunofold predict` runs: protonation by `immunofold.protonation`, restrained
-Amber minimisation) on each val entry's unrefined ensemble prediction, one OpenMM thread, one model at a time.
+Times `Predictor.refine` (what `immunofold predict` runs: the geometry clean-up of the start, protonation by
+`immunofold.protonation`, restrained Amber minimisation) on each val entry's unrefined ensemble prediction, one OpenMM thread, one model at a time.
 In the same run, the first --baseline-limit val antibodies are also refined the way immunofold 0.8.0 did:
 hydrogens through PDBFixer (OpenMM's Modeller, Reference platform), 0.8.0's rounds (a first one without the
 torsion terms), 1 nm cutoff, every round minimised to convergence at 10 kJ/mol/nm (no early stop), with the
@@ -158,7 +158,7 @@ def _markdown(report: dict) -> str:
         "",
         f"`python benchmarks/refinement.py`, {machine['cpu_count']} CPUs ({machine['cpu_model']}), one OpenMM thread, "
         f"load average at the start {machine['load_average_at_start']}; {report['wall_seconds']:.0f} s in all. "
-        "Seconds: wall clock and CPU time (all threads of the process; steadier than wall time on a shared machine) of `Predictor.refine` on one unrefined ensemble prediction (protonation, restrained Amber "
+        "Seconds: wall clock and CPU time (all threads of the process; steadier than wall time on a shared machine) of `Predictor.refine` on one unrefined ensemble prediction (the torch geometry clean-up of the start, protonation, restrained Amber "
         "minimisation rounds, each ending once the heavy atoms pass the geometry check and the RMS force is under "
         "100 kJ/mol/nm, or at convergence to 30; geometry check, PDB text). \"refined as 0.8.0\": the same models refined in the same "
         "run the way immunofold 0.8.0 did (PDBFixer hydrogens, a first round without torsion terms, 1 nm cutoff, every round minimised to "

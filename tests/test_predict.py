@@ -178,7 +178,7 @@ def test_cli_predict_notes_backbone_outliers_refinement_left(tmp_path, capsys, m
     from immunofold.refine import RefineResult
 
     left = "backbone outliers remain: twisted peptide H5 VAL - H6 GLU: omega 140°"
-    monkeypatch.setattr(immunofold.prediction, "refine_structure", lambda pdb: RefineResult(pdb, True, left))
+    monkeypatch.setattr(immunofold.prediction, "refine_structure", lambda pdb, start_pdb=None: RefineResult(pdb, True, left))
     out = tmp_path / "nb.pdb"
     assert main(["predict", "nanobody", "--heavy", LONG_CDR3_NANOBODY, "-o", str(out)]) == 0
     captured = capsys.readouterr()

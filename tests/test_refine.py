@@ -274,3 +274,28 @@ def test_a_round_left_with_backbone_outliers_stops_once_they_stop_falling(nanobo
     clash_topology, clashing = protonated_clash(nanobody)
     patient_with_clash = refine_module._StopWhenAcceptable(refine_module._chain_layout(clash_topology), patience=2)
     assert not any(patient_with_clash.report(k * interval, clashing.ravel(), low, {}) for k in range(1, 6))
+
+
+def test_a_start_structure_is_minimised_with_restraints_on_the_given_one(nanobody):
+    """With start_pdb, minimisation starts from its atoms (hydrogens placed on them) while every heavy atom is
+    restrained to its place in the structure given to refine; a start with other residues is a one-line failure."""
+    import immunofold.refine as refine_module
+    from immunofold.protonation import protonated
+
+    moved = replace(nanobody, atom14=nanobody.atom14 + np.array([0.3, 0.0, 0.0]))  # 0.3 Å along x
+    topology, start = protonated(pdb_of(moved))
+    targets = refine_module.restraint_targets(topology, start, pdb_of(nanobody))
+    heavy = np.array([atom.element.symbol != "H" and atom.name != "OXT" for atom in topology.atoms()])
+    np.testing.assert_allclose((start - targets)[heavy], np.tile([0.03, 0.0, 0.0], (heavy.sum(), 1)), atol=2e-5)  # nm
+    np.testing.assert_array_equal(targets[~heavy], start[~heavy])  # hydrogens (and OXT) start where they are
+
+    result = refine(pdb_of(nanobody), start_pdb=pdb_of(moved))
+    assert result.refined and find_problems(result.pdb_string) == []
+    refined = read_chains(result.pdb_string)["B"]
+    ca_shift = np.linalg.norm(refined.atom14[:, 1] - nanobody.atom14[:, 1], axis=-1)
+    assert np.median(ca_shift) < 0.15  # held at the given structure, not the start 0.3 Å away
+
+    other = replace(nanobody, sequence="A" + nanobody.sequence[1:])  # residue 1 is not the given one's
+    failed = refine(pdb_of(nanobody), start_pdb=pdb_of(other))
+    assert not failed.refined and failed.pdb_string == pdb_of(nanobody)
+    assert "not in the structure to restrain to" in failed.message and "\n" not in failed.message

@@ -211,13 +211,17 @@ class Prediction:
 
 def refine_prediction(prediction: Prediction) -> Prediction:
     """A refined copy of `prediction` (the input is left as it is): the consensus refined, else the members from
-    the one closest to the mean on, else an unrefined copy with the reason in `refine_message` and a warning."""
+    the one closest to the mean on, else an unrefined copy with the reason in `refine_message` and a warning.
+    Minimisation starts from the structure with its geometry cleaned (`cleanup.clean_geometry`, ~35 ms; a third
+    fewer minimiser iterations on val antibodies) and is restrained to the predicted atoms."""
     message = ""
     for member in [None, *range(len(prediction.members))]:
         candidate = dataclasses.replace(prediction, refined=True)  # the remarks written into the refined file say so
         if member is not None:
             candidate = dataclasses.replace(candidate, atom14=prediction.members[member])
-        result = refine_structure(to_pdb_string(candidate.unrefined_structure()))
+        cleaned_already = member is None and prediction.geometry_cleaned
+        start = None if cleaned_already else to_pdb_string(candidate.structure_of(candidate._cleaned(candidate.atom14[None])[0]))
+        result = refine_structure(to_pdb_string(candidate.unrefined_structure()), start_pdb=start)
         if result.refined:  # its message names any backbone outliers left
             return dataclasses.replace(candidate, _refined_pdb=result.pdb_string, refine_message=result.message)
         message = result.message

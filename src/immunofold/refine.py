@@ -1,9 +1,9 @@
 """Energy minimisation of predicted structures (OpenMM) and geometry checks.
 
 In the spirit of ImmuneBuilder's refinement: hydrogens are added at pH 7 (`immunofold.protonation`);
-the Amber14 force field in vacuum is minimised with harmonic
-restraints holding heavy atoms near the prediction (backbone and CB ten times harder than side
-chains) and torsion terms that push every non-proline peptide bond to trans (as ImmuneBuilder does
+the Amber14 force field in vacuum is minimised (from the prediction, or from a given start such as the prediction
+with its geometry cleaned) with harmonic restraints holding heavy atoms near the prediction (backbone and CB ten
+times harder than side chains) and torsion terms that push every non-proline peptide bond to trans (as ImmuneBuilder does
 for cis peptides), every X-Pro peptide to cis or trans, and every CB to the L side (N-CA-C-CB -122°).
 If the result still has a cis non-proline peptide, a D-amino acid, a steric clash or a broken peptide bond,
 minimisation continues with weaker restraints; if problems survive every round, the input is returned
@@ -117,37 +117,65 @@ class RefineResult:
 
 
 def refine(pdb_string: str, max_iterations: int = 0, restraint_k: float = DEFAULT_RESTRAINT_K,
-           seed: int = 0) -> RefineResult:
+           seed: int = 0, start_pdb: str | None = None) -> RefineResult:
     """Minimise a PDB structure with heavy-atom position restraints; never raises.
 
     max_iterations: limit per minimisation round (0 = until converged).
     restraint_k: harmonic restraint stiffness on heavy atoms, kJ/mol/nm^2; later rounds use
         restraint_k times each of RESTRAINT_SCALES.
     seed: random seed for completing residues that miss heavy atoms (same input and seed, same output).
+    start_pdb: the same residues at other coordinates to start from (the prediction with its geometry cleaned,
+        `cleanup.clean_geometry`: about a third fewer minimiser iterations); the restraints still hold each heavy atom
+        at its place in pdb_string.
     """
     try:
-        return _refine(pdb_string, max_iterations, restraint_k, seed)
+        return _refine(pdb_string, max_iterations, restraint_k, seed, start_pdb)
     except Exception as error:  # refinement is best effort: report, never raise
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         return RefineResult(pdb_string, False, f"refinement failed: {reason}")
 
 
-def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int) -> RefineResult:
+def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int,
+            start_pdb: str | None) -> RefineResult:
     """refine() without the exception guard."""
     from immunofold.protonation import protonated  # Biotite and hydride load at the first refinement (~0.5 s)
 
-    topology, positions = protonated(pdb_string, seed)
-    return minimised(topology, positions, pdb_string, max_iterations, restraint_k)
+    topology, positions = protonated(start_pdb or pdb_string, seed)
+    targets = positions if start_pdb is None else restraint_targets(topology, positions, pdb_string)
+    return minimised(topology, positions, pdb_string, max_iterations, restraint_k, targets=targets)
+
+
+def restraint_targets(topology: app.Topology, positions: np.ndarray, pdb_string: str) -> np.ndarray:
+    """[N_atoms, 3] nm: `positions` with each heavy atom that pdb_string holds (matched by chain, residue number,
+    insertion code and atom name) at its place there. Raises ValueError if a residue of the topology is not in
+    pdb_string under the same name, or pdb_string holds none of a residue's heavy atoms."""
+    model = gemmi.read_pdb_string(pdb_string)[0]
+    places = {(chain.name, residue.seqid.num, residue.seqid.icode.strip(), residue.name): {a.name: a.pos for a in residue}
+              for chain in model for residue in chain}
+    targets = np.array(positions, dtype=np.float64)
+    for residue in topology.residues():
+        atoms = places.get((residue.chain.id, int(residue.id), residue.insertionCode.strip(), residue.name))
+        if atoms is None:
+            raise ValueError(f"residue {residue.chain.id}{residue.id}{residue.insertionCode.strip()} {residue.name} "
+                             "of the start structure is not in the structure to restrain to")
+        for atom in residue.atoms():
+            place = atoms.get(atom.name)
+            if place is not None and atom.element.symbol != "H":
+                targets[atom.index] = (place.x / 10.0, place.y / 10.0, place.z / 10.0)
+    return targets
 
 
 def minimised(topology: app.Topology, positions: np.ndarray, pdb_string: str, max_iterations: int = 0,
-              restraint_k: float = DEFAULT_RESTRAINT_K, tolerance: float = MINIMISATION_TOLERANCE) -> RefineResult:
+              restraint_k: float = DEFAULT_RESTRAINT_K, tolerance: float = MINIMISATION_TOLERANCE,
+              targets: np.ndarray | None = None) -> RefineResult:
     """The rounds of restrained minimisation of a protonated structure (positions [N_atoms, 3] nm) until
     `find_problems` finds nothing but backbone outliers (SOFT_PROBLEM_KINDS). Where those remain, their residues
     (and neighbours) are minimised once more with their restraints released (`_release_residues`); any still left are
     named in the message. pdb_string is the input, whose annotations the result keeps.
-    tolerance: root-mean-square force at convergence, kJ/mol/nm."""
-    context, restraint = _restrained_context(topology, positions)
+    tolerance: root-mean-square force at convergence, kJ/mol/nm.
+    targets: [N_atoms, 3] nm where the restraints hold the heavy atoms (default: positions)."""
+    context, restraint = _restrained_context(topology, positions if targets is None else targets)
+    context.setPositions(positions)
     layout = _chain_layout(topology)
     for scale, torsion_k in zip(RESTRAINT_SCALES, TORSION_K):
         context.setParameter("k", restraint_k * scale)
@@ -303,10 +331,10 @@ def _force_field(name: str) -> app.ForceField:
     return app.ForceField(name)
 
 
-def _restrained_context(topology: app.Topology, positions: np.ndarray) -> tuple[openmm.Context, openmm.CustomExternalForce]:
+def _restrained_context(topology: app.Topology, targets: np.ndarray) -> tuple[openmm.Context, openmm.CustomExternalForce]:
     """Vacuum Amber14 system (NONBONDED_CUTOFF) with harmonic restraints (global parameter k,
     kJ/mol/nm^2, times BACKBONE_RESTRAINT_FACTOR for backbone atoms and CB) holding each heavy
-    atom at its starting position.
+    atom at targets [N_atoms, 3] nm, where the context's atoms are placed.
 
     A one-thread CPU context, or Reference if the CPU platform is unavailable; returned with its restraint force.
     """
@@ -316,7 +344,7 @@ def _restrained_context(topology: app.Topology, positions: np.ndarray) -> tuple[
     restraint.addGlobalParameter("k", 0.0)
     for name in ("weight", "x0", "y0", "z0"):
         restraint.addPerParticleParameter(name)
-    for atom, position in zip(topology.atoms(), positions.tolist()):
+    for atom, position in zip(topology.atoms(), targets.tolist()):
         if atom.element is not None and atom.element.symbol != "H":
             weight = BACKBONE_RESTRAINT_FACTOR if atom.name in HARD_RESTRAINED_ATOMS else 1.0
             restraint.addParticle(atom.index, [weight, *position])
@@ -328,7 +356,7 @@ def _restrained_context(topology: app.Topology, positions: np.ndarray) -> tuple[
         context = openmm.Context(system, integrator, platform, {"Threads": str(CPU_THREADS)})
     except openmm.OpenMMException:
         context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(positions)
+    context.setPositions(targets)
     return context, restraint
 
 
