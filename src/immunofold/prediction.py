@@ -212,7 +212,7 @@ class Prediction:
 def refine_prediction(prediction: Prediction) -> Prediction:
     """A refined copy of `prediction` (the input is left as it is): the consensus refined, else the members from
     the one closest to the mean on, else an unrefined copy with the reason in `refine_message` and a warning.
-    Minimisation starts from the structure with its geometry cleaned (`cleanup.clean_geometry`, ~35 ms; a third
+    Minimisation starts from the structure with its geometry cleaned (`cleanup.clean_geometry`, ~60 ms; a third
     fewer minimiser iterations on val antibodies) and is restrained to the predicted atoms."""
     message = ""
     for member in [None, *range(len(prediction.members))]:
