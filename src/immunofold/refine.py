@@ -141,14 +141,14 @@ def _refine(pdb_string: str, max_iterations: int, restraint_k: float, seed: int,
     from immunofold.protonation import protonated  # Biotite and hydride load at the first refinement (~0.5 s)
 
     topology, positions = protonated(start_pdb or pdb_string, seed)
-    targets = positions if start_pdb is None else restraint_targets(topology, positions, pdb_string)
+    targets = None if start_pdb is None else restraint_targets(topology, positions, pdb_string)
     return minimised(topology, positions, pdb_string, max_iterations, restraint_k, targets=targets)
 
 
 def restraint_targets(topology: app.Topology, positions: np.ndarray, pdb_string: str) -> np.ndarray:
     """[N_atoms, 3] nm: `positions` with each heavy atom that pdb_string holds (matched by chain, residue number,
-    insertion code and atom name) at its place there. Raises ValueError if a residue of the topology is not in
-    pdb_string under the same name, or pdb_string holds none of a residue's heavy atoms."""
+    insertion code and atom name) at its place there; hydrogens and atoms pdb_string lacks (the terminal OXT) keep
+    their positions. Raises ValueError if a residue of the topology is not in pdb_string under the same name."""
     model = gemmi.read_pdb_string(pdb_string)[0]
     places = {(chain.name, residue.seqid.num, residue.seqid.icode.strip(), residue.name): {a.name: a.pos for a in residue}
               for chain in model for residue in chain}
@@ -175,7 +175,7 @@ def minimised(topology: app.Topology, positions: np.ndarray, pdb_string: str, ma
     tolerance: root-mean-square force at convergence, kJ/mol/nm.
     targets: [N_atoms, 3] nm where the restraints hold the heavy atoms (default: positions)."""
     context, restraint = _restrained_context(topology, positions if targets is None else targets)
-    context.setPositions(positions)
+    context.setPositions(positions)  # the start; the restraints hold the targets
     layout = _chain_layout(topology)
     for scale, torsion_k in zip(RESTRAINT_SCALES, TORSION_K):
         context.setParameter("k", restraint_k * scale)
@@ -334,7 +334,7 @@ def _force_field(name: str) -> app.ForceField:
 def _restrained_context(topology: app.Topology, targets: np.ndarray) -> tuple[openmm.Context, openmm.CustomExternalForce]:
     """Vacuum Amber14 system (NONBONDED_CUTOFF) with harmonic restraints (global parameter k,
     kJ/mol/nm^2, times BACKBONE_RESTRAINT_FACTOR for backbone atoms and CB) holding each heavy
-    atom at targets [N_atoms, 3] nm, where the context's atoms are placed.
+    atom at targets [N_atoms, 3] nm. The context's atoms are not placed yet.
 
     A one-thread CPU context, or Reference if the CPU platform is unavailable; returned with its restraint force.
     """
@@ -356,7 +356,6 @@ def _restrained_context(topology: app.Topology, targets: np.ndarray) -> tuple[op
         context = openmm.Context(system, integrator, platform, {"Threads": str(CPU_THREADS)})
     except openmm.OpenMMException:
         context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(targets)
     return context, restraint
 
 
@@ -538,36 +537,30 @@ def _clash_problems(chains: list[ChainAtoms], clash_distance: float) -> list[Geo
     coords = np.concatenate([chain.atom14[r, s] for chain, (r, s) in zip(chains, located)]).astype(np.float64)
     chain_index = np.concatenate([np.full(len(r), c) for c, (r, _) in enumerate(located)]).tolist()
     residue_index = np.concatenate([r for r, _ in located]).tolist()
-    slot_index = np.concatenate([s for _, s in located]).tolist()
+    atom_names = [atom14_names(ONE_TO_THREE.get(chain.sequence[r], "UNK"))[slot]
+                  for chain, (residues, slots) in zip(chains, located) for r, slot in zip(residues.tolist(), slots.tolist())]
     pairs = cKDTree(coords).query_pairs(clash_distance, output_type="ndarray")  # [P, 2], a < b, any order
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].tolist()
-    names = {}  # atom -> atom name, for the few atoms in pairs across residues
-
-    def name(atom: int) -> str:
-        if atom not in names:
-            letter = chains[chain_index[atom]].sequence[residue_index[atom]]
-            names[atom] = atom14_names(ONE_TO_THREE.get(letter, "UNK"))[slot_index[atom]]
-        return names[atom]
-
     problems = []
     for a, b in pairs:
         if chain_index[a] == chain_index[b] and residue_index[a] == residue_index[b]:
             continue
-        if _bonded_across_residues(chain_index, residue_index, name, a, b):
+        if _bonded_across_residues(chain_index, residue_index, atom_names, a, b):
             continue
         chain_a, chain_b = chains[chain_index[a]], chains[chain_index[b]]
         problems.append(GeometryProblem(
             "clash", (_residue_label(chain_a, residue_index[a]), _residue_label(chain_b, residue_index[b])),
-            float(np.linalg.norm(coords[a] - coords[b])), (name(a), name(b))))
+            float(np.linalg.norm(coords[a] - coords[b])), (atom_names[a], atom_names[b])))
     return problems
 
 
-def _bonded_across_residues(chain_index: list[int], residue_index: list[int], name, a: int, b: int) -> bool:
-    """Whether atoms a and b (different residues; name(atom) gives an atom's name) are a disulfide SG pair or within
-    two bonds across the peptide bond of consecutive residues."""
-    if name(a) == name(b) == "SG":
+def _bonded_across_residues(chain_index: list[int], residue_index: list[int], atom_names: list[str],
+                            a: int, b: int) -> bool:
+    """Whether atoms a and b (different residues) are a disulfide SG pair or within two bonds
+    across the peptide bond of consecutive residues."""
+    if atom_names[a] == atom_names[b] == "SG":
         return True
     if chain_index[a] != chain_index[b] or abs(residue_index[a] - residue_index[b]) != 1:
         return False
     first, second = (a, b) if residue_index[a] < residue_index[b] else (b, a)
-    return (name(first), name(second)) in PEPTIDE_NEIGHBOUR_PAIRS
+    return (atom_names[first], atom_names[second]) in PEPTIDE_NEIGHBOUR_PAIRS
