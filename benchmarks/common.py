@@ -37,6 +37,26 @@ _CB_A, _CB_B, _CB_C = -0.58273431, 0.56802827, -0.54067466
 Key = tuple[int, tuple[int, str]]  # (chain slot, IMGT (number, insertion))
 
 
+def number_antibodies(items: list[tuple[str, str, str]]) -> list[tuple[str, str, list]]:
+    """(name, "antibody", numbered chains) of (name, heavy, light) items, numbered as immunofold numbers them: one
+    receptor as `immunofold predict` does (`sequences.number_receptor`: the two chains in two threads), several as
+    `immunofold batch` does (`inputs.resolve_records`: batch.NUMBERING_CHUNK records per anarcism call)."""
+    from immunofold.batch import NUMBERING_CHUNK
+    from immunofold.inputs import Record, resolve_records
+    from immunofold.sequences import number_receptor
+
+    if len(items) == 1:
+        (name, heavy, light), = items
+        return [(name, "antibody", number_receptor("antibody", {"heavy": heavy, "light": light}, name))]
+    records = [Record(i, name, (("heavy", heavy), ("light", light)), "antibody") for i, (name, heavy, light) in enumerate(items)]
+    resolved = [result for start in range(0, len(records), NUMBERING_CHUNK)
+                for result, _ in resolve_records(records[start:start + NUMBERING_CHUNK], "antibody")]
+    failed = [(record.name, result) for record, result in zip(records, resolved) if isinstance(result, str)]
+    if failed:
+        raise ValueError(f"numbering failed: {failed[0][0]}: {failed[0][1]}")
+    return [(record.name, result.kind, result.chains) for record, result in zip(records, resolved)]
+
+
 def example_keys(example: dict) -> list[Key]:
     """(chain slot, IMGT position) of every residue of an example, in residue order."""
     return [(slot, tuple(pos)) for slot, positions in enumerate(example["positions"]) for pos in positions]

@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import DEFAULT_DATA_ROOT, RESULTS_DIR, machine_info  # noqa: E402
+from common import DEFAULT_DATA_ROOT, RESULTS_DIR, machine_info, number_antibodies  # noqa: E402
 from speed import batch_sequences  # noqa: E402
 
 from immunofold.allocator import keep_freed_memory  # noqa: E402
@@ -47,20 +47,16 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from immunofold.prediction import Predictor
-    from immunofold.sequences import number_receptor
 
     machine = machine_info()
     predictor = Predictor()
     tmp = tempfile.mkdtemp(prefix="immunofold-profile-")
 
-    def number(items):
-        return [(n, "antibody", number_receptor("antibody", {"heavy": h, "light": lt}, n)) for n, h, lt in items]
-
     def stages(items) -> dict[str, float]:
         """CPU seconds of each stage for `items`."""
         times = {}
         start = time.process_time()
-        numbered = number(items)
+        numbered = number_antibodies(items)
         times["numbering"] = time.process_time() - start
         start = time.process_time()
         predictions = predictor.predict_numbered(numbered)

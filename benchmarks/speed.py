@@ -38,6 +38,7 @@ from common import (
     TRASTUZUMAB_HEAVY,
     TRASTUZUMAB_LIGHT,
     machine_info,
+    number_antibodies,
     package_version,
 )
 from peers import igfold_peer
@@ -117,7 +118,6 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
     from immunofold.data.features import collate, featurise
     from immunofold.ensemble import Ensemble, member_spread, superpose_members
     from immunofold.prediction import Predictor
-    from immunofold.sequences import number_receptor
     from immunofold.weights import folder_member_sets, packaged_member_sets
 
     files = folder_member_sets(args.weights_dir) if args.weights_dir else packaged_member_sets()
@@ -132,11 +132,8 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
     models = predictor.ensemble.models_of("antibody")  # the members that predict trastuzumab
     result["members"] = len(models)
 
-    def number(items):
-        return [(n, "antibody", number_receptor("antibody", {"heavy": h, "light": lt}, n)) for n, h, lt in items]
-
     def end_to_end(items, refine=False, out=tmp):
-        predictions = predictor.predict_numbered(number(items))
+        predictions = predictor.predict_numbered(number_antibodies(items))
         if refine:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -150,7 +147,7 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
     end_to_end(one, refine=not args.no_refine)  # warm-up (the first refinement also imports hydride, ~0.5 s)
     stages = Timer()
     for _ in range(args.repeats):
-        numbered = stages.time("numbering", number, one)
+        numbered = stages.time("numbering", number_antibodies, one)
         batch = stages.time("features", lambda: collate([featurise(k, c) for _, k, c in numbered]))
         outputs = []
         with torch.no_grad():
@@ -407,7 +404,8 @@ def markdown(report: dict) -> str:
     lines += ["Where the time goes (CPU time per stage, top torch operators at batch 1/8/64): [profile.md](profile.md), "
               "written by `python benchmarks/profile_speed.py`.", ""]
     lines += ["## Throughput (end to end)", "",
-              "immunofold: numbering -> features -> ensemble -> PDB files. FlashABB: forward (+ writing PDBs), from "
+              "immunofold: numbering (one receptor as `immunofold predict` numbers it, several as `immunofold batch` "
+              "does: 8 records per anarcism call) -> features -> ensemble -> PDB files. FlashABB: forward (+ writing PDBs), from "
               "the same IMGT-trimmed V-domain sequences (it does no numbering). IgFold: `fold()` of the same V "
               "domains (AntiBERTy -> 4 models -> unrefined PDB; no numbering, no refinement), timed in its own venv "
               "(model loading not included). ImmuneBuilder: ANARCI numbering -> "

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent import futures
 
 import pytest
 
@@ -284,6 +285,56 @@ def test_workers_csv_input_and_plots(tmp_path, predictor, monkeypatch):
     assert sorted(os.listdir(tmp_path / "out" / "plots")) == ["ab1.png", "nb1.png", "overview.png"]
     assert (tmp_path / "out" / "plots" / "ab1.png").read_bytes() == drawn["ab1.png"]
     assert (tmp_path / "out" / "plots" / "nb1.png").read_bytes() != drawn["nb1.png"]
+
+
+class _SlowNumbering:
+    """A stand-in for the numbering worker pool whose results are never ready before they are asked for (numbering
+    slower than the model); `log` records when each chunk's result is taken."""
+
+    def __init__(self, log, *args, **kwargs):
+        self.log = log
+
+    def submit(self, fn, *args):
+        log = self.log
+
+        class Pending(futures.Future):
+            def result(self, timeout=None):
+                if not super().done():
+                    self.set_result(fn(*args))
+                    log.append(("numbered", [record.name for record in args[0]]))
+                return super().result()
+
+            def done(self):
+                return False
+
+        return Pending()
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def test_the_model_runs_while_the_workers_are_still_numbering(tmp_path, predictor, monkeypatch):
+    """Records whose same-length bucket is not full are predicted as soon as the next numbering result is not ready,
+    not after the last record is numbered; the files are those of a run without workers."""
+    import immunofold.batch
+
+    log = []
+    monkeypatch.setattr(immunofold.batch, "NUMBERING_CHUNK", 1)
+    monkeypatch.setattr(immunofold.batch.futures, "ProcessPoolExecutor", lambda *a, **k: _SlowNumbering(log))
+    predict_numbered = predictor.predict_numbered
+    monkeypatch.setattr(predictor, "predict_numbered",
+                        lambda items, *a: log.append(("predicted", [i[0] for i in items])) or predict_numbered(items, *a))
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">ab1\n{AB1_H}:{AB1_L}\n>nb1\n{NB1}\n>tcr1|A\n{TCR1_A}\n>tcr1|B\n{TCR1_B}\n")
+    report = run_batch(fasta, tmp_path / "out", refine=False, workers=1, batch_size=4, predictor=predictor, threads=1)
+    assert report.ok_total == 3
+    assert log == [("numbered", ["ab1"]), ("predicted", ["ab1"]), ("numbered", ["nb1"]), ("predicted", ["nb1"]),
+                   ("numbered", ["tcr1"]), ("predicted", ["tcr1"])]
+    monkeypatch.undo()
+    inline = run_batch(fasta, tmp_path / "inline", refine=False, workers=0, batch_size=4, predictor=predictor, threads=1)
+    assert inline.ok_total == 3
+    for name in ("ab1", "nb1", "tcr1"):
+        assert (tmp_path / "out" / f"{name}.pdb").read_bytes() == (tmp_path / "inline" / f"{name}.pdb").read_bytes()
 
 
 def test_cli_batch(tmp_path, capsys):

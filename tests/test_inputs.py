@@ -11,6 +11,7 @@ from immunofold.inputs import (
     parse_input,
     resolve_or_reason,
     resolve_record,
+    resolve_records,
     safe_name,
 )
 from immunofold.sequences import InputError
@@ -289,3 +290,45 @@ def test_a_repeated_pair_is_one_failure_and_the_first_pair_keeps_its_chains(tmp_
     assert [(r.name, r.error, [slot for slot, _ in r.chains]) for r in records] == [
         ("x", None, ["heavy", "light"]), ("y", None, [None]),
         ("x", "duplicate name", ["heavy", "light"]), ("x", "duplicate name", ["heavy"])]
+
+
+RECORDS_TO_RESOLVE = [
+    Record(0, "ab", (("heavy", VH), ("light", VL))),
+    Record(1, "nb", ((None, VHH),)),
+    Record(2, "tcr", (("alpha", ALPHA), ("beta", BETA))),
+    Record(3, "digits", ((None, "EVQL1VES"),)),
+    Record(4, "lyso", ((None, LYSOZYME),)),
+    Record(5, "unreadable", (), error="line 9: no sequence after the header"),
+    Record(6, "scfv", ((None, VH + LINKER + VL_LAMBDA),)),
+    Record(7, "ab again", (("heavy", VH.lower()), ("light", VL + "*"))),
+]
+
+
+def test_records_resolved_together_equal_records_resolved_alone(monkeypatch):
+    """Joint anarcism calls number every readable chain of the records; each record's outcome (chains, kind, notes or
+    its one-line reason) is what resolving it alone gives, and the seconds cover every record."""
+    import anarcism
+
+    alone = [resolve_or_reason(record) for record in RECORDS_TO_RESOLVE]
+    calls = {"together": 0, "alone": 0}
+    number_sequences, number_sequence = anarcism.number_sequences, anarcism.number_sequence
+    monkeypatch.setattr(anarcism, "number_sequences",
+                        lambda inputs, **kw: calls.__setitem__("together", calls["together"] + 1) or number_sequences(inputs, **kw))
+    monkeypatch.setattr(anarcism, "number_sequence",
+                        lambda *a, **kw: calls.__setitem__("alone", calls["alone"] + 1) or number_sequence(*a, **kw))
+    together = resolve_records(RECORDS_TO_RESOLVE)
+    assert calls == {"together": 2, "alone": 0}  # the second: 7b0b's kappa chain, which draws a rhesus profile
+    assert [result for result, _ in together] == alone
+    assert [type(r).__name__ for r in alone] == ["Resolved", "Resolved", "Resolved", "str", "str", "str", "Resolved", "Resolved"]
+    assert all(seconds > 0 for _, seconds in together)
+
+
+def test_records_are_numbered_one_by_one_when_the_joint_call_fails(monkeypatch):
+    import anarcism
+
+    def refuse(inputs, **kwargs):
+        raise anarcism.AnarcismError("refused")
+
+    alone = [resolve_or_reason(record) for record in RECORDS_TO_RESOLVE]
+    monkeypatch.setattr(anarcism, "number_sequences", refuse)
+    assert [result for result, _ in resolve_records(RECORDS_TO_RESOLVE)] == alone

@@ -46,7 +46,9 @@ Independent of batch composition
 
 Work split (local engine)
     Numbering (anarcism) and refinement (OpenMM) run in `workers` worker processes; the
-    ensemble pass runs batched in the main process.
+    ensemble pass runs batched in the main process, on the fullest same-length bucket whenever a bucket
+    reaches `batch_size` or the next numbered record is not ready yet (the model never waits for the numbering
+    while it has records).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ from immunofold.inputs import (
     input_notes,
     iter_records,
     one_line,
-    resolve_or_reason,
+    resolve_records,
 )
 from immunofold.numbering import SCHEMES
 from immunofold.io import STRUCTURE_FORMATS, atomic_output, write_text_atomic
@@ -104,6 +106,10 @@ FAILURES_FILE = "failures.csv"
 DEFAULT_BATCH_SIZE = 16
 NUMBERING_CHUNK = 8  # records per task sent to a worker process
 MAX_HELD = 512  # numbered records waiting for a same-length batch before the fullest bucket runs anyway
+# _Pipeline._numbered's signal that the workers are still numbering the next records. The fullest bucket then runs
+# at once: waiting for full buckets left the model idle while the worker numbered (128 val antibodies, default
+# options: the model started only after the last record was numbered).
+NUMBERING_BUSY = object()
 CHAIN_COLUMNS = ("H", "L", "A", "B")
 SUMMARY_COLUMNS = (
     ["name", "kind", "status", "file", "mean_error"]
@@ -253,15 +259,6 @@ def _is_environment_fault(error: BaseException) -> bool:
 # --------------------------------------------------------------------------------------------
 # worker-process tasks (top level: picklable)
 # --------------------------------------------------------------------------------------------
-def _number_chunk(records: list[Record], kind: str) -> list[tuple[Resolved | str, float]]:
-    results = []
-    for record in records:
-        start = time.perf_counter()
-        result = resolve_or_reason(record, kind)
-        results.append((result, time.perf_counter() - start))
-    return results
-
-
 def _refine_in_worker(prediction):
     import torch
 
@@ -640,10 +637,12 @@ class _Pipeline:
         return self._predictor
 
     def _numbered(self, records: Iterable[Record], executor):
-        """(record, Resolved | reason, seconds) in input order; numbering runs ahead in the workers."""
+        """(record, Resolved | reason, seconds) in input order; numbering runs ahead in the workers. Yields
+        NUMBERING_BUSY, once per wait, when the next result is not ready yet, so that the caller can run the model
+        meanwhile instead of waiting."""
         if executor is None:
             for record in records:
-                (result, seconds), = _number_chunk([record], self.kind)
+                (result, seconds), = resolve_records([record], self.kind)
                 yield record, result, seconds
             return
         chunks = _chunks(records, NUMBERING_CHUNK)
@@ -651,14 +650,16 @@ class _Pipeline:
         ahead = max(4, 4 * self.workers)
         while True:
             while len(pending) < ahead and (chunk := next(chunks, None)) is not None:
-                pending.append((chunk, executor.submit(_number_chunk, chunk, self.kind)))
+                pending.append((chunk, executor.submit(resolve_records, chunk, self.kind)))
             if not pending:
                 return
+            if not pending[0][1].done():
+                yield NUMBERING_BUSY
             chunk, future = pending.popleft()
             try:
                 results = future.result()
             except Exception:  # a crashed worker: number this chunk here instead  # noqa: BLE001
-                results = _number_chunk(chunk, self.kind)
+                results = resolve_records(chunk, self.kind)
             for record, (result, seconds) in zip(chunk, results):
                 yield record, result, seconds
 
@@ -718,7 +719,14 @@ class _Pipeline:
         buckets: dict[int, list] = {}  # total length -> [(record, resolved, numbering seconds)]
         held = 0
         refining: list = []
-        for record, result, seconds in self._numbered(pending, executor):
+        for item in self._numbered(pending, executor):
+            if item is NUMBERING_BUSY:  # run the model on the fullest bucket rather than wait for the numbering
+                if buckets:
+                    group = buckets.pop(max(buckets, key=lambda k: len(buckets[k])))
+                    held -= len(group)
+                    self._predict_group(group, executor, refining)
+                continue
+            record, result, seconds = item
             if isinstance(result, str):
                 self.recorder.fail(record, result, seconds=seconds)
                 continue

@@ -35,13 +35,14 @@ import os
 import re
 import sqlite3
 import tempfile
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from immunofold.constants import KINDS
 from immunofold.sequences import (MIN_HALLMARKS, InputError, NumberedChain, clean_sequence, count_vhh_hallmarks,
-                                  find_domains, indefinite_article, no_domain_error)
+                                  find_domains, indefinite_article, no_domain_error, number_together)
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas", ".fna", ".seq", ".fsa")
 CSV_SUFFIXES = (".csv",)
@@ -467,8 +468,9 @@ def _describe(domains: list[tuple[str | None, NumberedChain]]) -> str:
     return "+".join(d.chain_class for _, d in domains) or "none"
 
 
-def resolve_record(record: Record, kind: str = "auto") -> Resolved:
-    """Number the chains of a record and decide its kind; raises InputError('<name>', reason)."""
+def resolve_record(record: Record, kind: str = "auto", numbered: Mapping[str, list] | None = None) -> Resolved:
+    """Number the chains of a record and decide its kind; raises InputError('<name>', reason). numbered: anarcism's
+    domains of sequences numbered beforehand (`sequences.number_together`), used where they hold a chain."""
     name = record.name or record.source
     if record.error:
         raise InputError(name, record.error)
@@ -482,9 +484,9 @@ def resolve_record(record: Record, kind: str = "auto") -> Resolved:
     for i, (slot, sequence) in enumerate(record.chains):
         where = f"{name} {slot} chain" if slot else (f"{name} chain {i + 1}" if len(record.chains) > 1 else name)
         cleaned = clean_sequence(sequence, where)
-        found = find_domains(cleaned, where)
+        found = find_domains(cleaned, where, numbered)
         if not found:
-            raise no_domain_error(cleaned, where)
+            raise no_domain_error(cleaned, where, numbered)
         domains += [(slot, d) for d in found]
 
     by_class: dict[str, list[tuple[str | None, NumberedChain]]] = {}
@@ -556,14 +558,42 @@ def input_error_reason(error: InputError, name: str) -> str:
     return one_line(f"{where}: {error.reason}")
 
 
-def resolve_or_reason(record: Record, kind: str = "auto") -> Resolved | str:
+def resolve_or_reason(record: Record, kind: str = "auto", numbered: Mapping[str, list] | None = None) -> Resolved | str:
     """`resolve_record`, but a one-line reason string instead of an exception (for worker processes)."""
     try:
-        return resolve_record(record, kind)
+        return resolve_record(record, kind, numbered)
     except InputError as error:
         return input_error_reason(error, record.name or record.source)
     except Exception as error:  # a numbering library failure must not stop the batch  # noqa: BLE001
         return one_line(f"numbering failed ({type(error).__name__}: {error})")
+
+
+def resolve_records(records: list[Record], kind: str = "auto") -> list[tuple[Resolved | str, float]]:
+    """`resolve_or_reason` of each record, with the chains of all of them numbered in one anarcism call
+    (`sequences.number_together`: about a quarter less CPU per chain from 4 records on), and the seconds spent on
+    each record (its own, plus an even share of the joint numbering)."""
+    start = time.perf_counter()
+    numbered = number_together(_cleaned_chains(records))
+    share = (time.perf_counter() - start) / max(len(records), 1)
+    results = []
+    for record in records:
+        start = time.perf_counter()
+        result = resolve_or_reason(record, kind, numbered)
+        results.append((result, time.perf_counter() - start + share))
+    return results
+
+
+def _cleaned_chains(records: list[Record]) -> Iterator[str]:
+    """The cleaned sequence of every chain of the records that has one (`clean_sequence` refuses the others, which
+    then fail in `resolve_record` with their reason)."""
+    for record in records:
+        if record.error:
+            continue
+        for _, sequence in record.chains:
+            try:
+                yield clean_sequence(sequence, "")
+            except InputError:
+                continue
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from immunofold.batch import (
     predict_group,
     render,
 )
-from immunofold.inputs import Record, one_line, resolve_or_reason
+from immunofold.inputs import Record, one_line, resolve_records
 from immunofold.sequences import InputError
 
 CHUNK = 16  # records per actor task: big enough for same-length groups, small enough that a kill costs little
@@ -106,11 +106,10 @@ class RayWorker:
         """Per record, in order: ('ok', text, sidecar fields, seconds) or ('failed', reason, kind, seconds)."""
         outcomes: list[tuple | None] = [None] * len(records)
         buckets: dict[int, list] = {}  # total length -> [(position, record, resolved, seconds)]
-        for position, record in enumerate(records):
+        for position, (record, (result, seconds)) in enumerate(zip(records, resolve_records(records, self.kind))):
             start = time.perf_counter()
-            result = resolve_or_reason(record, self.kind)
             problem = result if isinstance(result, str) else check_numbering(record, result, self.numbering)
-            seconds = time.perf_counter() - start
+            seconds += time.perf_counter() - start
             if problem:
                 outcomes[position] = ("failed", problem, "" if isinstance(result, str) else result.kind, seconds)
                 continue
