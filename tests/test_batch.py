@@ -348,6 +348,28 @@ def test_cli_batch(tmp_path, capsys):
     assert "input file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cores, refine, workers, threads", [
+    (2, True, 2, 1), (2, False, 1, 2), (16, True, 14, 2), (16, False, 1, 16), (1, True, 1, 1)])
+def test_the_command_lines_default_workers_refine_side_by_side(tmp_path, monkeypatch, cores, refine, workers, threads):
+    """Refined runs get a worker per core (less one per 8 cores), unrefined runs one; the model pass the rest."""
+    import immunofold.batch
+
+    seen = {}
+
+    def run_batch_stopped_at_once(*args, **options):  # the options the command chose; then a Ctrl-C ends it
+        seen.update(options)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(immunofold.batch.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(immunofold.batch, "run_batch", run_batch_stopped_at_once)
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    main(["batch", str(fasta), "-o", str(tmp_path / "out"), "-q", *([] if refine else ["--no-refine"])])
+    assert (seen["workers"], seen["threads"]) == (workers, threads)
+    main(["batch", str(fasta), "-o", str(tmp_path / "out"), "-q", "--workers", "3", *([] if refine else ["--no-refine"])])
+    assert seen["workers"] == 3
+
+
 def test_an_empty_or_impossible_output_folder_is_a_bad_option_not_a_stopped_run(tmp_path, monkeypatch, capsys):
     """-o '' wrote into the current folder; -o A_FILE said 'rerun the same command to resume' (exit 1)."""
     fasta = tmp_path / "in.fasta"

@@ -225,3 +225,19 @@ def test_developability_ceiling_pairs_structures_of_one_sequence(tmp_path):
     assert pairs[0]["first"] == pairs[0]["second"] and pairs[0]["first"]["cdr3_length"]["value"] > 5
     summary = developability_ceiling.summarise(pairs)
     assert summary["nanobody/ppc"] == {"n": 1, "pearson": None, "spearman": None, "flag_agreement": 1.0}
+
+
+def test_benchmark_numbering_of_a_batch_equals_numbering_each_receptor():
+    """speed.py and profile_speed.py number batches as `immunofold batch` does; the chains are those of
+    `number_receptor`, as `immunofold predict` numbers one receptor."""
+    from immunofold.sequences import number_receptor
+    from test_batch import AB1_H, AB1_L, AB2_H, AB2_L
+
+    items = [("a", AB1_H, AB1_L), ("b", AB2_H, AB2_L), ("c", AB1_H, AB2_L)]
+    together = common.number_antibodies(items)
+    assert [(name, kind) for name, kind, _ in together] == [("a", "antibody"), ("b", "antibody"), ("c", "antibody")]
+    for (name, heavy, light), (_, _, chains) in zip(items, together):
+        assert chains == number_receptor("antibody", {"heavy": heavy, "light": light}, name)
+    assert common.number_antibodies(items[:1])[0][2] == together[0][2]
+    with pytest.raises(ValueError, match="numbering failed: d"):
+        common.number_antibodies([*items, ("d", "EVQL", AB1_L)])
