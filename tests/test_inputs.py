@@ -323,12 +323,13 @@ def test_records_resolved_together_equal_records_resolved_alone(monkeypatch):
     assert all(seconds > 0 for _, seconds in together)
 
 
-def test_records_are_numbered_one_by_one_when_the_joint_call_fails(monkeypatch):
+@pytest.mark.parametrize("failure", ["refused", "crashed"])
+def test_records_are_numbered_one_by_one_when_the_joint_call_fails(monkeypatch, failure):
     import anarcism
 
-    def refuse(inputs, **kwargs):
-        raise anarcism.AnarcismError("refused")
+    def fail(inputs, **kwargs):
+        raise anarcism.AnarcismError("refused") if failure == "refused" else RuntimeError("library bug")
 
     alone = [resolve_or_reason(record) for record in RECORDS_TO_RESOLVE]
-    monkeypatch.setattr(anarcism, "number_sequences", refuse)
+    monkeypatch.setattr(anarcism, "number_sequences", fail)
     assert [result for result, _ in resolve_records(RECORDS_TO_RESOLVE)] == alone
