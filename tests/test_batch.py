@@ -337,6 +337,34 @@ def test_the_model_runs_while_the_workers_are_still_numbering(tmp_path, predicto
         assert (tmp_path / "out" / f"{name}.pdb").read_bytes() == (tmp_path / "inline" / f"{name}.pdb").read_bytes()
 
 
+def test_refinement_in_a_worker_never_falls_far_behind_the_model(tmp_path, predictor, monkeypatch):
+    """A refined run holds at most REFINING_PER_WORKER predictions per worker waiting for refinement (the model pass
+    is ~7x faster and would otherwise hold every prediction of a large input in memory); every record is refined,
+    as in a run without workers."""
+    import immunofold.batch
+
+    in_flight = []
+    predict_group = immunofold.batch._Pipeline._predict_group
+
+    def counted(self, group, executor, refining):
+        predict_group(self, group, executor, refining)
+        in_flight.append(len(refining))
+
+    monkeypatch.setattr(immunofold.batch, "REFINING_PER_WORKER", 1)
+    monkeypatch.setattr(immunofold.batch._Pipeline, "_predict_group", counted)
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n>nb2\n{NB2}\n>nb3\n{NB1[:-2]}\n")
+    report = run_batch(fasta, tmp_path / "out", refine=True, workers=1, batch_size=1, predictor=predictor, threads=1)
+    assert report.ok_total == 3 and in_flight and max(in_flight) <= 1
+    with open(tmp_path / "out" / "summary.csv") as handle:
+        assert [row["refined"] for row in csv.DictReader(handle)] == ["yes", "yes", "yes"]
+    monkeypatch.undo()
+    inline = run_batch(fasta, tmp_path / "inline", refine=True, workers=0, batch_size=1, predictor=predictor, threads=1)
+    assert inline.ok_total == 3
+    for name in ("nb1", "nb2", "nb3"):
+        assert (tmp_path / "out" / f"{name}.pdb").read_bytes() == (tmp_path / "inline" / f"{name}.pdb").read_bytes()
+
+
 def test_cli_batch(tmp_path, capsys):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(f">nb1\n{NB1}\n>bad\nNOTANANTIBODY\n")

@@ -110,6 +110,10 @@ MAX_HELD = 512  # numbered records waiting for a same-length batch before the fu
 # at once: waiting for full buckets left the model idle while the worker numbered (128 val antibodies, default
 # options: the model started only after the last record was numbered).
 NUMBERING_BUSY = object()
+# Predictions waiting for or in refinement, per worker: enough to keep every worker busy. The model pass is ~7x
+# faster than refinement, and without a bound it ran ahead of the workers, holding every prediction of a large
+# refined run in memory (~0.2 MB each for an Fv) until its refinement.
+REFINING_PER_WORKER = 4
 CHAIN_COLUMNS = ("H", "L", "A", "B")
 SUMMARY_COLUMNS = (
     ["name", "kind", "status", "file", "mean_error"]
@@ -675,10 +679,19 @@ class _Pipeline:
             elif not self.refine:
                 self.recorder.succeed(record, prediction, seconds + share)
             elif executor is not None:
+                self._wait_for_room(refining)
                 refining.append((record, seconds + share, executor.submit(_refine_in_worker, prediction)))
             else:
                 refined, refine_seconds = _refine_task(prediction)
                 self.recorder.succeed(record, refined, seconds + share + refine_seconds)
+
+    def _wait_for_room(self, refining: list) -> None:
+        """Record the refinements that have finished, and wait while REFINING_PER_WORKER predictions per worker are
+        still waiting for or in refinement."""
+        self._collect_refined(refining, wait=False)
+        while len(refining) >= REFINING_PER_WORKER * max(self.workers, 1):
+            futures.wait([future for _, _, future in refining], return_when=futures.FIRST_COMPLETED)
+            self._collect_refined(refining, wait=False)
 
     def _collect_refined(self, refining: list, wait: bool) -> None:
         still = []
