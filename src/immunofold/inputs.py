@@ -570,8 +570,7 @@ def resolve_or_reason(record: Record, kind: str = "auto", numbered: Mapping[str,
 
 def resolve_records(records: list[Record], kind: str = "auto") -> list[tuple[Resolved | str, float]]:
     """`resolve_or_reason` of each record, with the chains of all of them numbered together
-    (`sequences.number_together`: one anarcism call, two where some chains drew a rhesus profile; from 4 records on
-    about a quarter less CPU per chain), and the seconds spent on each record (its own, plus an even share of the
+    (`sequences.number_together`: one anarcism call; from 4 records on about a quarter less CPU per chain), and the seconds spent on each record (its own, plus an even share of the
     joint numbering)."""
     start = time.perf_counter()
     numbered = number_together(_cleaned_chains(records))
