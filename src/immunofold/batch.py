@@ -40,9 +40,10 @@ Resumable and atomic
 
 Independent of batch composition
     Records are batched only with records of the same total length, so a model pass never pads
-    a record: its output is bit-identical whether it runs alone or with any others (padding
-    changes float rounding at the 1e-5 Å level, enough to flip the third decimal of a PDB
-    coordinate). See tests/test_batch.py.
+    a record, and the ensemble combines each receptor's members on their own (`Ensemble._combine`):
+    its output is bit-identical whether it runs alone or with any others (padding changes float
+    rounding at the 1e-5 Å level, a batched consensus at 1e-6 Å, and refinement or the clean-up
+    amplify either to tenths of an Å). See tests/test_batch.py and tests/test_predict.py.
 
 Work split (local engine)
     Numbering (anarcism) and refinement (OpenMM) run in `workers` worker processes; the

@@ -173,11 +173,25 @@ class Ensemble:
             batch = {**batch, "language": batch_language_features(batch)}
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         outputs = self.forward_members(batch, models)
-        residue_mask = batch["residue_mask"]
-        members = superpose_members(torch.stack([o["atom14"] for o in outputs]), residue_mask)
+        atom14 = torch.stack([o["atom14"] for o in outputs])  # [M, B, N, 14, 3] Å
+        head = torch.stack([o["predicted_error"] for o in outputs])  # [M, B, N] Å
+        # One receptor at a time: batched superposition, means and frame products round differently with the batch's
+        # size (~1e-6 Å), and refinement and the clean-up amplified that to 0.2-0.5 Å between batch compositions.
+        parts = [self._combine(atom14[:, b : b + 1].contiguous(), head[:, b : b + 1].contiguous(),
+                               *(batch[key][b : b + 1] for key in ("restype", "residue_mask", "chain_slot")))
+                 for b in range(atom14.shape[1])]
+        members, spread, head_error, ranking, consensus = zip(*parts)
+        return EnsembleOutput(torch.cat(members, dim=1), torch.cat(spread), torch.cat(head_error), torch.cat(ranking),
+                              torch.cat(consensus))
+
+    def _combine(self, atom14: torch.Tensor, head: torch.Tensor, restype: torch.Tensor, residue_mask: torch.Tensor,
+                 chain_slot: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One receptor's member structures [M, 1, N, 14, 3] Å and error heads [M, 1, N] Å -> (members superposed,
+        spread [1, N], head error [1, N], ranking [1, M], consensus [1, N, 14, 3], cleaned if asked), on the CPU."""
+        members = superpose_members(atom14, residue_mask)
         spread, ranking = member_spread(members, residue_mask)
-        head_error = torch.stack([o["predicted_error"] for o in outputs]).mean(0) * residue_mask
-        consensus = consensus_structure(members, batch["restype"], residue_mask)
+        head_error = head.mean(0) * residue_mask
+        consensus = consensus_structure(members, restype, residue_mask)
         if self.clean:
-            consensus = clean_geometry(consensus, batch["restype"], residue_mask, batch["chain_slot"])
-        return EnsembleOutput(members.cpu(), spread.cpu(), head_error.cpu(), ranking.cpu(), consensus.cpu())
+            consensus = clean_geometry(consensus, restype, residue_mask, chain_slot)
+        return members.cpu(), spread.cpu(), head_error.cpu(), ranking.cpu(), consensus.cpu()
