@@ -376,10 +376,13 @@ def test_cli_batch(tmp_path, capsys):
     assert "input file not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cores, refine, workers, threads", [
-    (2, True, 2, 1), (2, False, 1, 2), (16, True, 14, 2), (16, False, 1, 16), (1, True, 1, 1)])
-def test_the_command_lines_default_workers_refine_side_by_side(tmp_path, monkeypatch, cores, refine, workers, threads):
-    """Refined runs get a worker per core (less one per 8 cores), unrefined runs one; the model pass the rest."""
+@pytest.mark.parametrize("cores, memory_gib, refine, workers, threads", [
+    (2, 24, True, 2, 1), (2, 24, False, 1, 2), (16, 64, True, 14, 2), (16, 64, False, 1, 16), (1, 24, True, 1, 1),
+    (16, 4, True, 2, 14)])
+def test_the_command_lines_default_workers_refine_side_by_side(tmp_path, monkeypatch, cores, memory_gib, refine,
+                                                               workers, threads):
+    """Refined runs get a worker per usable core (less one per 8 cores, at most what half the memory holds),
+    unrefined runs one; the model pass the cores left."""
     import immunofold.batch
 
     seen = {}
@@ -388,7 +391,10 @@ def test_the_command_lines_default_workers_refine_side_by_side(tmp_path, monkeyp
         seen.update(options)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(immunofold.batch.os, "cpu_count", lambda: cores)
+    page = 4096
+    sysconf = {"SC_PHYS_PAGES": memory_gib * (1 << 30) // page, "SC_PAGE_SIZE": page}
+    monkeypatch.setattr(immunofold.batch, "usable_cores", lambda: cores)
+    monkeypatch.setattr(immunofold.batch.os, "sysconf", lambda name: sysconf[name])
     monkeypatch.setattr(immunofold.batch, "run_batch", run_batch_stopped_at_once)
     fasta = tmp_path / "in.fasta"
     fasta.write_text(f">nb1\n{NB1}\n")
@@ -396,6 +402,37 @@ def test_the_command_lines_default_workers_refine_side_by_side(tmp_path, monkeyp
     assert (seen["workers"], seen["threads"]) == (workers, threads)
     main(["batch", str(fasta), "-o", str(tmp_path / "out"), "-q", "--workers", "3", *([] if refine else ["--no-refine"])])
     assert seen["workers"] == 3
+
+
+def test_usable_cores_follow_the_affinity(monkeypatch):
+    import immunofold.batch
+
+    monkeypatch.setattr(immunofold.batch.os, "sched_getaffinity", lambda pid: {0})
+    assert immunofold.batch.usable_cores() == 1
+
+
+def test_a_worker_pool_broken_before_a_submit_stops_the_run_with_the_resume_message(tmp_path, predictor, monkeypatch):
+    """A dead worker breaks the pool; the next task handed to it is BatchStopped (one line, resume), not a
+    traceback."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import immunofold.batch
+
+    class BrokenPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, *args):
+            raise BrokenProcessPool("A child process terminated abruptly")
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+    monkeypatch.setattr(immunofold.batch.futures, "ProcessPoolExecutor", BrokenPool)
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    with pytest.raises(immunofold.batch.BatchStopped, match="numbering stopped"):
+        run_batch(fasta, tmp_path / "out", refine=False, workers=1, predictor=predictor, threads=1)
 
 
 def test_an_empty_or_impossible_output_folder_is_a_bad_option_not_a_stopped_run(tmp_path, monkeypatch, capsys):
@@ -840,3 +877,22 @@ def test_the_summary_notes_say_what_refinement_left_or_why_it_failed():
     row = _summary_row(record, data)
     assert row["notes"] == "kept the V domain; backbone outliers remain: distorted backbone angle N-CA-C at H112A TYR: 92°"
     assert _summary_row(record, {**data, "refine_message": "", "notes": []})["notes"] is None
+
+
+def test_an_interrupted_runs_workers_are_stopped_at_once():
+    """_stop_pool ends workers busy with a long task at once (an interrupted run waited for them, and a second
+    Ctrl-C then hung at exit)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from immunofold.batch import _stop_pool
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    busy = [pool.submit(time.sleep, 60) for _ in range(2)]
+    while not all(f.running() for f in busy):
+        time.sleep(0.05)
+    processes = list(pool._processes.values())
+    start = time.perf_counter()
+    _stop_pool(pool)
+    assert time.perf_counter() - start < 10
+    assert not any(p.is_alive() for p in processes)

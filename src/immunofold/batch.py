@@ -281,6 +281,30 @@ def _refine_task(prediction):
     return refined, time.perf_counter() - start
 
 
+def _submit(executor, stage: str, task, *args):
+    """executor.submit(task, *args); a pool broken by a dead worker stops the run (BatchStopped: '<stage>: ...')."""
+    try:
+        return executor.submit(task, *args)
+    except Exception as error:  # noqa: BLE001
+        _stop_if_machine_fault(error, stage)
+        raise
+
+
+def _stop_pool(executor: futures.ProcessPoolExecutor) -> None:
+    """Shut a worker pool down at once, its workers terminated: an interrupted run waited for the tasks running in
+    them, and a second Ctrl-C during that wait left the process hanging at exit on an idle worker."""
+    terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    processes = list((getattr(executor, "_processes", None) or {}).values())  # no public way before Python 3.14
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+
+
 def _exit_with_parent(parent: int) -> None:
     while True:
         time.sleep(1.0)
@@ -655,7 +679,7 @@ class _Pipeline:
         ahead = max(4, 4 * self.workers)
         while True:
             while len(pending) < ahead and (chunk := next(chunks, None)) is not None:
-                pending.append((chunk, executor.submit(resolve_records, chunk, self.kind)))
+                pending.append((chunk, _submit(executor, "numbering stopped", resolve_records, chunk, self.kind)))
             if not pending:
                 return
             if not pending[0][1].done():
@@ -681,7 +705,7 @@ class _Pipeline:
                 self.recorder.succeed(record, prediction, seconds + share)
             elif executor is not None:
                 self._wait_for_room(refining)
-                refining.append((record, seconds + share, executor.submit(_refine_in_worker, prediction)))
+                refining.append((record, seconds + share, _submit(executor, "refinement stopped", _refine_in_worker, prediction)))
             else:
                 refined, refine_seconds = _refine_task(prediction)
                 self.recorder.succeed(record, refined, seconds + share + refine_seconds)
@@ -724,6 +748,11 @@ class _Pipeline:
         torch.set_num_threads(self.threads or previous_threads)
         try:
             self._stream(pending, executor)
+        except BaseException:  # Ctrl-C, SIGTERM, BatchStopped: stop the workers now, do not wait for them
+            if executor is not None:
+                _stop_pool(executor)
+                executor = None
+            raise
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
@@ -1083,20 +1112,38 @@ def _count_and_notes(records: Iterable[Record], kind: str) -> tuple[int, list[st
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
+REFINE_WORKER_BYTES = 700 << 20  # a refinement worker's peak memory (~615 MB seen on val antibodies), with a margin
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity, e.g. under taskset or a scheduler's cpuset), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_workers(refine: bool) -> int:
     """Worker processes of a command-line run. Unrefined, 1: numbering is light beside the model pass. Refined, one
-    per core less one per 8 cores: refinement (~1 CPU-s per Fv) outweighs the model pass (~0.15) about 7 to 1, and
-    the workers run it side by side (32 val antibodies on 2 cores: 46.3 s with 1 worker, 29.7 s with 2, 30.9 with 3;
-    the same files)."""
-    cores = os.cpu_count() or 1
-    return 1 if not refine else max(1, cores - cores // 8)
+    per usable core less one per 8 cores: refinement (~1 CPU-s per Fv) outweighs the model pass (~0.15) about 7 to
+    1, and the workers run it side by side (32 val antibodies on 2 cores: 46.3 s with 1 worker, 29.7 s with 2, 30.9
+    with 3; the same files); at most as many as half the machine's memory holds (REFINE_WORKER_BYTES each)."""
+    if not refine:
+        return 1
+    cores = usable_cores()
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        memory = None
+    by_memory = cores if not memory else max(1, memory // 2 // REFINE_WORKER_BYTES)
+    return max(1, min(cores - cores // 8, by_memory))
 
 
 def default_threads(workers: int, refine: bool) -> int:
     """Torch threads for the model pass of a command-line run. Unrefined, every core: the numbering workers are
     light (64 val antibodies, 1 worker, 2 cores: 12.9 s with 2 threads, 18.7 s with 1, byte-identical files).
     Refined, the cores the workers leave free, since OpenMM keeps each worker busy; at least 1."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     return cores if not refine else max(1, cores - workers)
 
 
