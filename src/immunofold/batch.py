@@ -710,6 +710,10 @@ class _Pipeline:
                 refined, refine_seconds = _refine_task(prediction)
                 self.recorder.succeed(record, refined, seconds + share + refine_seconds)
 
+    def _predict_fullest(self, buckets: dict[int, list], executor, refining: list) -> None:
+        """Predict the bucket holding the most records (the earliest made of those on a tie) and drop it."""
+        self._predict_group(buckets.pop(max(buckets, key=lambda k: len(buckets[k]))), executor, refining)
+
     def _wait_for_room(self, refining: list) -> None:
         """Record the refinements that have finished, and wait while REFINING_PER_WORKER predictions per worker are
         still waiting for or in refinement."""
@@ -760,14 +764,11 @@ class _Pipeline:
 
     def _stream(self, pending: Iterable[Record], executor) -> None:
         buckets: dict[int, list] = {}  # total length -> [(record, resolved, numbering seconds)]
-        held = 0
         refining: list = []
         for item in self._numbered(pending, executor):
             if item is NUMBERING_BUSY:  # run the model on the fullest bucket rather than wait for the numbering
                 if buckets:
-                    group = buckets.pop(max(buckets, key=lambda k: len(buckets[k])))
-                    held -= len(group)
-                    self._predict_group(group, executor, refining)
+                    self._predict_fullest(buckets, executor, refining)
                 continue
             record, result, seconds = item
             if isinstance(result, str):
@@ -777,15 +778,11 @@ class _Pipeline:
             if problem:
                 self.recorder.fail(record, problem, result.kind, seconds)
                 continue
-            length = sum(len(chain) for chain in result.chains)
-            bucket = buckets.setdefault(length, [])
+            bucket = buckets.setdefault(sum(len(chain) for chain in result.chains), [])
             bucket.append((record, result, seconds))
-            held += 1
-            if len(bucket) >= self.batch_size or held >= MAX_HELD:
-                fullest = length if len(bucket) >= self.batch_size else max(buckets, key=lambda k: len(buckets[k]))
-                group = buckets.pop(fullest)
-                held -= len(group)
-                self._predict_group(group, executor, refining)
+            # a bucket that reaches batch_size is the fullest: every other one ran when it reached it
+            if len(bucket) >= self.batch_size or sum(map(len, buckets.values())) >= MAX_HELD:
+                self._predict_fullest(buckets, executor, refining)
             if refining:
                 self._collect_refined(refining, wait=False)
         for length in sorted(buckets, key=lambda k: buckets[k][0][0].index):
