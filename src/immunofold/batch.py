@@ -302,7 +302,10 @@ def _stop_pool(executor: futures.ProcessPoolExecutor) -> None:
     for process in processes:
         process.terminate()
     for process in processes:
-        process.join(timeout=5)
+        process.join(timeout=2)
+        if process.is_alive():  # SIGTERM ignored (a disposition inherited from the parent) or not yet handled
+            process.kill()
+            process.join()
 
 
 def _exit_with_parent(parent: int) -> None:
