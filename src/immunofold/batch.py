@@ -298,9 +298,12 @@ def _stop_pool(executor: futures.ProcessPoolExecutor) -> None:
         terminate()
         return
     processes = list((getattr(executor, "_processes", None) or {}).values())  # no public way before Python 3.14
+    manager = getattr(executor, "_executor_manager_thread", None)
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
+    if manager is not None:  # it reaps the terminated workers too: a join racing it may see a reaped worker as alive
+        manager.join(timeout=2)
     for process in processes:
         process.join(timeout=2)
         if process.is_alive():  # SIGTERM ignored (a disposition inherited from the parent) or not yet handled
