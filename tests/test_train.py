@@ -391,3 +391,72 @@ def test_the_label_cache_follows_the_table(tmp_path, nanobody_atoms):
     assert [float(e["cdr3_extended"]) for e in cached_class_examples(config.data_root, config.cache_dir, "train")] == [0.0]
     write_label_table(config.data_root, [("1f2x", "1f2x_L", LONG_CDR3_NANOBODY, "-", "Kinked", "High_Kinked", "Extended")])
     assert [float(e["cdr3_extended"]) for e in cached_class_examples(config.data_root, config.cache_dir, "train")] == [1.0]
+
+
+def test_chain_shuffling_joins_one_receptors_first_chain_to_anothers_second():
+    import torch
+    from test_sequences import HUMAN_HEAVY, HUMAN_KAPPA, HUMAN_LAMBDA, MOUSE_HEAVY
+
+    from immunofold.data.distillation import shuffled_receptor
+    from immunofold.data.features import featurise
+    from immunofold.sequences import number_receptor
+
+    first = number_receptor("antibody", {"heavy": HUMAN_HEAVY, "light": HUMAN_KAPPA})
+    second = number_receptor("antibody", {"heavy": MOUSE_HEAVY, "light": HUMAN_LAMBDA})
+    shuffled = shuffled_receptor(featurise("antibody", first), featurise("antibody", second))
+    expected = featurise("antibody", [first[0], second[1]])
+    assert shuffled.keys() == expected.keys()
+    assert all(torch.equal(shuffled[key], expected[key]) for key in expected)
+
+
+def test_teacher_targets_are_the_ensembles_consensus_and_the_error_head_skips_them():
+    import numpy as np
+    import torch
+    from test_sequences import CAMELID_VHH, HUMAN_HEAVY, HUMAN_KAPPA
+
+    import immunofold
+    from immunofold.data.distillation import teacher_examples
+    from immunofold.data.features import collate, featurise
+    from immunofold.ensemble import Ensemble
+    from immunofold.sequences import number_receptor
+    from immunofold.train.losses import total_loss
+
+    receptors = [featurise("nanobody", number_receptor("nanobody", {"heavy": CAMELID_VHH})),
+                 featurise("antibody", number_receptor("antibody", {"heavy": HUMAN_HEAVY, "light": HUMAN_KAPPA}))]
+    examples = teacher_examples(receptors, Ensemble.packaged())
+    predicted = immunofold.predict(heavy=CAMELID_VHH, refine=False)
+    assert np.allclose(examples[0]["atom14"][examples[0]["atom_mask"]].numpy(),
+                       predicted.atom14[examples[0]["atom_mask"].numpy()], atol=1e-4)
+    assert int(examples[0]["atom_mask"].sum()) == sum(len(residue) for residue in predicted.structure()[0][0])
+    assert all(bool(e["teacher_target"]) for e in examples) and examples[1]["kind"] == receptors[1]["kind"]
+
+    # the error head's target is a deviation from a crystal structure: teacher examples do not train it
+    crystal = {key: value for key, value in examples[0].items() if key != "teacher_target"}
+    network = Ensemble.packaged().models_of("nanobody")[0]
+    with torch.no_grad():
+        output = network(collate([crystal]))
+    error_max = network.config.error_max
+    _, as_crystal = total_loss(output, collate([crystal]), {"error": 1.0}, error_max)
+    _, as_teacher = total_loss(output, collate([examples[0]]), {"error": 1.0}, error_max)
+    assert as_crystal["error"] > 0 and as_teacher["error"] == 0
+    assert as_crystal["fape_backbone"] == as_teacher["fape_backbone"]
+
+
+def test_a_distillation_run_adds_teacher_examples_for_receptors_without_a_structure(tmp_path):
+    from test_network import LONG_CDR3_NANOBODY
+
+    from immunofold.train.loop import training_examples
+
+    config = tiny_config(tmp_path, epochs=1)
+    config.distillation = True
+    write_label_table(config.data_root, [
+        ("1f2x", "1f2x_L", LONG_CDR3_NANOBODY, "-", "Kinked", "High_Kinked", ""),  # no structure here: a teacher target
+        ("7f5g", "7f5g_B", LONG_CDR3_NANOBODY.replace("YDYHY", "YDYHA"), "-", "Kinked", "High_Kinked", ""),  # has one
+    ])
+    examples = training_examples(config)
+    teacher = [e for e in examples if e.get("teacher_target") is not None]
+    assert len(examples) == 2 and len(teacher) == 1  # 7f5g's crystal structure and 1f2x's teacher target
+    assert len(teacher[0]["restype"]) == len(LONG_CDR3_NANOBODY) and teacher[0]["atom_mask"].any()
+    train(config, log=lambda message: None)  # a step over both kinds of example
+    record = json.loads((tmp_path / "runs" / "tiny" / "log.jsonl").read_text())
+    assert record["train"]["error"] > 0 and record["train"]["fape_backbone"] > 0

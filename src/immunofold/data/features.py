@@ -67,6 +67,8 @@ def collate(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
         mask[i, : len(example["restype"])] = True
     batch["residue_mask"] = mask
     batch["kind"] = torch.stack([e["kind"] for e in examples])
+    if any("teacher_target" in e for e in examples):  # data.distillation: the target is a prediction, not a crystal
+        batch["teacher_target"] = torch.stack([torch.as_tensor(e.get("teacher_target", False)) for e in examples])
     if all("cdr3_extended" in e for e in examples):
         batch["cdr3_extended"] = torch.stack([e["cdr3_extended"] for e in examples])
     return batch

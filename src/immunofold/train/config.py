@@ -50,6 +50,7 @@ class TrainConfig:
     train_kinds: list[str] = field(default_factory=list)  # train on these receptor kinds only (empty: all)
     cdr3_fape_weight: float = 1.0  # FAPE weight of CDR3 points relative to the others
     cdr3_cluster_sampling: bool = False  # each epoch: one random example per identical-CDR3 cluster
+    distillation: bool = False  # also train on the shipped ensemble's predictions of receptors without a structure (data.distillation)
     standing_out_oversample: int = 1  # nanobody examples whose experimental CDR3 stands out (reach > 27 Å) count this many times more
     cdr3_class_batch: int = 4  # with model.cdr3_class_head: NbFrame label rows per step (trunk and class head only)
     cdr3_curriculum_epochs: int = 0  # > 0: the first epochs train on short CDR3s first (train.loop.curriculum_examples)

@@ -24,6 +24,7 @@ from immunofold.constants import KINDS, is_cdr
 from immunofold.data.features import collate
 from immunofold.data.aux import cached_aux_examples
 from immunofold.data.cdr3_classes import CLASS_FILE, cached_class_examples
+from immunofold.data.distillation import cached_distillation_examples
 from immunofold.data.language import attach_language_features
 from immunofold.data.sabdab import cached_examples
 from immunofold.data.template import build_template
@@ -112,11 +113,14 @@ def fitted_epochs(config: TrainConfig, first_epoch_s: float) -> int:
 
 
 def training_examples(config: TrainConfig) -> list[dict]:
-    """The unique training examples of a config: its split, the extra backbones it names, its kinds."""
+    """The unique training examples of a config: its split, the extra backbones it names, the distillation set if
+    asked, its kinds."""
     examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
     if config.aux_kinds:
         aux = cached_aux_examples(config.data_root, config.cache_dir, config.val_split)
         examples = examples + [e for e in aux if KINDS[int(e["kind"])] in config.aux_kinds]
+    if config.distillation:
+        examples = examples + cached_distillation_examples(config.data_root, config.cache_dir, config.val_split)
     if config.train_kinds:
         examples = [e for e in examples if KINDS[int(e["kind"])] in config.train_kinds]
     return examples

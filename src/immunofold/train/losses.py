@@ -219,7 +219,8 @@ def total_loss(
     moved = superpose_chains(pred_atom14, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
     terms["cdr_rmsd"] = cdr_rmsd(moved, true_atom14, true_mask, batch["chain_slot"], batch["imgt_position"])
     target_error = torch.nan_to_num(ca_distance(moved.detach(), true_atom14, true_mask))  # missing CAs: masked by ca_mask
-    terms["error"] = error_head_loss(output["error_logits"], target_error, ca_mask, error_max)
+    error_mask = ca_mask & ~batch["teacher_target"][:, None] if "teacher_target" in batch else ca_mask
+    terms["error"] = error_head_loss(output["error_logits"], target_error, error_mask, error_max)
     if "distogram_logits" in output:
         terms["distogram"] = distogram_loss(
             output["distogram_logits"], output["distogram_rows"], true_atom14, true_mask, residue_mask
