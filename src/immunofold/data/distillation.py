@@ -75,14 +75,15 @@ def teacher_examples(receptors: list[dict], ensemble) -> list[dict]:
     return examples
 
 
-def cached_distillation_examples(root: str, cache_dir: str, val_split: str = "val") -> list[dict]:
-    """The distillation set of the packaged ensemble, built once per weights version and cached in `cache_dir`."""
+def cached_distillation_examples(root: str, cache_dir: str, train_split: str = "train", val_split: str = "val") -> list[dict]:
+    """The distillation set of the packaged ensemble from `train_split`'s chains, built once per weights version and
+    splits and cached in `cache_dir`."""
     from immunofold.ensemble import Ensemble  # the model package; data modules stay importable without it
 
     ensemble = Ensemble.packaged()
 
     def build() -> tuple[list[dict], list[str], str]:
-        train = cached_examples(root, "train", cache_dir)
+        train = cached_examples(root, train_split, cache_dir)
         known = {entry.pdb.lower() for entry in read_summary(root)}
         labelled = os.path.exists(os.path.join(root, CLASS_FILE))
         nanobodies = cached_class_examples(root, cache_dir, val_split) if labelled else []
@@ -91,4 +92,4 @@ def cached_distillation_examples(root: str, cache_dir: str, val_split: str = "va
         counts = {kind: sum(int(e["kind"]) == k for e in examples) for k, kind in enumerate(KINDS)}
         return examples, [], f"{len(examples)} distillation examples {counts} from weights {ensemble.version}"
 
-    return cached(cache_dir, f"distillation-{ensemble.version}-{val_split}", build)
+    return cached(cache_dir, f"distillation-{ensemble.version}-{train_split}-{val_split}", build)
