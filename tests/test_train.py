@@ -239,6 +239,9 @@ def test_train_cli_names_a_missing_starting_point(tmp_path, capsys):
     ("name: x\nmodel:\n  dropout: 2.0\n", [], "{config}: model.dropout must be in [0, 1), got 2.0"),
     ("name: x\nmodel:\n  trunk_heads: 3\n", [], "{config}: model.dim (128) must be a multiple of model.trunk_heads (3)"),
     ("name: x\nmax_minutes: -1\n", [], "{config}: max_minutes must be positive, got -1"),
+    ("name: x\ndistillation_pairs: {nanobody: 5}\n", [], "{config}: distillation_pairs: only paired kinds are "
+     "chain-shuffled (antibody, tcr), not nanobody"),
+    ("name: x\ndistillation_pairs: {antibody: -5}\n", [], "{config}: distillation_pairs: counts must be 0 or more"),
     ("name: x\nloss_weights: {bond: -1}\n", [], "{config}: loss_weights.bond must be 0 or more, got -1"),
     ("name: x\nloss_weights: {fape: 1}\n", [], "{config}: loss_weights: unknown term(s) fape (known: "
      "fape_backbone, fape_all_atom, torsion, bond, clash, error, cdr_rmsd, disulfide, distogram, cdr3_class)"),
@@ -407,6 +410,26 @@ def test_chain_shuffling_joins_one_receptors_first_chain_to_anothers_second():
     expected = featurise("antibody", [first[0], second[1]])
     assert shuffled.keys() == expected.keys()
     assert all(torch.equal(shuffled[key], expected[key]) for key in expected)
+
+
+def test_the_distillation_set_holds_the_asked_number_of_shuffled_receptors_and_only_new_nanobodies():
+    import random
+
+    from test_sequences import CAMELID_VHH, HUMAN_HEAVY, HUMAN_KAPPA, HUMAN_LAMBDA, MOUSE_HEAVY
+
+    from immunofold.data.distillation import synthetic_receptors
+    from immunofold.data.features import featurise
+    from immunofold.sequences import number_receptor
+
+    train = [featurise("antibody", number_receptor("antibody", {"heavy": heavy, "light": light}))
+             for heavy, light in ((HUMAN_HEAVY, HUMAN_KAPPA), (MOUSE_HEAVY, HUMAN_LAMBDA))]
+    nanobody = featurise("nanobody", number_receptor("nanobody", {"heavy": CAMELID_VHH}))
+    rows = [{**nanobody, "name": "nbframe:1abc_A"}, {**nanobody, "name": "nbframe:7F5G_B"}]
+    receptors = synthetic_receptors(train, rows, {"7f5g"}, random.Random(0), {"antibody": 5, "tcr": 3})
+    kinds = [int(r["kind"]) for r in receptors]
+    assert kinds == [int(train[0]["kind"])] * 5 + [int(nanobody["kind"])]  # no TCR pairs to shuffle; 7f5g has a structure
+    assert all(len(r["restype"]) in (len(train[0]["restype"]) - len(HUMAN_KAPPA) + len(HUMAN_LAMBDA),
+                                     len(train[1]["restype"]) - len(HUMAN_LAMBDA) + len(HUMAN_KAPPA)) for r in receptors[:5])
 
 
 def test_teacher_targets_are_the_ensembles_consensus_and_the_error_head_skips_them():

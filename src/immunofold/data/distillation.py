@@ -41,11 +41,12 @@ def shuffled_receptor(first: dict, second: dict) -> dict:
     return example
 
 
-def synthetic_receptors(train: list[dict], nanobodies: list[dict], known_pdbs: set[str], rng: random.Random) -> list[dict]:
-    """Chain-shuffled antibodies and TCRs from `train` (SHUFFLED_PAIRS of each kind that has two paired receptors),
+def synthetic_receptors(train: list[dict], nanobodies: list[dict], known_pdbs: set[str], rng: random.Random,
+                        pairs: dict[str, int] = SHUFFLED_PAIRS) -> list[dict]:
+    """Chain-shuffled antibodies and TCRs from `train` (`pairs[kind]` of each kind that has two paired receptors),
     plus the sequence-only nanobody rows (data.cdr3_classes) whose PDB id is not in `known_pdbs`."""
     receptors = []
-    for kind, count in SHUFFLED_PAIRS.items():
+    for kind, count in pairs.items():
         paired = [e for e in train if KINDS[int(e["kind"])] == kind and (torch.as_tensor(e["chain_slot"]) == 1).any()]
         for _ in range(count if len(paired) >= 2 else 0):
             first, second = rng.sample(paired, 2)
@@ -75,9 +76,11 @@ def teacher_examples(receptors: list[dict], ensemble) -> list[dict]:
     return examples
 
 
-def cached_distillation_examples(root: str, cache_dir: str, train_split: str = "train", val_split: str = "val") -> list[dict]:
-    """The distillation set of the packaged ensemble from `train_split`'s chains, built once per weights version and
-    splits and cached in `cache_dir`."""
+def cached_distillation_examples(root: str, cache_dir: str, train_split: str = "train", val_split: str = "val",
+                                 pairs: dict[str, int] | None = None) -> list[dict]:
+    """The distillation set of the packaged ensemble from `train_split`'s chains (`pairs`: chain-shuffled receptors
+    per kind, default SHUFFLED_PAIRS), built once per weights version, splits and counts and cached in `cache_dir`."""
+    pairs = {**SHUFFLED_PAIRS, **(pairs or {})}
     from immunofold.ensemble import Ensemble  # the model package; data modules stay importable without it
 
     ensemble = Ensemble.packaged()
@@ -87,9 +90,10 @@ def cached_distillation_examples(root: str, cache_dir: str, train_split: str = "
         known = {entry.pdb.lower() for entry in read_summary(root)}
         labelled = os.path.exists(os.path.join(root, CLASS_FILE))
         nanobodies = cached_class_examples(root, cache_dir, val_split) if labelled else []
-        receptors = synthetic_receptors(train, nanobodies, known, random.Random(SEED))
+        receptors = synthetic_receptors(train, nanobodies, known, random.Random(SEED), pairs)
         examples = teacher_examples(receptors, ensemble)
         counts = {kind: sum(int(e["kind"]) == k for e in examples) for k, kind in enumerate(KINDS)}
         return examples, [], f"{len(examples)} distillation examples {counts} from weights {ensemble.version}"
 
-    return cached(cache_dir, f"distillation-{ensemble.version}-{train_split}-{val_split}", build)
+    counts = "" if pairs == SHUFFLED_PAIRS else "-" + "-".join(f"{kind}{count}" for kind, count in sorted(pairs.items()))
+    return cached(cache_dir, f"distillation-{ensemble.version}-{train_split}-{val_split}{counts}", build)

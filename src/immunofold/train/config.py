@@ -51,6 +51,7 @@ class TrainConfig:
     cdr3_fape_weight: float = 1.0  # FAPE weight of CDR3 points relative to the others
     cdr3_cluster_sampling: bool = False  # each epoch: one random example per identical-CDR3 cluster
     distillation: bool = False  # also train on the shipped ensemble's predictions of receptors without a structure (data.distillation)
+    distillation_pairs: dict[str, int] = field(default_factory=dict)  # chain-shuffled receptors per kind (antibody, tcr); default data.distillation.SHUFFLED_PAIRS
     standing_out_oversample: int = 1  # nanobody examples whose experimental CDR3 stands out (reach > 27 Å) count this many times more
     cdr3_class_batch: int = 4  # with model.cdr3_class_head: NbFrame label rows per step (trunk and class head only)
     cdr3_curriculum_epochs: int = 0  # > 0: the first epochs train on short CDR3s first (train.loop.curriculum_examples)
@@ -137,6 +138,11 @@ class TrainConfig:
             return f"oversample: unknown receptor kind(s) {', '.join(map(str, unknown))} (known: {', '.join(KINDS)})"
         if any(times < 1 for times in self.oversample.values()):
             return "oversample: every kind must be seen at least once per epoch (1 or more)"
+        unknown = [kind for kind in self.distillation_pairs if kind not in ("antibody", "tcr")]
+        if unknown:
+            return f"distillation_pairs: only paired kinds are chain-shuffled (antibody, tcr), not {', '.join(map(str, unknown))}"
+        if any(count < 0 for count in self.distillation_pairs.values()):
+            return "distillation_pairs: counts must be 0 or more"
         unknown = sorted(set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS))
         if unknown:
             return f"loss_weights: unknown term(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_LOSS_WEIGHTS)})"

@@ -120,7 +120,8 @@ def training_examples(config: TrainConfig) -> list[dict]:
         aux = cached_aux_examples(config.data_root, config.cache_dir, config.val_split)
         examples = examples + [e for e in aux if KINDS[int(e["kind"])] in config.aux_kinds]
     if config.distillation:
-        examples = examples + cached_distillation_examples(config.data_root, config.cache_dir, config.train_split, config.val_split)
+        examples = examples + cached_distillation_examples(config.data_root, config.cache_dir, config.train_split, config.val_split,
+                                                           config.distillation_pairs)
     if config.train_kinds:
         examples = [e for e in examples if KINDS[int(e["kind"])] in config.train_kinds]
     return examples
