@@ -483,3 +483,13 @@ def test_a_distillation_run_adds_teacher_examples_for_receptors_without_a_struct
     train(config, log=lambda message: None)  # a step over both kinds of example
     record = json.loads((tmp_path / "runs" / "tiny" / "log.jsonl").read_text())
     assert record["train"]["error"] > 0 and record["train"]["fape_backbone"] > 0
+
+
+def test_entries_of_excluded_sources_are_left_out_of_training(tmp_path):
+    from immunofold.train.loop import training_examples
+
+    config = tiny_config(tmp_path, epochs=1)  # one train nanobody, source "test"
+    config.exclude_sources = ["abdb_greifflab"]
+    assert [e["name"] for e in training_examples(config)] == ["7f5g_B"]
+    config.exclude_sources = ["abdb_greifflab", "test"]
+    assert training_examples(config) == []

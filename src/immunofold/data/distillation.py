@@ -77,17 +77,20 @@ def teacher_examples(receptors: list[dict], ensemble) -> list[dict]:
 
 
 def cached_distillation_examples(root: str, cache_dir: str, train_split: str = "train", val_split: str = "val",
-                                 pairs: dict[str, int] | None = None) -> list[dict]:
-    """The distillation set of the packaged ensemble from `train_split`'s chains (`pairs`: chain-shuffled receptors
-    per kind, default SHUFFLED_PAIRS), built once per weights version, splits and counts and cached in `cache_dir`."""
+                                 pairs: dict[str, int] | None = None, exclude_sources: list[str] = ()) -> list[dict]:
+    """The distillation set of the packaged ensemble from the chains of `train_split` less the entries of
+    `exclude_sources` (`pairs`: chain-shuffled receptors per kind, default SHUFFLED_PAIRS), built once per weights
+    version, splits, counts and exclusions and cached in `cache_dir`."""
     pairs = {**SHUFFLED_PAIRS, **(pairs or {})}
     from immunofold.ensemble import Ensemble  # the model package; data modules stay importable without it
 
     ensemble = Ensemble.packaged()
 
     def build() -> tuple[list[dict], list[str], str]:
-        train = cached_examples(root, train_split, cache_dir)
-        known = {entry.pdb.lower() for entry in read_summary(root)}
+        entries = read_summary(root)
+        excluded = {entry.name for entry in entries if entry.source in exclude_sources}
+        train = [e for e in cached_examples(root, train_split, cache_dir) if e["name"] not in excluded]
+        known = {entry.pdb.lower() for entry in entries}
         labelled = os.path.exists(os.path.join(root, CLASS_FILE))
         nanobodies = cached_class_examples(root, cache_dir, val_split) if labelled else []
         receptors = synthetic_receptors(train, nanobodies, known, random.Random(SEED), pairs)
@@ -96,4 +99,5 @@ def cached_distillation_examples(root: str, cache_dir: str, train_split: str = "
         return examples, [], f"{len(examples)} distillation examples {counts} from weights {ensemble.version}"
 
     counts = "" if pairs == SHUFFLED_PAIRS else "-" + "-".join(f"{kind}{count}" for kind, count in sorted(pairs.items()))
-    return cached(cache_dir, f"distillation-{ensemble.version}-{train_split}-{val_split}{counts}", build)
+    without = "-without-" + "-".join(sorted(exclude_sources)) if exclude_sources else ""
+    return cached(cache_dir, f"distillation-{ensemble.version}-{train_split}-{val_split}{counts}{without}", build)

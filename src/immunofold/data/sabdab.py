@@ -38,6 +38,7 @@ class Entry:
     path: str
     chain_ids: tuple[str, ...]
     sequences: tuple[str, ...]
+    source: str = ""  # the collection the entry came from (summary.tsv `source`), where given
 
     @property
     def name(self) -> str:
@@ -65,6 +66,7 @@ def read_summary(root: str) -> list[Entry]:
                         path=_structure_path(folder, row["pdb"]),
                         chain_ids=tuple(row[c] for c in id_columns[:n_chains]),
                         sequences=tuple(row.get(c, "") for c in seq_columns[:n_chains]),
+                        source=row.get("source") or "",
                     )
                 )
     return entries

@@ -48,6 +48,7 @@ class TrainConfig:
     oversample: dict[str, int] = field(default_factory=dict)  # kind -> times each example is seen per epoch
     aux_kinds: list[str] = field(default_factory=list)  # kinds of the extra heavy-chain backbones (data/aux.py) to train on
     train_kinds: list[str] = field(default_factory=list)  # train on these receptor kinds only (empty: all)
+    exclude_sources: list[str] = field(default_factory=list)  # train without the entries of these summary.tsv `source`s (keeps an out-of-fold set unseen)
     cdr3_fape_weight: float = 1.0  # FAPE weight of CDR3 points relative to the others
     cdr3_cluster_sampling: bool = False  # each epoch: one random example per identical-CDR3 cluster
     distillation: bool = False  # also train on the shipped ensemble's predictions of receptors without a structure (data.distillation)
