@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrator", help="score this calibration.json instead of the shipped one, whatever weights "
                         "it was fitted for (does a calibrator carry over to new weights? set $IMMUNOFOLD_WEIGHTS to them)")
     args = parser.parse_args(argv)
-    data = calibration_data.load(args.data, args.cache)
+    data = calibration_data.load(args.data, args.cache, fast=args.fast)
     if args.calibrator:
         with open(args.calibrator) as handle:
             calibrator = Calibrator.from_json(handle.read())
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Error estimate on val: raw vs calibrated",
         "",
-        f"By `python benchmarks/error_calibration.py`: weights `{data['weights']}`, unrefined, val split (never fitted "
+        f"By `python benchmarks/error_calibration.py{' --fast' if args.fast else ''}`: weights `{data['weights']}`, "
+        "unrefined, val split (never fitted "
         "on). Raw: sqrt(spread² + head²) (v0.7's B-factor column); calibrated: `immunofold.calibration` fitted on the "
         "out-of-fold set (benchmarks/results/calibration_fit.md). Predicted CDR3 RMSD: RMS of the per-residue errors "
         "over IMGT 105-117, as `prediction.cdr3_errors()` gives it; real: CDR3 RMSD over N, CA, C, CB after superposing "

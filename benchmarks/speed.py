@@ -46,8 +46,9 @@ from peers import igfold_peer
 from immunofold.allocator import keep_freed_memory
 from immunofold.data.sabdab import read_summary
 
-TOOLS = ("immunofold", "flashabb", "igfold", "immunebuilder")
-TOOL_LABELS = {"immunofold": "immunofold", "flashabb": "FlashABB", "igfold": "IgFold", "immunebuilder": "ImmuneBuilder"}
+TOOLS = ("immunofold", "immunofold-fast", "flashabb", "igfold", "immunebuilder")
+TOOL_LABELS = {"immunofold": "immunofold", "immunofold-fast": "immunofold --fast", "flashabb": "FlashABB",
+               "igfold": "IgFold", "immunebuilder": "ImmuneBuilder"}
 IB_EMBED_DIMS = {"antibody_model_1": 128, "antibody_model_2": 256, "antibody_model_3": 256, "antibody_model_4": 256}
 
 
@@ -114,13 +115,15 @@ def batch_sequences(data_root: str, split: str, size: int) -> list[tuple[str, st
 # --- immunofold ------------------------------------------------------------------------------
 
 
-def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
+def bench_immunofold(args, batches, tmp: str, result: dict, fast: bool = False) -> None:
+    """immunofold's stages and throughput; with `fast`, of its fast member set (`--fast`)."""
     from immunofold.data.features import collate, featurise
     from immunofold.ensemble import Ensemble, member_spread, superpose_members
     from immunofold.prediction import Predictor
-    from immunofold.weights import folder_member_sets, packaged_member_sets
+    from immunofold.weights import FAST_MEMBERS_FILE, MEMBERS_FILE, folder_member_sets, packaged_member_sets
 
-    files = folder_member_sets(args.weights_dir) if args.weights_dir else packaged_member_sets()
+    manifest = FAST_MEMBERS_FILE if fast else MEMBERS_FILE
+    files = folder_member_sets(args.weights_dir, manifest) if args.weights_dir else packaged_member_sets(fast)
     if not files:
         result["unavailable"] = "no immunofold weights found (none shipped, no --weights-dir / $IMMUNOFOLD_WEIGHTS)"
         return
@@ -178,7 +181,7 @@ def bench_immunofold(args, batches, tmp: str, result: dict) -> None:
         repeats = args.repeats if size <= 8 else args.large_repeats
         for _ in range(repeats):
             timer.time(f"unrefined, batch {size}", end_to_end, items)
-    if 1 in batches and not args.no_refine:
+    if 1 in batches and not args.no_refine and not fast:  # refinement does not depend on the member set
         for _ in range(args.repeats):
             timer.time("refined, batch 1", end_to_end, batches[1], True)
     for name, stat in timer.stats().items():
@@ -385,13 +388,15 @@ def markdown(report: dict) -> str:
         elif block.get("unavailable"):
             lines.append(f"- **{label}: not run — {block['unavailable']}.**")
     lines.append("")
-    if imf.get("stages"):
-        lines += [f"## immunofold stages (trastuzumab, batch 1; weights `{imf['weights']}`, {imf['members']} members)",
-                  "", "| stage | best | median |", "|---|--:|--:|"]
-        for name, stat in imf["stages"].items():
-            lines.append(f"| {name} | {fmt_s(stat['best'])} | {fmt_s(stat['median'])} |")
-        lines += [f"| *model forward, all members* | {fmt_s(imf['forward_all_members_best'])} | |",
-                  "", f"Loading the ensemble: {fmt_s(imf['load_seconds'])}.", ""]
+    for key in ("immunofold", "immunofold-fast"):
+        block = report["tools"].get(key, {})
+        if block.get("stages"):
+            lines += [f"## {TOOL_LABELS[key]} stages (trastuzumab, batch 1; weights `{block['weights']}`, "
+                      f"{block['members']} members)", "", "| stage | best | median |", "|---|--:|--:|"]
+            for name, stat in block["stages"].items():
+                lines.append(f"| {name} | {fmt_s(stat['best'])} | {fmt_s(stat['median'])} |")
+            lines += [f"| *model forward, all members* | {fmt_s(block['forward_all_members_best'])} | |",
+                      "", f"Loading the ensemble: {fmt_s(block['load_seconds'])}.", ""]
     if ib.get("stages"):
         lines += ["## ImmuneBuilder stages (trastuzumab; random weights)", "", "| stage | best | median |",
                   "|---|--:|--:|"]
@@ -450,13 +455,15 @@ def ratios(report: dict) -> dict:
     tools = report["tools"]
     imf = tools.get("immunofold", {}).get("throughput", {})
     out = {}
-    for size in report["batch_sizes"]:
-        ours = imf.get(f"unrefined, batch {size}")
-        fab = tools.get("flashabb", {}).get("throughput", {}).get(f"forward + write PDBs, batch {size}")
-        if ours and fab:
-            out[f"FlashABB / immunofold time, batch {size} (unrefined, with writing)"] = round(fab["best"] / ours["best"], 2)
-            out[f"FlashABB / immunofold CPU time, batch {size} (unrefined, with writing)"] = round(
-                fab["cpu_s_per_structure"] / ours["cpu_s_per_structure"], 2)
+    for key in ("immunofold", "immunofold-fast"):
+        for size in report["batch_sizes"]:
+            ours = tools.get(key, {}).get("throughput", {}).get(f"unrefined, batch {size}")
+            fab = tools.get("flashabb", {}).get("throughput", {}).get(f"forward + write PDBs, batch {size}")
+            if ours and fab:
+                label = TOOL_LABELS[key]
+                out[f"FlashABB / {label} time, batch {size} (unrefined, with writing)"] = round(fab["best"] / ours["best"], 2)
+                out[f"FlashABB / {label} CPU time, batch {size} (unrefined, with writing)"] = round(
+                    fab["cpu_s_per_structure"] / ours["cpu_s_per_structure"], 2)
     igfold = tools.get("igfold", {}).get("throughput", {}).get("unrefined, batch 1")
     if igfold and imf.get("unrefined, batch 1"):
         out["IgFold / immunofold time, batch 1, unrefined"] = round(igfold["best"] / imf["unrefined, batch 1"]["best"], 2)
@@ -507,6 +514,10 @@ def main(argv=None) -> int:
             bench_immunofold(args, batches, tmp, block)
             if refine_input is None and os.path.exists(os.path.join(tmp, "immunofold_unrefined_trastuzumab.pdb")):
                 refine_input = os.path.join(tmp, "immunofold_unrefined_trastuzumab.pdb")
+        if "immunofold-fast" in args.tools:
+            log("timing immunofold --fast")
+            report["tools"]["immunofold-fast"] = block = {}
+            bench_immunofold(args, batches, tmp, block, fast=True)
         if "igfold" in args.tools:
             log("timing IgFold")
             report["tools"]["igfold"] = block = {}

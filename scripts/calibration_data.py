@@ -42,6 +42,7 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--cache", default=DEFAULT_CACHE)
+    parser.add_argument("--fast", action="store_true", help="the shipped fast member set instead of the default one")
     return parser
 
 
@@ -180,11 +181,13 @@ def _record(prediction, truth: dict) -> dict:
     }
 
 
-def load(data_root: str, cache_dir: str = DEFAULT_CACHE, members_of: str | None = None) -> dict:
+def load(data_root: str, cache_dir: str = DEFAULT_CACHE, members_of: str | None = None, fast: bool = False) -> dict:
     """{"oof": records, "val": records, "oof_counts": ..., "weights": version}; predictions cached per weights version.
-    members_of: predict every receptor with the shipped members of this kind (default: each kind with its own)."""
+    members_of: predict every receptor with the shipped members of this kind (default: each kind with its own).
+    fast: the shipped fast member set (weights.FAST_MEMBERS_FILE) instead of the default one."""
     numbered = numbered_entries(data_root, cache_dir)
-    predictor = Predictor(Ensemble(packaged_member_sets()[members_of])) if members_of else Predictor()
+    sets = packaged_member_sets(fast)
+    predictor = Predictor(Ensemble(sets[members_of])) if members_of else Predictor(Ensemble(sets))
     path = os.path.join(cache_dir, f"predictions-{predictor.ensemble.version}.pkl")
     if os.path.exists(path):
         with open(path, "rb") as handle:

@@ -1,8 +1,9 @@
 """Refit the error calibrator (immunofold.calibration) on the out-of-fold set and write
-src/immunofold/weights/calibration.json and benchmarks/results/calibration_fit.md.
+src/immunofold/weights/calibration.json and benchmarks/results/calibration_fit.md (with --fast, for the fast member
+set: calibration-fast.json and calibration_fit_fast.md).
 
 Usage: python scripts/fit_calibration.py [--data ../shared/data] [--cache /tmp/immunofold-calibration]
-[--members-of KIND]
+[--members-of KIND] [--fast]
 
 The OOF set and its predictions come from scripts/calibration_data.py (the shipped ensemble, unrefined; cached);
 with --members-of KIND, every receptor is predicted by the shipped members of that kind instead of its own kind's
@@ -25,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import calibration_data  # noqa: E402
 
-from immunofold.calibration import PACKAGED_FILE, Calibrator, fit  # noqa: E402
+from immunofold.calibration import FAST_FILE, PACKAGED_FILE, Calibrator, fit  # noqa: E402
 from immunofold.constants import KINDS  # noqa: E402
 from immunofold.metrics import error_spearman  # noqa: E402
 from immunofold.weights import packaged_member_sets, weights_version  # noqa: E402
@@ -93,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = calibration_data.argument_parser(__doc__.splitlines()[0])
     parser.add_argument("--members-of", choices=KINDS, help="predict every receptor with this kind's shipped members")
     args = parser.parse_args(argv)
-    data = calibration_data.load(args.data, args.cache, args.members_of)
-    version = weights_version(packaged_member_sets())  # the shipped ensemble, which the parameters are for
-    predicted_by = (f"the shipped {args.members_of} members ({data['weights']}) for every kind" if args.members_of
-                    else "the shipped ensemble")
+    data = calibration_data.load(args.data, args.cache, args.members_of, args.fast)
+    version = weights_version(packaged_member_sets(args.fast))  # the shipped ensemble, which the parameters are for
+    shipped = "the shipped fast set's" if args.fast else "the shipped"
+    predicted_by = (f"{shipped} {args.members_of} members ({data['weights']}) for every kind" if args.members_of
+                    else ("the shipped fast set" if args.fast else "the shipped ensemble"))
     fitted_on = {
         "data": "../shared/data train rows of sources " + ", ".join(calibration_data.NEW_SOURCES)
         + " (updates 2 and 3), less those sharing a CDR3 with, or >= 95 % identical to, an older train entry of the "
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     fitted_on["left_out"] = f"framework RMSD > {MAX_FRAMEWORK_RMSD:g} Å: " + (", ".join(dropped) or "none")
     prior, cv, prior_rows = choose_position_prior(records, version)
     calibrator = fit(records, version, fitted_on, position_prior=prior)
-    path = os.path.join(ROOT, "src", "immunofold", PACKAGED_FILE)
+    path = os.path.join(ROOT, "src", "immunofold", FAST_FILE if args.fast else PACKAGED_FILE)
     with open(path, "w") as handle:
         handle.write(calibrator.to_json() + "\n")
     print(f"wrote {os.path.relpath(path)}")
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Error calibrator fit (out-of-fold set)",
         "",
-        f"By `python scripts/fit_calibration.py{f' --members-of {args.members_of}' if args.members_of else ''}`, for weights "
+        f"By `python scripts/fit_calibration.py{' --fast' if args.fast else ''}"
+        f"{f' --members-of {args.members_of}' if args.members_of else ''}`, for weights "
         f"`{version}`. Fitted on {calibrator.fitted_on['receptors']} "
         f"receptors ({calibrator.fitted_on['residues']} residues with a real CA deviation): {fitted_on['data']}. "
         f"Left out, {fitted_on['left_out']}.",
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {k} | {v:+.3f} | {np.exp(v):.2f} |" for k, v in
           sorted(calibrator.position_offsets.items(), key=lambda kv: -abs(kv[1]))[:LARGEST_SHOWN]),
     ]
-    with open(REPORT, "w") as handle:
+    with open(REPORT.replace(".md", "_fast.md") if args.fast else REPORT, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

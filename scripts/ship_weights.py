@@ -2,6 +2,12 @@
 
 Usage: python scripts/ship_weights.py --release v0.7 --configs configs runs/v0.7/pair-r1b ...
        [--kind-members tcr=data-r3,pair-r1b,pass2-d6,pass2-probe]
+       python scripts/ship_weights.py --fast-set --release v0.8-fast --configs configs runs/v1.0/fast-r1 runs/v1.0/fast-r1b
+       --kind-members tcr=data-r3,pair-r1b,pass2-d6,pass2-probe
+
+With --fast-set the runs are added beside the shipped members as the fast member set (members-fast.json, which
+--kind-members may fill with members already shipped); nothing is removed and the README's table rows for the new
+members are printed, to be added to weights/README.md by hand.
 
 Each member's safetensors file keeps its metadata (the config as run, epoch, val metrics, wall time,
 hardware, commit) and gains the release name; weights/README.md gets one row per member and each
@@ -20,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from immunofold.constants import KINDS
-from immunofold.weights import MEMBERS_FILE
+from immunofold.weights import FAST_MEMBERS_FILE, MEMBERS_FILE
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "..", "src", "immunofold", "weights")
 
@@ -43,6 +49,7 @@ def main() -> None:
     parser.add_argument("--configs", help="folder of the committed configs (found by their `name:`) to ship beside the weights")
     parser.add_argument("--kind-members", action="append", default=[], metavar="KIND=NAME,NAME",
                         help="the members (run names) that predict one receptor kind; repeat per kind (default: all)")
+    parser.add_argument("--fast-set", action="store_true", help="add the runs as the fast member set (see above)")
     parser.add_argument("runs", nargs="+", help="run folders holding best.safetensors")
     args = parser.parse_args()
     kind_members = dict(option.split("=", 1) for option in args.kind_members)
@@ -50,7 +57,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: --kind-members: unknown kind {', '.join(sorted(unknown))} ({', '.join(KINDS)})")
     os.makedirs(WEIGHTS_DIR, exist_ok=True)
-    for old in os.listdir(WEIGHTS_DIR):
+    shipped = {n[: -len(".safetensors")] for n in os.listdir(WEIGHTS_DIR) if n.endswith(".safetensors")}
+    for old in [] if args.fast_set else os.listdir(WEIGHTS_DIR):
         if old.endswith((".safetensors", ".yaml")) or old == MEMBERS_FILE:
             os.remove(os.path.join(WEIGHTS_DIR, old))
     infos = []
@@ -59,10 +67,10 @@ def main() -> None:
             infos.append(json.loads(handle.metadata()["info"]))
     names = [info["config"]["name"] for info in infos]
     sets = {kind: kind_members[kind].split(",") if kind in kind_members else names for kind in KINDS}
-    missing = {member for members in sets.values() for member in members} - set(names)
+    missing = {member for members in sets.values() for member in members} - set(names) - (shipped if args.fast_set else set())
     if missing:
         raise SystemExit(f"error: --kind-members names {', '.join(sorted(missing))}, not among the runs given")
-    with open(os.path.join(WEIGHTS_DIR, MEMBERS_FILE), "w") as handle:
+    with open(os.path.join(WEIGHTS_DIR, FAST_MEMBERS_FILE if args.fast_set else MEMBERS_FILE), "w") as handle:
         json.dump({kind: [f"{member}.safetensors" for member in members] for kind, members in sets.items()}, handle, indent=1)
     rows = []
     for run, info, name in zip(args.runs, infos, names):
@@ -81,6 +89,9 @@ def main() -> None:
             f"{info['device']} | {info.get('train_examples', '?')} | {val['antibody']['H3']:.2f} / {val['antibody']['Hfr']:.2f} | "
             f"{val['nanobody']['H3']:.2f} | {val['tcr']['A3']:.2f} / {val['tcr']['B3']:.2f} | {info.get('commit', 'unknown')[:12]} |"
         )
+    if args.fast_set:
+        print("\n".join(rows))
+        return
     size = sum(os.path.getsize(os.path.join(WEIGHTS_DIR, n)) for n in os.listdir(WEIGHTS_DIR) if n.endswith(".safetensors"))
     readme = f"""# Shipped weights: release {args.release}
 

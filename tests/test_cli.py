@@ -282,3 +282,15 @@ def test_a_chain_without_cdr3_prints_n_a_for_its_cdr3_error(tmp_path):
     assert code == 0, stderr
     assert "(H3 n/a Å)" in stdout and "H3 nan" not in stdout
     assert "before FR4 (IMGT 118-128)" in stderr
+
+
+def test_fast_predicts_with_the_fast_sets_members_and_says_so_in_the_file(tmp_path):
+    from immunofold.ensemble import Ensemble
+
+    fast, default = tmp_path / "fast.pdb", tmp_path / "default.pdb"
+    code, stdout, stderr = immunofold(*ANTIBODY, "--fast", "--save-ensemble", str(tmp_path / "members"), "-o", str(fast))
+    assert code == 0, stderr
+    assert f"WEIGHTS {Ensemble.packaged(fast=True).version}" in fast.read_text()
+    assert len(list((tmp_path / "members").iterdir())) == 2  # two members, not four
+    assert immunofold(*ANTIBODY, "-o", str(default))[0] == 0
+    assert f"WEIGHTS {Ensemble.packaged().version}" in default.read_text()

@@ -208,3 +208,21 @@ def test_cli_predict_notes_backbone_outliers_refinement_left(tmp_path, capsys, m
     assert f"note: {left}" in captured.err and ", refined," in captured.out
     remarks = " ".join(line[11:].strip() for line in out.read_text().splitlines() if line.startswith("REMARK 250"))
     assert "REFINED YES (BACKBONE OUTLIERS REMAIN: TWISTED PEPTIDE H5 VAL - H6 GLU: OMEGA 140 deg)" in remarks
+
+
+def test_the_fast_set_predicts_antibodies_with_two_members_and_tcrs_as_the_full_ensemble_does():
+    import immunofold
+    from immunofold.ensemble import Ensemble
+    from test_sequences import TCR_ALPHA, TCR_BETA
+
+    fast = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, fast=True)
+    full = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False)
+    assert fast.weights_version == Ensemble.packaged(fast=True).version != full.weights_version
+    assert len(fast.members) == 2 and len(full.members) == 4
+    assert fast.error_calibrated and full.error_calibrated  # each set has its own calibrator
+    assert np.abs(fast.atom14 - full.atom14).max() > 0.1
+    tcr_fast = immunofold.predict(alpha=TCR_ALPHA, beta=TCR_BETA, refine=False, fast=True)
+    tcr_full = immunofold.predict(alpha=TCR_ALPHA, beta=TCR_BETA, refine=False)
+    assert np.array_equal(tcr_fast.atom14, tcr_full.atom14)  # TCRs keep the four members
+    with pytest.raises(TypeError, match="fast must be True or False"):
+        immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, fast="yes")

@@ -11,7 +11,8 @@ def test_version_names_the_package_and_the_weights_predictions_report(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"immunofold {__version__}, weights {Ensemble.packaged().version}"
+    assert capsys.readouterr().out.strip() == (f"immunofold {__version__}, weights {Ensemble.packaged().version}, "
+                                               f"fast set {Ensemble.packaged(fast=True).version}")
 
 
 def test_version_says_when_no_weights_are_found(tmp_path, monkeypatch, capsys):

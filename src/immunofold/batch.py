@@ -668,7 +668,8 @@ class _Pipeline:
 
             self._predictor = Predictor(device=self.device,
                                         clean_geometry=self.recorder.store.options.get("clean_geometry", False),
-                                        members_side_by_side=self.threads is not None)
+                                        members_side_by_side=self.threads is not None,
+                                        fast=self.recorder.store.options.get("fast", False))
         return self._predictor
 
     def _numbered(self, records: Iterable[Record], executor):
@@ -930,12 +931,12 @@ def remove_superseded(store: RecordStore, finished: FinishedRecords) -> int:
     return removed
 
 
-def _weights_version(predictor) -> str:
+def _weights_version(predictor, fast: bool) -> str:
     if predictor is not None:
         return predictor.ensemble.version
     from immunofold.weights import required_member_sets, weights_version
 
-    return weights_version(required_member_sets())
+    return weights_version(required_member_sets(fast))
 
 
 def run_batch(
@@ -959,6 +960,7 @@ def run_batch(
     ray_workers: int | None = None,
     developability: bool = False,
     clean_geometry: bool = False,
+    fast: bool = False,
 ) -> BatchReport:
     """Predict every record of a FASTA/CSV/TSV/AIRR file into `outdir`; resumable (see module docs).
 
@@ -980,6 +982,7 @@ def run_batch(
     developability: add each antibody's TAP and each nanobody's TNP profile (value and flag per metric) to the
     summary (`developability_columns()`; empty cells for other kinds), computed where the structure is rendered.
     clean_geometry: give unrefined models real peptide bonds and no clashes without OpenMM (`cleanup`).
+    fast: the packaged fast member set (`prediction.predict`'s `fast`); a run resumes only with the set it began with.
     """
     start = time.perf_counter()
     if kind not in KIND_CHOICES:
@@ -1032,7 +1035,7 @@ def run_batch(
     total, notes = _count_and_notes(records(), kind)
     for note in notes:
         (on_note or (lambda text: None))(note)
-    weights = _weights_version(predictor)  # unusable weights stop the run before it makes a folder
+    weights = _weights_version(predictor, fast)  # unusable weights stop the run before it makes a folder
     try:
         os.makedirs(os.path.join(outdir, STATE_DIR, RECORDS_DIR), exist_ok=True)
     except OSError as error:  # a full or read-only disk stops the run; a path through a file is the user's to fix
@@ -1041,6 +1044,8 @@ def run_batch(
     options = {"kind": kind, "numbering": numbering, "refine": bool(refine), "fmt": fmt, "weights": weights}
     if developability:  # only when asked: the fingerprints of runs without it stay as they were
         options["developability"] = True
+    if fast:  # only when asked: the fingerprints of runs without it stay as they were
+        options["fast"] = True
     if clean_geometry:
         if predictor is not None and not predictor.ensemble.clean:
             raise InputError("options", "clean_geometry needs a predictor whose ensemble cleans (Ensemble(clean=True))")
@@ -1168,7 +1173,7 @@ def _batch_command(args: argparse.Namespace) -> int:
             device=args.device, progress=not args.quiet, on_note=note,
             threads=default_threads(workers, refine=not args.no_refine) if args.threads is None else args.threads,
             engine=args.engine, address=args.address, ray_workers=args.workers if args.engine == "ray" else None,
-            developability=args.developability, clean_geometry=args.clean_geometry,
+            developability=args.developability, clean_geometry=args.clean_geometry, fast=args.fast,
         )
     except (InputError, PlotsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -1221,9 +1226,10 @@ def add_batch_parser(commands) -> None:
         "--no-refine", action="store_true",
         help="skip OpenMM refinement (about 5x faster; raw network geometry: some broken peptide bonds and clashes)",
     )
-    from immunofold.cli import CLEAN_GEOMETRY_HELP
+    from immunofold.cli import CLEAN_GEOMETRY_HELP, FAST_HELP
 
     parser.add_argument("--clean-geometry", action="store_true", help=CLEAN_GEOMETRY_HELP)
+    parser.add_argument("--fast", action="store_true", help=FAST_HELP)
     parser.add_argument("--developability", action="store_true",
                         help="add the TAP (antibodies) / TNP (nanobodies) developability metrics and flags to the summary "
                         "(tap_* and tnp_* columns)")

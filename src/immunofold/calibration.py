@@ -40,6 +40,7 @@ MIN_RECEPTORS_FOR_LENGTH_SLOPE = 50
 # over receptors of the out-of-fold set (scripts/fit_calibration.py, benchmarks/results/calibration_fit.md).
 POSITION_PRIOR = 0.15
 PACKAGED_FILE = "weights/calibration.json"
+FAST_FILE = "weights/calibration-fast.json"  # the fast member set's (weights.FAST_MEMBERS_FILE)
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,12 @@ def _fill_missing(theta: np.ndarray) -> np.ndarray:
 
 
 def packaged_calibrator(weights_version: str) -> Calibrator | None:
-    """The shipped calibrator if it was fitted for `weights_version`, else None (error left uncalibrated)."""
-    path = resources.files("immunofold") / PACKAGED_FILE
-    if not path.is_file():
-        return None
-    calibrator = Calibrator.from_json(path.read_text())
-    return calibrator if calibrator.weights_version == weights_version else None
+    """The shipped calibrator fitted for `weights_version` (the default or the fast member set's), else None (error
+    left uncalibrated)."""
+    for name in (PACKAGED_FILE, FAST_FILE):
+        path = resources.files("immunofold") / name
+        if path.is_file():
+            calibrator = Calibrator.from_json(path.read_text())
+            if calibrator.weights_version == weights_version:
+                return calibrator
+    return None

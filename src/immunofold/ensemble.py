@@ -128,9 +128,11 @@ class Ensemble:
         self.needs_language = any(model.config.language_dim > 0 for model in self.models)
 
     @classmethod
-    def packaged(cls, device: str = "cpu", clean: bool = False, members_side_by_side: bool = False) -> "Ensemble":
-        """The shipped members (or those of $IMMUNOFOLD_WEIGHTS); WeightsError if there are none."""
-        return cls(required_member_sets(), device, clean, members_side_by_side)
+    def packaged(cls, device: str = "cpu", clean: bool = False, members_side_by_side: bool = False,
+                 fast: bool = False) -> "Ensemble":
+        """The shipped members (or those of $IMMUNOFOLD_WEIGHTS), the fast set's if `fast`; WeightsError if there are
+        none."""
+        return cls(required_member_sets(fast), device, clean, members_side_by_side)
 
     def models_of(self, kind: str) -> list:
         """The members that predict receptors of `kind`, in order."""

@@ -84,7 +84,7 @@ class RayWorker:
     """One Ray actor: loads the ensemble once, then predicts chunks of records."""
 
     def __init__(self, kind: str, batch_size: int, refine: bool, numbering: str, fmt: str, device: str,
-                 developability: bool = False, clean_geometry: bool = False):
+                 developability: bool = False, clean_geometry: bool = False, fast: bool = False):
         import torch
 
         from immunofold.allocator import keep_freed_memory
@@ -94,7 +94,7 @@ class RayWorker:
         keep_freed_memory()  # the actor owns its process, as the command line does
         self.kind, self.batch_size, self.refine, self.numbering, self.fmt = kind, batch_size, refine, numbering, fmt
         self.developability = developability
-        self.predictor = Predictor(device=device, clean_geometry=clean_geometry)
+        self.predictor = Predictor(device=device, clean_geometry=clean_geometry, fast=fast)
 
     def pid(self) -> int:
         return os.getpid()
@@ -149,7 +149,7 @@ class RayEngine:
         self.recorder = recorder
         options = recorder.store.options
         self.worker_args = (kind, batch_size, refine, numbering, options["fmt"], device, options.get("developability", False),
-                            options.get("clean_geometry", False))
+                            options.get("clean_geometry", False), options.get("fast", False))
         self.address, self.workers = address, workers
         self.actors: list = []
         self.in_flight: dict = {}  # future of a task sent to an actor -> (actor index, its records)

@@ -88,21 +88,26 @@ WEIGHTS_ENV = "IMMUNOFOLD_WEIGHTS"  # a folder of members (and optionally MEMBER
 # [...]} (as ImmuneBuilder has a model set per kind): every kind named, each member a file of that folder. Without
 # it, every member in the folder serves every kind.
 MEMBERS_FILE = "members.json"
+# Beside it, the fast member set (`--fast`): fewer, distilled members for antibodies and nanobodies, in the same format.
+FAST_MEMBERS_FILE = "members-fast.json"
 
 
 def _weights_folder() -> str:
     return os.environ.get(WEIGHTS_ENV) or str(resources.files("immunofold") / PACKAGED_WEIGHTS_DIR)
 
 
-def folder_member_sets(folder: str) -> MemberSets:
-    """Each kind's members in `folder` (paths): as its MEMBERS_FILE lists them (a file name in the folder per member,
-    every kind named), else every *.safetensors file in name order for every kind; {} for a folder with no weights.
+def folder_member_sets(folder: str, manifest_name: str = MEMBERS_FILE) -> MemberSets:
+    """Each kind's members in `folder` (paths): as its `manifest_name` file lists them (a file name in the folder per
+    member, every kind named), else every *.safetensors file in name order for every kind; {} for a folder with no
+    weights, or without the manifest when it is not MEMBERS_FILE (a fast set exists only where a file names it).
     Raises WeightsError for a members file that is unreadable, malformed or names a file the folder lacks."""
     if not os.path.isdir(folder):
         return {}
-    manifest = os.path.join(folder, MEMBERS_FILE)
+    manifest = os.path.join(folder, manifest_name)
     if os.path.lexists(manifest):
         return _manifest_member_sets(folder, manifest)
+    if manifest_name != MEMBERS_FILE:
+        return {}
     files = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".safetensors"))
     return member_sets(files) if files else {}
 
@@ -135,16 +140,19 @@ def _manifest_member_sets(folder: str, manifest: str) -> MemberSets:
     return sets
 
 
-def packaged_member_sets() -> MemberSets:
-    """Each kind's members: those in $IMMUNOFOLD_WEIGHTS if set, else those shipped in the package ({} if none)."""
-    return folder_member_sets(_weights_folder())
+def packaged_member_sets(fast: bool = False) -> MemberSets:
+    """Each kind's members (of the fast set if `fast`): those in $IMMUNOFOLD_WEIGHTS if set, else those shipped in the
+    package ({} if none)."""
+    return folder_member_sets(_weights_folder(), FAST_MEMBERS_FILE if fast else MEMBERS_FILE)
 
 
-def required_member_sets() -> MemberSets:
-    """`packaged_member_sets()`, or a WeightsError naming where it looked if there are none."""
-    sets = packaged_member_sets()
+def required_member_sets(fast: bool = False) -> MemberSets:
+    """`packaged_member_sets(fast)`, or a WeightsError naming where it looked if there are none."""
+    sets = packaged_member_sets(fast)
     if sets:
         return sets
+    if fast:
+        raise WeightsError(f"no fast member set ({FAST_MEMBERS_FILE}) in {_weights_folder()}")
     if os.environ.get(WEIGHTS_ENV):
         raise WeightsError(f"no weight files (*.safetensors) in ${WEIGHTS_ENV} = {os.environ[WEIGHTS_ENV]}")
     raise WeightsError(f"no weight files found in the package ({_weights_folder()}); reinstall immunofold")
