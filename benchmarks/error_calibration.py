@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
 from common import RESULTS_DIR  # noqa: E402
 
-from immunofold.calibration import Calibrator, packaged_calibrator  # noqa: E402
+from immunofold.calibration import Calibrator, borrowed_calibrators, packaged_calibrator  # noqa: E402
+from immunofold.weights import packaged_member_sets  # noqa: E402
 from immunofold.constants import KIND_CHAIN_IDS, KINDS  # noqa: E402
 from immunofold.metrics import error_spearman, roc_auc  # noqa: E402
 
@@ -149,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if calibrator is None:
         raise SystemExit(f"no shipped calibrator for weights {data['weights']}: run scripts/fit_calibration.py")
     records = data["val"]
-    calibrated = [calibrator.apply(r["kind"], r["slot"], r["position"], r["spread"], r["head_error"]) for r in records]
+    # kinds the fast set shares with the default one get the default's calibrator, as prediction does
+    borrowed = {} if args.calibrator else borrowed_calibrators(packaged_member_sets(args.fast))
+    calibrated = [borrowed.get(r["kind"], calibrator).apply(r["kind"], r["slot"], r["position"], r["spread"],
+                                                            r["head_error"]) for r in records]
     estimates = {"raw": raw_errors(records), "calibrated": calibrated}
     if args.previous:
         with open(args.previous) as handle:

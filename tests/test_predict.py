@@ -224,5 +224,6 @@ def test_the_fast_set_predicts_antibodies_with_two_members_and_tcrs_as_the_full_
     tcr_fast = immunofold.predict(alpha=TCR_ALPHA, beta=TCR_BETA, refine=False, fast=True)
     tcr_full = immunofold.predict(alpha=TCR_ALPHA, beta=TCR_BETA, refine=False)
     assert np.array_equal(tcr_fast.atom14, tcr_full.atom14)  # TCRs keep the four members
+    assert np.array_equal(tcr_fast.error, tcr_full.error) and tcr_fast.error_calibrated  # and their calibrator
     with pytest.raises(TypeError, match="fast must be True or False"):
         immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, fast="yes")

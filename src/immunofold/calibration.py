@@ -224,3 +224,18 @@ def packaged_calibrator(weights_version: str) -> Calibrator | None:
             if calibrator.weights_version == weights_version:
                 return calibrator
     return None
+
+
+def borrowed_calibrators(sets: dict[str, list[str]]) -> dict[str, Calibrator]:
+    """For member sets other than the shipped default (the fast set): the default set's calibrator for each kind
+    whose members are the default set's own, whose predictions, and so errors, are the default's ({} otherwise)."""
+    from immunofold.weights import packaged_member_sets, weights_version
+
+    default = packaged_member_sets()
+    if not default or weights_version(sets) == weights_version(default):
+        return {}
+    calibrator = packaged_calibrator(weights_version(default))
+    if calibrator is None:
+        return {}
+    return {kind: calibrator for kind, members in sets.items() if members == default.get(kind)}
+

@@ -124,6 +124,7 @@ class Ensemble:
         loaded = [_loaded_member(path) for path in self.files]
         self.models = [model.to(self.device) for model, _ in loaded]
         self.infos = [info for _, info in loaded]
+        self.member_sets = sets  # kind -> member file paths
         self.version = weights_version(sets)
         self.needs_language = any(model.config.language_dim > 0 for model in self.models)
 

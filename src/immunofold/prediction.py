@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from immunofold import __version__
-from immunofold.calibration import packaged_calibrator
+from immunofold.calibration import borrowed_calibrators, packaged_calibrator
 from immunofold.constants import KIND_CHAIN_IDS, KIND_INDEX, RESTYPE_INDEX, UNKNOWN_RESTYPE, is_cdr
 from immunofold.cleanup import clean_geometry
 from immunofold.data.features import collate, featurise
@@ -249,6 +249,7 @@ class Predictor:
         `Ensemble`)."""
         self.ensemble = ensemble or Ensemble.packaged(device, clean_geometry, members_side_by_side, fast)
         self.calibrator = packaged_calibrator(self.ensemble.version)
+        self.kind_calibrators = borrowed_calibrators(self.ensemble.member_sets)  # kinds the set shares with the default
 
     def with_clean_geometry(self) -> "Predictor":
         """A Predictor over the same loaded members whose consensus goes through `cleanup.clean_geometry`;
@@ -294,10 +295,11 @@ class Predictor:
         name, kind, chains = item
         spread, head_error = output.spread[row, :n].numpy(), output.head_error[row, :n].numpy()
         error = output.error[row, :n].numpy()
-        if self.calibrator is not None:
+        calibrator = self.kind_calibrators.get(kind, self.calibrator)
+        if calibrator is not None:
             slot = np.concatenate([np.full(len(c), s) for s, c in enumerate(chains)])
             position = np.array([number for c in chains for number, _ in c.positions])
-            error = self.calibrator.apply(kind, slot, position, spread, head_error).astype(np.float32)
+            error = calibrator.apply(kind, slot, position, spread, head_error).astype(np.float32)
         return Prediction(
             name=name,
             kind=kind,
@@ -312,7 +314,7 @@ class Predictor:
             head_error=head_error,
             weights_version=self.ensemble.version,
             geometry_cleaned=self.ensemble.clean,
-            error_calibrated=self.calibrator is not None,
+            error_calibrated=calibrator is not None,
             notes=[note for c in chains for note in c.notes],
         )
 
