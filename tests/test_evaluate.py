@@ -29,6 +29,12 @@ def test_evaluate_writes_the_documented_json_and_a_csv(tmp_path, capsys):
     header, values = rows[0].split(","), rows[1].split(",")
     assert values[header.index("truth_chain_breaks")] == "0"
 
+    fast = tmp_path / "fast.json"
+    assert main(["evaluate", "--data", folder, "--split", "val", "--out", str(fast), "--fast"]) == 0
+    from immunofold.ensemble import Ensemble
+
+    assert json.loads(fast.read_text())["weights"] == Ensemble.packaged(fast=True).version != summary["weights"]
+
 
 def test_chain_breaks_count_missing_residues_within_a_chain_only():
     from immunofold.metrics import count_chain_breaks
@@ -140,6 +146,8 @@ def test_evaluate_refuses_what_it_cannot_do_in_one_line_before_predicting(tmp_pa
         (["--data", str(tmp_path)], f"--data {tmp_path}: no summary.tsv under it"),
         (["--data", folder, "--split", "train", "--limit", "-3"], "--limit -3: give 1 or more"),
         (["--data", folder, "--split", "train", "--limit", "0"], "--limit 0: give 1 or more"),
+        (["--data", folder, "--split", "train", "--fast", "--weights", folder],
+         "--fast picks the packaged fast member set: leave out --weights"),
     ]
     import torch
 

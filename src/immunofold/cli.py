@@ -220,6 +220,8 @@ def _evaluate_problem(args: argparse.Namespace) -> str | None:
 
     if args.limit is not None and args.limit < 1:
         return f"--limit {args.limit}: give 1 or more"
+    if args.fast and args.weights:
+        return "--fast picks the packaged fast member set: leave out --weights"
     try:
         check_device(args.device, "--device")
     except InputError as error:
@@ -257,7 +259,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.weights and len(args.weights) == 1 and os.path.isdir(args.weights[0]):
             ensemble = Ensemble(folder_member_sets(args.weights[0]), args.device)  # its members.json, if any
         else:
-            ensemble = Ensemble(args.weights, args.device) if args.weights else Ensemble.packaged(args.device)
+            ensemble = Ensemble(args.weights, args.device) if args.weights else Ensemble.packaged(args.device, fast=args.fast)
     except WeightsError as error:  # a missing or unreadable weight file, a members.json without a kind
         print(f"error: weights: {error}", file=sys.stderr)
         return 2
@@ -327,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", nargs="+", default=None,
                           help="weight files for every kind, or one folder of them (with its members.json, if any, "
                           "naming each kind's members); default: the shipped ensemble")
+    evaluate.add_argument("--fast", action="store_true", help="evaluate the packaged fast member set (predict --fast)")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N entries")
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     evaluate.set_defaults(handler=_evaluate)
