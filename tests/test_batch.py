@@ -899,22 +899,23 @@ def test_an_interrupted_runs_workers_are_stopped_at_once():
 
 
 def test_fast_runs_record_the_fast_sets_weights_and_a_rerun_without_it_predicts_again(tmp_path):
-    """`immunofold batch --fast`: antibodies and nanobodies by the fast member set, TCRs as by default; resuming
+    """`immunofold batch --fast`: antibodies by the fast member set, nanobodies and TCRs as by default; resuming
     follows the set (a record finished by one set is predicted again by the other)."""
     from immunofold.ensemble import Ensemble
 
     fasta = tmp_path / "in.fasta"
-    fasta.write_text(f">nb1\n{NB1}\n>tcr1|A\n{TCR1_A}\n>tcr1|B\n{TCR1_B}\n")
+    fasta.write_text(f">ab1|H\n{AB1_H}\n>ab1|L\n{AB1_L}\n>nb1\n{NB1}\n")
     fast_version, default_version = Ensemble.packaged(fast=True).version, Ensemble.packaged().version
     assert fast_version != default_version
     code = main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--no-refine", "--fast", "--quiet"])
     assert code == 0
     summary = {row["name"]: row for row in read_csv(tmp_path / "out" / "summary.csv")}
     assert {row["status"] for row in summary.values()} == {"ok"}
-    nanobody = (tmp_path / "out" / "nb1.pdb").read_text()
-    assert f"WEIGHTS {fast_version}" in nanobody
+    antibody, nanobody = ((tmp_path / "out" / f"{name}.pdb").read_text() for name in ("ab1", "nb1"))
+    assert f"WEIGHTS {fast_version}" in antibody and f"WEIGHTS {fast_version}" in nanobody
     code = main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--no-refine", "--quiet"])
     assert code == 0
-    again = (tmp_path / "out" / "nb1.pdb").read_text()
+    again, nanobody_again = ((tmp_path / "out" / f"{name}.pdb").read_text() for name in ("ab1", "nb1"))
     assert f"WEIGHTS {default_version}" in again
-    assert again.split("\nATOM", 1)[1] != nanobody.split("\nATOM", 1)[1]  # other members, other atoms
+    assert again.split("\nATOM", 1)[1] != antibody.split("\nATOM", 1)[1]  # other members, other atoms
+    assert nanobody_again.split("\nATOM", 1)[1] == nanobody.split("\nATOM", 1)[1]  # the same four members

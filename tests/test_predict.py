@@ -210,10 +210,10 @@ def test_cli_predict_notes_backbone_outliers_refinement_left(tmp_path, capsys, m
     assert "REFINED YES (BACKBONE OUTLIERS REMAIN: TWISTED PEPTIDE H5 VAL - H6 GLU: OMEGA 140 deg)" in remarks
 
 
-def test_the_fast_set_predicts_antibodies_with_two_members_and_tcrs_as_the_full_ensemble_does():
+def test_the_fast_set_predicts_antibodies_with_two_members_and_other_kinds_as_the_full_ensemble_does():
     import immunofold
     from immunofold.ensemble import Ensemble
-    from test_sequences import TCR_ALPHA, TCR_BETA
+    from test_sequences import CAMELID_VHH, TCR_ALPHA, TCR_BETA
 
     fast = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, fast=True)
     full = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False)
@@ -225,5 +225,8 @@ def test_the_fast_set_predicts_antibodies_with_two_members_and_tcrs_as_the_full_
     tcr_full = immunofold.predict(alpha=TCR_ALPHA, beta=TCR_BETA, refine=False)
     assert np.array_equal(tcr_fast.atom14, tcr_full.atom14)  # TCRs keep the four members
     assert np.array_equal(tcr_fast.error, tcr_full.error) and tcr_fast.error_calibrated  # and their calibrator
+    nanobody_fast = immunofold.predict(heavy=CAMELID_VHH, refine=False, fast=True)
+    nanobody_full = immunofold.predict(heavy=CAMELID_VHH, refine=False)
+    assert np.array_equal(nanobody_fast.atom14, nanobody_full.atom14) and len(nanobody_fast.members) == 4
     with pytest.raises(TypeError, match="fast must be True or False"):
         immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, fast="yes")

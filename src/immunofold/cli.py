@@ -39,8 +39,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 FAST_HELP = (
-    "the fast member set: two distilled members for antibodies and nanobodies instead of four, about twice as fast "
-    "(TCRs keep all four); on val CDR3 RMSD +0.02-0.04 Å (README)"
+    "the fast member set: antibodies by two distilled members instead of four (model pass about twice as fast; on val "
+    "every region within 0.03 Å, README); nanobodies and TCRs keep all four"
 )
 CLEAN_GEOMETRY_HELP = (
     "with --no-refine: join residues by real peptide bonds and remove clashes without OpenMM (~35 ms per model; "

@@ -369,8 +369,8 @@ def predict(
 ) -> Prediction:
     """Predict one antibody (heavy + light), nanobody (heavy) or TCR (alpha + beta) from sequence.
 
-    fast: the fast member set (two distilled members for antibodies and nanobodies, about twice as fast; TCRs keep
-    the full ensemble); its val accuracy beside the default's is in the README.
+    fast: the fast member set (antibodies by two distilled members, a model pass about twice as fast; nanobodies and
+    TCRs keep the full ensemble); its val accuracy beside the default's is in the README.
 
     Raises TypeError for a sequence or name that is not a string or a refine/clean_geometry/fast that is not a bool,
     and InputError (one line: '<name>: <reason>') for anything else that cannot be modelled: no or bad sequences,

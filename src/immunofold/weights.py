@@ -88,7 +88,7 @@ WEIGHTS_ENV = "IMMUNOFOLD_WEIGHTS"  # a folder of members (and optionally MEMBER
 # [...]} (as ImmuneBuilder has a model set per kind): every kind named, each member a file of that folder. Without
 # it, every member in the folder serves every kind.
 MEMBERS_FILE = "members.json"
-# Beside it, the fast member set (`--fast`): fewer, distilled members for antibodies and nanobodies, in the same format.
+# Beside it, the fast member set (`--fast`): fewer, distilled members for antibodies, in the same format.
 FAST_MEMBERS_FILE = "members-fast.json"
 
 
