@@ -511,6 +511,7 @@ class _FailingEnsemble:
     """Stands in for the ensemble of a machine that runs out of memory."""
 
     version = "test"
+    member_sets: dict = {}
 
     def run(self, batch):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")

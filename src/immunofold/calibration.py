@@ -232,7 +232,7 @@ def borrowed_calibrators(sets: dict[str, list[str]]) -> dict[str, Calibrator]:
     from immunofold.weights import packaged_member_sets, weights_version
 
     default = packaged_member_sets()
-    if not default or weights_version(sets) == weights_version(default):
+    if not default or not sets or sets == default:
         return {}
     calibrator = packaged_calibrator(weights_version(default))
     if calibrator is None:
