@@ -184,3 +184,16 @@ def test_an_address_where_a_web_server_listens_is_refused_and_the_head_node_is_a
     finally:
         server.shutdown()
     ray_engine.check_address(ray.get_runtime_context().gcs_address)  # the running head: no error
+
+
+def test_ray_actors_predict_with_the_fast_set_when_the_run_asks(ray_runtime, tmp_path):
+    from immunofold.ensemble import Ensemble
+
+    fasta = tmp_path / "one.fasta"
+    fasta.write_text(f">ab2\n{AB2_H}:{AB2_L}\n")
+    local = run_batch(fasta, tmp_path / "local", refine=False, workers=0, threads=1, fast=True)
+    remote = run_batch(fasta, tmp_path / "ray", refine=False, engine="ray", ray_workers=1, fast=True)
+    assert local.ok_total == remote.ok_total == 1
+    ray_files = outputs(tmp_path / "ray")
+    assert ray_files == outputs(tmp_path / "local")
+    assert f"WEIGHTS {Ensemble.packaged(fast=True).version}".encode() in ray_files["ab2.pdb"]
