@@ -13,7 +13,6 @@ Used by scripts/fit_calibration.py and benchmarks/error_calibration.py.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import pickle
 
@@ -49,20 +48,7 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
 def entry_sources(data_root: str) -> dict[str, str]:
     """Real structure path -> `source` column of every summary.tsv row (real paths: the numbering cache may have
     been written under another spelling of the data folder)."""
-    sources = {}
-    for entry, row in zip(read_summary(data_root), _summary_rows(data_root)):
-        sources[os.path.realpath(entry.path)] = row.get("source", "")
-    return sources
-
-
-def _summary_rows(data_root: str) -> list[dict]:
-    rows = []
-    for folder in ("sabdab", "stcrdab"):
-        path = os.path.join(data_root, folder, "summary.tsv")
-        if os.path.exists(path):
-            with open(path, newline="") as handle:
-                rows += list(csv.DictReader(handle, delimiter="\t"))
-    return rows
+    return {os.path.realpath(entry.path): entry.source for entry in read_summary(data_root)}
 
 
 def numbered_entries(data_root: str, cache_dir: str) -> dict[str, tuple[Entry, list]]:

@@ -24,7 +24,7 @@ import torch
 from immunofold.constants import KINDS
 from immunofold.data.cdr3_classes import CLASS_FILE, cached_class_examples
 from immunofold.data.features import collate
-from immunofold.data.sabdab import cached, cached_examples, read_summary
+from immunofold.data.sabdab import cached, cached_examples, names_of_sources, read_summary
 from immunofold.geometry import residue_tables
 
 PER_RESIDUE = ("restype", "chain_class", "chain_slot", "imgt_position", "imgt_insertion")
@@ -87,10 +87,9 @@ def cached_distillation_examples(root: str, cache_dir: str, train_split: str = "
     ensemble = Ensemble.packaged()
 
     def build() -> tuple[list[dict], list[str], str]:
-        entries = read_summary(root)
-        excluded = {entry.name for entry in entries if entry.source in exclude_sources}
+        excluded = names_of_sources(root, exclude_sources)
         train = [e for e in cached_examples(root, train_split, cache_dir) if e["name"] not in excluded]
-        known = {entry.pdb.lower() for entry in entries}
+        known = {entry.pdb.lower() for entry in read_summary(root)}
         labelled = os.path.exists(os.path.join(root, CLASS_FILE))
         nanobodies = cached_class_examples(root, cache_dir, val_split) if labelled else []
         receptors = synthetic_receptors(train, nanobodies, known, random.Random(SEED), pairs)

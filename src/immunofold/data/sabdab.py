@@ -11,6 +11,7 @@ import csv
 import multiprocessing
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,12 @@ def read_summary(root: str) -> list[Entry]:
                     )
                 )
     return entries
+
+
+def names_of_sources(root: str, sources: Iterable[str]) -> set[str]:
+    """Names (`Entry.name`) of the entries under `root` whose summary.tsv `source` is one of `sources`."""
+    sources = set(sources)
+    return {entry.name for entry in read_summary(root) if entry.source in sources}
 
 
 MISSING_VALUES = {"", "NA", "None", "nan"}

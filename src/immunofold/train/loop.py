@@ -26,7 +26,7 @@ from immunofold.data.aux import cached_aux_examples
 from immunofold.data.cdr3_classes import CLASS_FILE, cached_class_examples
 from immunofold.data.distillation import cached_distillation_examples
 from immunofold.data.language import attach_language_features
-from immunofold.data.sabdab import cached_examples, read_summary
+from immunofold.data.sabdab import cached_examples, names_of_sources
 from immunofold.data.template import build_template
 from immunofold.metrics import STANDING_OUT_REACH, cdr3_reach, region_rmsds, roc_auc
 from immunofold.model.network import ImmunoFoldNet
@@ -117,7 +117,7 @@ def training_examples(config: TrainConfig) -> list[dict]:
     asked, its kinds."""
     examples = cached_examples(config.data_root, config.train_split, config.cache_dir)
     if config.exclude_sources:
-        excluded = {e.name for e in read_summary(config.data_root) if e.source in config.exclude_sources}
+        excluded = names_of_sources(config.data_root, config.exclude_sources)
         examples = [e for e in examples if e["name"] not in excluded]
     if config.aux_kinds:
         aux = cached_aux_examples(config.data_root, config.cache_dir, config.val_split)
