@@ -24,6 +24,7 @@ def relative_position_buckets(chain_slot: torch.Tensor) -> torch.Tensor:
 
 
 NUM_RELATIVE_BUCKETS = 2 * MAX_RELATIVE_OFFSET + 3
+MASKED_BIAS = -1e9  # attention bias of a padded key: its softmax weight is 0
 CYSTEINE_BIAS_SCALE = 5.0  # the cysteine-pair bias is scale x parameter: with Adam it learns 5x faster than at 1
 
 
@@ -59,10 +60,13 @@ def attention_biases(
     cysteine_pair [B, N, N] bool (cysteine_pairs), used by modules that have a cysteine-pair bias.
     """
     table = torch.cat([module.embedding.weight for module in modules], dim=-1).T  # [sum of H, buckets]
+    # The padding mask is one more bucket, MASKED_BIAS for every head, that padded keys are looked up in: one pass
+    # over the [B, sum of H, N, N] maps instead of a lookup and then an add of the mask (the same softmax).
+    table = torch.cat([table, table.new_full((table.shape[0], 1), MASKED_BIAS)], dim=1)  # [sum of H, buckets + 1]
+    buckets = torch.where(key_mask[:, None, :], buckets, NUM_RELATIVE_BUCKETS)
     # Looked up head by head, so that each head's N x N map is contiguous: the attention kernels read it in rows, and
     # a [B, N, N, H] lookup permuted to [B, H, N, N] makes every later add and copy of the maps strided and slow.
     biases = table.index_select(1, buckets.flatten()).unflatten(1, buckets.shape).transpose(0, 1)  # [B, sum of H, N, N]
-    biases = biases + torch.where(key_mask, 0.0, -1e9)[:, None, None, :]
     if cysteine_pair is not None and any(module.cysteine is not None for module in modules):
         zeros = [m.embedding.weight.new_zeros(m.embedding.embedding_dim) for m in modules]
         per_head = torch.cat([zero if m.cysteine is None else m.cysteine for m, zero in zip(modules, zeros)])  # [sum of H]
