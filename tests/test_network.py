@@ -95,14 +95,16 @@ def test_pair_bias_starts_with_no_effect_and_then_steers_the_structure(nanobody_
         torch.nn.init.normal_(newer.pair_bias.to_bias.weight, std=1.0)
         assert (newer(batch)["atom14"] - older(batch)["atom14"]).abs().max() > 1e-3
         s = torch.randn(1, 6, 32)
-        biases = newer.pair_bias(s, relative_position_buckets(torch.zeros(1, 6, dtype=torch.long)))
+        zeros = [torch.zeros(1, 4, 6, 6), torch.zeros(1, 4, 6, 6)]
+        biases = newer.pair_bias(s, relative_position_buckets(torch.zeros(1, 6, dtype=torch.long)), zeros)
     assert len(biases) == 2 and biases[0].shape == (1, 4, 6, 6)
     rows_minus_row_mean = biases[0] - biases[0].mean(-1, keepdim=True)
     assert rows_minus_row_mean.abs().max() > 1e-3  # within a query row, keys get different biases
 
 
 def test_pair_bias_at_inference_matches_the_training_computation():
-    """Without gradients PairBias works through the query rows in chunks, in place; the biases must be the same."""
+    """Without gradients PairBias works through the query rows in chunks, adding into the given biases in place;
+    the biases must be the same."""
     from immunofold.model.layers import PAIR_ROWS, PairBias, relative_position_buckets
 
     torch.manual_seed(0)
@@ -111,12 +113,14 @@ def test_pair_bias_at_inference_matches_the_training_computation():
     length = 2 * PAIR_ROWS + 5  # chunks of PAIR_ROWS rows and a shorter last one
     s = torch.randn(2, length, 32)
     buckets = relative_position_buckets((torch.arange(length) >= 20).long().expand(2, length))
-    trained = module(s, buckets)  # gradients on: the whole [B, N, N, P] tensor at once
+    relative = torch.randn(2, 2 * 4, length, length)  # the biases the pair terms are added to, as attention_biases'
+    trained = module(s, buckets, list(relative.split(4, dim=1)))  # gradients on: the whole [B, N, N, P] tensor at once
     with torch.inference_mode():
-        inferred = module(s, buckets)
+        inferred = module(s, buckets, list(relative.clone().split(4, dim=1)))  # in place, chunk by chunk
     for a, b in zip(trained, inferred):
         assert a.shape == b.shape == (2, 4, length, length)
         assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(trained[0], relative[:, :4], atol=1e-3)  # the pair terms are there
 
 
 def test_distogram_head_runs_in_training_only_on_sampled_rows(nanobody_atoms):

@@ -97,19 +97,22 @@ class PairBias(nn.Module):
         nn.init.zeros_(self.to_bias.bias)
         self.num_heads = num_heads
 
-    def forward(self, s: torch.Tensor, buckets: torch.Tensor) -> list[torch.Tensor]:
-        """s [B, N, C], buckets [B, N, N] -> one [B, H, N, N] bias per target."""
+    def forward(self, s: torch.Tensor, buckets: torch.Tensor, biases: list[torch.Tensor]) -> list[torch.Tensor]:
+        """s [B, N, C], buckets [B, N, N], biases: one [B, H, N, N] per target -> each bias plus its pair term.
+
+        At inference the pair terms are added into `biases` in place (and those tensors returned)."""
         h = self.norm(s)
         left, right = self.left(h)[:, :, None], self.right(h)[:, None, :]  # [B, N, 1, P], [B, 1, N, P]
         if torch.is_grad_enabled():
             pair = F.relu(left + right + self.relative(buckets))  # [B, N, N, P]
-            return list(self.to_bias(pair).permute(0, 3, 1, 2).split(self.num_heads, dim=1))
+            pair_terms = self.to_bias(pair).permute(0, 3, 1, 2).split(self.num_heads, dim=1)
+            return [bias + term for bias, term in zip(biases, pair_terms)]
         # Inference: the same numbers, PAIR_ROWS query rows at a time and in place, so that the pair tensor never
-        # exists whole (at batch 64 this halves the module's time), channels first ([P, B, rows, N]), so that every
-        # head's N x N bias map comes out contiguous (see attention_biases).
+        # exists whole (at batch 64 this halves the module's time), channels first ([P, B, rows, N]), each chunk's
+        # terms added straight into the biases' rows (no [B, targets * H, N, N] tensor of pair terms either).
         left, right = left.permute(3, 0, 1, 2), right.permute(3, 0, 1, 2)  # [P, B, N, 1], [P, B, 1, N]
         table = self.relative.weight.T  # [P, buckets]
-        bias = s.new_empty(self.to_bias.out_features, s.shape[0], s.shape[1], s.shape[1])  # [targets * H, B, N, N]
+        heads_first = [bias.transpose(0, 1) for bias in biases]  # [H, B, N, N] views
         for start in range(0, s.shape[1], PAIR_ROWS):
             rows = slice(start, start + PAIR_ROWS)
             chunk = buckets[:, rows]
@@ -117,8 +120,9 @@ class PairBias(nn.Module):
             pair += left[:, :, rows]
             pair += right
             readout = torch.addmm(self.to_bias.bias[:, None], self.to_bias.weight, pair.relu_().flatten(1))
-            bias[:, :, rows] = readout.view(-1, *chunk.shape)  # [targets * H, B, rows, N]
-        return list(bias.transpose(0, 1).split(self.num_heads, dim=1))
+            for bias, term in zip(heads_first, readout.view(-1, *chunk.shape).split(self.num_heads)):
+                bias[:, :, rows] += term  # [H, B, rows, N]
+        return biases
 
 
 DISTOGRAM_MIN = 2.0  # Å; lower edge of the second distogram bin (the first holds everything closer)

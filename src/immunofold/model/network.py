@@ -212,7 +212,7 @@ class ImmunoFoldNet(nn.Module):
             rows = torch.randperm(s.shape[1], device=s.device)[:DISTOGRAM_ROWS]
             distogram = (self.distogram_head(s, buckets, rows), rows)
         if self.config.pair_dim > 0:
-            block_biases = [bias + pair for bias, pair in zip(block_biases, self.pair_bias(s, buckets))]
+            block_biases = self.pair_bias(s, buckets, block_biases)
         frames = self.initial_frames(batch)
         all_frames, all_torsions = [], []
         steps = list(zip(self.blocks, block_biases)) * self.config.structure_passes  # [(block, its bias)] in order
