@@ -1,6 +1,7 @@
 """`immunofold batch` / run_batch: a mixed batch, failures, resume after SIGKILL, batch independence."""
 
 import csv
+import errno
 import os
 import signal
 import subprocess
@@ -448,6 +449,44 @@ def test_an_empty_or_impossible_output_folder_is_a_bad_option_not_a_stopped_run(
     assert sorted(os.listdir(tmp_path)) == ["a_file", "in.fasta"]
 
 
+def test_an_output_folder_the_user_may_not_write_is_a_bad_option_and_a_full_disk_a_stopped_run(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    """Permission denied creating -o said 'rerun the same command to resume' (exit 1), which cannot help; a full disk
+    still stops the run with the resume message (free space, rerun)."""
+    fasta, outdir = tmp_path / "in.fasta", tmp_path / "out"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    makedirs = os.makedirs
+
+    def refuse(error_number):
+        def refusing_makedirs(path, exist_ok=False):
+            if os.fspath(path).startswith(os.fspath(outdir)):
+                raise OSError(error_number, os.strerror(error_number), path)
+            return makedirs(path, exist_ok=exist_ok)
+        return refusing_makedirs
+
+    monkeypatch.setattr(os, "makedirs", refuse(errno.EACCES))
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: -o: ") and "Permission denied" in err and "resume" not in err
+    assert len(err.splitlines()) == 1
+    monkeypatch.setattr(os, "makedirs", refuse(errno.ENOSPC))
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and "resume" in err
+
+
+def test_chothia_or_kabat_for_tcrs_is_refused_before_the_model_runs(tmp_path, capsys):
+    """They were accepted, the model loaded, and every record then failed on its numbering."""
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(f">nb1\n{NB1}\n")
+    for scheme in ("chothia", "kabat"):
+        assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--kind", "tcr", "--numbering", scheme,
+                     "--no-refine", "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: --numbering: {scheme} numbering is defined for antibodies only; TCRs take imgt"
+    assert not (tmp_path / "out").exists()
+
+
 def test_plots_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     fasta = tmp_path / "in.fasta"
@@ -561,7 +600,7 @@ def test_cuda_without_a_gpu_stops_before_any_record(tmp_path, capsys):
 def test_a_run_where_every_record_failed_exits_non_zero(tmp_path, capsys):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(f">lyso\n{LYSOZYME}\n>short\nEVQLVESGG\n")
-    assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--no-refine", "--workers", "0", "-q"]) == 1
+    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 1
     assert "no record could be modelled" in capsys.readouterr().err
 
 

@@ -132,6 +132,16 @@ def test_a_lone_heavy_chain_without_vhh_hallmarks_is_a_nanobody_with_a_note(tmp_
     assert table_note.endswith("needs its light chain (a light sequence in its row)")  # not FASTA's vh|L
 
 
+def test_what_cleaning_dropped_from_a_batch_record_is_a_note_of_its_chain(tmp_path):
+    """A trailing '*' and alignment gaps were dropped from batch records without a word."""
+    gapped = VHH[:30] + "." + VHH[30:] + "*"
+    out = resolve_all(write(tmp_path, f">nb\n{gapped}\n>clean\n{VHH}\n", ".fa"))
+    notes = out["nb"][0].chains[0].notes
+    assert notes == ("nb: dropped the trailing stop codon '*'", "nb: dropped 1 alignment gap character ('-' or '.')")
+    assert out["nb"][0].chains[0].sequence == out["clean"][0].chains[0].sequence == VHH
+    assert not out["clean"][0].chains[0].notes
+
+
 def test_kind_column_and_explicit_kind(tmp_path):
     path = write(tmp_path, f"name,heavy,kind\nnb1,{VHH},nanobody\nnb2,{VHH},tcr\n", ".csv")
     out = resolve_all(path)

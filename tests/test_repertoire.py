@@ -53,6 +53,18 @@ def test_airr_file_read_with_cells_paired(tmp_path):
     assert "not productive" in records[4].error
 
 
+def test_an_airr_alignments_gaps_are_dropped_as_the_formats_own_without_a_note(tmp_path):
+    """sequence_alignment_aa is IMGT-gapped ('.'): the gaps belong to the format, unlike a gap typed into a sequence,
+    which gets a note (test_inputs)."""
+    gapped = NB1[:26] + "....." + NB1[26:60] + "." + NB1[60:]
+    path = tmp_path / "rearrangements.tsv"
+    write_airr(path, [{"sequence_id": "vhh1", "locus": "IGH", "productive": True, "sequence_alignment_aa": gapped}])
+    record, = parse_input(path)
+    assert record.chains == (("heavy", NB1),)
+    resolved, = (result for result, _ in inputs.resolve_records([record], "auto"))
+    assert resolved.kind == "nanobody" and resolved.chains[0].sequence == NB1 and not resolved.notes
+
+
 def test_airr_bad_rows_are_failures_not_file_errors(tmp_path):
     path = tmp_path / "bad.tsv"
     header = "sequence_id\tcell_id\tlocus\tproductive\tsequence_aa\n"

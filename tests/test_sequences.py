@@ -144,6 +144,7 @@ def test_lower_case_whitespace_gaps_and_a_trailing_stop_accepted_with_a_note():
     assert chain.positions == reference.positions
     assert chain.trimmed_before == 0 and chain.trimmed_after == 0
     assert any("trailing stop codon" in note for note in chain.notes)
+    assert "messy: dropped 3 alignment gap characters ('-' or '.')" in chain.notes  # a stray gap is seen, not silent
     assert not reference.notes
 
 

@@ -1008,6 +1008,8 @@ def run_batch(
                                              "geometry)")
     if developability and kind == "tcr":
         raise InputError("--developability", "profiles cover antibodies and nanobodies, not TCRs")
+    if numbering != "imgt" and kind == "tcr":
+        raise InputError("--numbering", f"{numbering} numbering is defined for antibodies only; TCRs take imgt")
     if engine == "ray":
         from immunofold.ray_engine import check_address, require_ray
 
@@ -1038,9 +1040,10 @@ def run_batch(
     weights = _weights_version(predictor, fast)  # unusable weights stop the run before it makes a folder
     try:
         os.makedirs(os.path.join(outdir, STATE_DIR, RECORDS_DIR), exist_ok=True)
-    except OSError as error:  # a full or read-only disk stops the run; a path through a file is the user's to fix
+    except OSError as error:  # a full disk stops the run (free space, then resume); a path the user cannot write is theirs
         problem = f"{outdir}: cannot create the output folder ({error.strerror or error})"
-        raise (BatchStopped(problem) if _is_environment_fault(error) else InputError("-o", problem)) from None
+        passing = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM)
+        raise (BatchStopped(problem) if passing else InputError("-o", problem)) from None
     options = {"kind": kind, "numbering": numbering, "refine": bool(refine), "fmt": fmt, "weights": weights}
     if developability:  # only when asked: the fingerprints of runs without it stay as they were
         options["developability"] = True

@@ -41,8 +41,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from immunofold.constants import KINDS
-from immunofold.sequences import (MIN_HALLMARKS, InputError, NumberedChain, clean_sequence, count_vhh_hallmarks,
-                                  find_domains, indefinite_article, no_domain_error, number_together)
+from immunofold.sequences import (MIN_HALLMARKS, InputError, NumberedChain, clean_sequence, cleaning_notes,
+                                  count_vhh_hallmarks, find_domains, indefinite_article, no_domain_error,
+                                  number_together)
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".faa", ".fas", ".fna", ".seq", ".fsa")
 CSV_SUFFIXES = (".csv",)
@@ -444,6 +445,7 @@ def _airr_records(handle, label: str) -> Iterator[Record]:
         name = _clean_name(row["sequence_id"]) or source
         locus = row["locus"].strip().upper()
         sequence = next((row[c] for c in sequence_columns if row[c].strip()), "")  # the alignment first
+        sequence = sequence.replace(".", "").replace("-", "")  # an alignment's gaps are the format's, not a typo's
         error = None
         try:
             RearrangementSchema.validate_row(row)
@@ -487,7 +489,8 @@ def resolve_record(record: Record, kind: str = "auto", numbered: Mapping[str, li
         found = find_domains(cleaned, where, numbered)
         if not found:
             raise no_domain_error(cleaned, where, numbered)
-        domains += [(slot, d) for d in found]
+        dropped = cleaning_notes(sequence, where)  # each domain of the sequence carries them
+        domains += [(slot, NumberedChain(**{**d.__dict__, "notes": (*d.notes, *dropped)})) for d in found]
 
     by_class: dict[str, list[tuple[str | None, NumberedChain]]] = {}
     for slot, domain in domains:

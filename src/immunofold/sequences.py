@@ -91,9 +91,16 @@ def clean_sequence(sequence: str, record: str) -> str:
     return cleaned
 
 
-def ends_with_stop(sequence: str) -> bool:
-    """True when the sequence ends with one stop codon '*' (accepted and dropped by `clean_sequence`)."""
-    return isinstance(sequence, str) and sequence.rstrip().endswith("*")
+def cleaning_notes(sequence: str, record: str) -> list[str]:
+    """Notes naming what `clean_sequence` dropped from a sequence it accepted, besides whitespace and letter case: a
+    trailing stop codon '*' and alignment gaps ('-', '.'), so that a stray gap typed into a sequence is seen."""
+    notes = []
+    if sequence.rstrip().endswith("*"):
+        notes.append(f"{record}: dropped the trailing stop codon '*'")
+    gaps = sum(sequence.count(gap) for gap in "-.")
+    if gaps:
+        notes.append(f"{record}: dropped {gaps} alignment gap character{'s' if gaps > 1 else ''} ('-' or '.')")
+    return notes
 
 
 # anarcism's rhesus kappa/heavy profiles shift IMGT numbering by one (Cys at 24, Trp at 42), so they are never used.
@@ -286,9 +293,7 @@ def number_chain(sequence: str, record: str, allowed: tuple[str, ...] | None = N
     domain = domains[0]
     if allowed is not None and domain.chain_class not in allowed:
         raise InputError(record, f"is {indefinite_article(domain.chain_class)} {domain.chain_class} chain, expected {' or '.join(allowed)}")
-    notes = list(domain.notes)
-    if ends_with_stop(sequence):
-        notes.append(f"{record}: dropped the trailing stop codon '*'")
+    notes = [*domain.notes, *cleaning_notes(sequence, record)]
     if domain.trimmed_before or domain.trimmed_after:
         notes.append(
             f"{record}: kept the V domain (IMGT 1-128), removed {domain.trimmed_before} residue(s) before "
