@@ -600,7 +600,7 @@ def test_cuda_without_a_gpu_stops_before_any_record(tmp_path, capsys):
 def test_a_run_where_every_record_failed_exits_non_zero(tmp_path, capsys):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(f">lyso\n{LYSOZYME}\n>short\nEVQLVESGG\n")
-    assert main(["batch", str(fasta), "-o", str(outdir), "--no-refine", "--workers", "0", "-q"]) == 1
+    assert main(["batch", str(fasta), "-o", str(tmp_path / "out"), "--no-refine", "--workers", "0", "-q"]) == 1
     assert "no record could be modelled" in capsys.readouterr().err
 
 
