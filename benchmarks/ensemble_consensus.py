@@ -87,7 +87,8 @@ def main() -> None:
         "|---|" + "--:|" * len(columns),
     ]
     for choice, kinds in summary.items():
-        lines.append(f"| {choice} | " + " | ".join(f"{kinds[k][r]:.2f}" for k, r in columns) + " |")
+        # "-" where a kind's set has no such member (the sets may differ in size)
+        lines.append(f"| {choice} | " + " | ".join(f"{kinds[k][r]:.2f}" if k in kinds else "-" for k, r in columns) + " |")
     markdown = "\n".join(lines) + "\n"
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "ensemble_consensus.md"), "w") as handle:

@@ -136,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     import calibration_data
 
     parser = calibration_data.argument_parser(__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "error_calibration.md"))
+    parser.add_argument("--out", help="report path (default: benchmarks/results/error_calibration.md, with --fast "
+                        "error_calibration_fast.md)")
     parser.add_argument("--previous", help="an earlier calibration.json to score beside the shipped one")
     parser.add_argument("--calibrator", help="score this calibration.json instead of the shipped one, whatever weights "
                         "it was fitted for (does a calibrator carry over to new weights? set $IMMUNOFOLD_WEIGHTS to them)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(RESULTS_DIR, "error_calibration_fast.md" if args.fast else "error_calibration.md")
     data = calibration_data.load(args.data, args.cache, fast=args.fast)
     if args.calibrator:
         with open(args.calibrator) as handle:
