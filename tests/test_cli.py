@@ -291,6 +291,6 @@ def test_fast_predicts_with_the_fast_sets_members_and_says_so_in_the_file(tmp_pa
     code, stdout, stderr = immunofold(*ANTIBODY, "--fast", "--save-ensemble", str(tmp_path / "members"), "-o", str(fast))
     assert code == 0, stderr
     assert f"WEIGHTS {Ensemble.packaged(fast=True).version}" in fast.read_text()
-    assert len(list((tmp_path / "members").iterdir())) == 2  # two members, not four
+    assert len(list((tmp_path / "members").iterdir())) == 2  # the fast set's two members, not the default's three
     assert immunofold(*ANTIBODY, "-o", str(default))[0] == 0
     assert f"WEIGHTS {Ensemble.packaged().version}" in default.read_text()

@@ -210,7 +210,7 @@ def test_cli_predict_notes_backbone_outliers_refinement_left(tmp_path, capsys, m
     assert "REFINED YES (BACKBONE OUTLIERS REMAIN: TWISTED PEPTIDE H5 VAL - H6 GLU: OMEGA 140 deg)" in remarks
 
 
-def test_the_fast_set_predicts_antibodies_with_two_members_and_other_kinds_as_the_full_ensemble_does():
+def test_the_fast_set_predicts_antibodies_with_two_members_and_other_kinds_as_the_default_set_does():
     import immunofold
     from immunofold.ensemble import Ensemble
     from test_sequences import CAMELID_VHH, TCR_ALPHA, TCR_BETA
@@ -218,12 +218,12 @@ def test_the_fast_set_predicts_antibodies_with_two_members_and_other_kinds_as_th
     fast = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False, fast=True)
     full = immunofold.predict(heavy=TRASTUZUMAB_HEAVY, light=TRASTUZUMAB_LIGHT, refine=False)
     assert fast.weights_version == Ensemble.packaged(fast=True).version != full.weights_version
-    assert len(fast.members) == 2 and len(full.members) == 4
+    assert len(fast.members) == 2 and len(full.members) == 3  # the default: two distilled members and pass2-probe
     assert fast.error_calibrated and full.error_calibrated  # each set has its own calibrator
     assert np.abs(fast.atom14 - full.atom14).max() > 0.1
     tcr_fast = immunofold.predict(alpha=TCR_ALPHA, beta=TCR_BETA, refine=False, fast=True)
     tcr_full = immunofold.predict(alpha=TCR_ALPHA, beta=TCR_BETA, refine=False)
-    assert np.array_equal(tcr_fast.atom14, tcr_full.atom14)  # TCRs keep the four members
+    assert np.array_equal(tcr_fast.atom14, tcr_full.atom14)  # TCRs keep the default's four members
     assert np.array_equal(tcr_fast.error, tcr_full.error) and tcr_fast.error_calibrated  # and their calibrator
     nanobody_fast = immunofold.predict(heavy=CAMELID_VHH, refine=False, fast=True)
     nanobody_full = immunofold.predict(heavy=CAMELID_VHH, refine=False)
