@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from immunofold.cleanup import clean_geometry
+from immunofold.cleanup import clean_geometry, problem_counts
 from immunofold.constants import RESTYPE_INDEX, UNKNOWN_RESTYPE
 from immunofold.data.sabdab import read_summary
 from immunofold.ensemble import Ensemble
@@ -138,6 +138,38 @@ def test_clean_up_moves_val_models_little(val_predictions):
         moved = np.linalg.norm(prediction.atom14 - before.atom14, axis=-1)[exists]
         assert np.sqrt((moved**2).mean()) < 0.5, prediction.name  # val, 149 models: 0.25 Å on average, 0.6 at most
         assert np.sqrt((moved**2).mean()) > 0.01, prediction.name  # it did move them
+
+
+HARD_PROBLEMS = ("broken", "cis", "D-amino", "clash")  # what problem_counts counts
+
+
+def test_problem_counts_count_what_find_problems_finds(val_predictions, nanobody):
+    """The clean-up checks its own result without PDB text; it must count as refinement's check does."""
+    _, _, raw = val_predictions
+    atom14, restype, _, exists = nanobody
+    broken = jiggled(atom14, seed=3) * exists[..., None]
+    n = len(restype)
+    one = problem_counts(broken[None], restype[None], torch.ones(1, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.long))
+    chain = ChainAtoms("H", nanobody[2], [(i + 1, "") for i in range(n)], broken.numpy(), exists.numpy(), np.zeros(n))
+    found = Counter(p.kind for p in find_problems(to_pdb_string(build_structure([chain], []))))
+    assert int(one[0]) == sum(found[k] for k in HARD_PROBLEMS) > 20
+    for prediction in raw:  # two chains, padding-free: one receptor at a time
+        restype_ = torch.tensor([RESTYPE_INDEX.get(aa, UNKNOWN_RESTYPE) for c in prediction.chains for aa in c.sequence])
+        slot = torch.tensor([s for s, c in enumerate(prediction.chains) for _ in c.sequence])
+        counted = problem_counts(torch.from_numpy(prediction.atom14)[None], restype_[None],
+                                 torch.ones(1, len(restype_), dtype=torch.bool), slot[None])
+        found = Counter(p.kind for p in find_problems(prediction.to_pdb_string()))
+        assert int(counted[0]) == sum(found[k] for k in HARD_PROBLEMS) > 10, prediction.name
+
+
+@pytest.mark.parametrize("entry", ["7phu_H-L", "7rfb_H-L"])
+def test_a_model_left_with_a_problem_is_cleaned_again_holding_the_backbone_harder(entry):
+    """With the 0.12.0 antibody set these two val models kept a broken (7phu) or cis (7rfb) CDR-H3 peptide after one
+    clean-up pass at BACKBONE_RESTRAINT; the retry at RETRY_BACKBONE_RESTRAINT repairs them."""
+    chosen, = (e for e in read_summary(str(DATA)) if e.name == entry)
+    prediction, = Predictor(Ensemble.packaged(clean=True)).predict_numbered([(chosen.name, chosen.kind, number_entry(chosen))])
+    found = Counter(p.kind for p in find_problems(prediction.to_pdb_string()))
+    assert sum(found[k] for k in HARD_PROBLEMS) == 0, found
 
 
 def test_refined_val_model_has_real_protein_geometry(val_predictions):

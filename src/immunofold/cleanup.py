@@ -30,9 +30,12 @@ import torch
 from immunofold.constants import (
     C_N_CA_ANGLE,
     CA_C_N_ANGLE,
+    CIS_OMEGA_LIMIT,
+    CLASH_CHECK_DISTANCE,
     NUM_RESTYPES,
     NUM_RIGID_GROUPS,
     PEPTIDE_BOND_LENGTH,
+    PEPTIDE_BOND_TOLERANCE,
     RESTYPE_INDEX,
 )
 from immunofold.geometry import dihedral, residue_tables
@@ -54,6 +57,10 @@ CLASH_WEIGHT = 100.0  # per Å², clash terms
 # (148/149 models clean), 3.0 none (149/149) and CDR RMSDs 0.005-0.03 Å lower; 10.0 lower still by ~0.015 Å but
 # left 4 models with a clash or cis peptide (benchmarks/results/geometry.md, docs/benchmarks.md).
 BACKBONE_RESTRAINT = 3.0
+# Per Å²: a receptor left with a problem (`problem_counts`) at BACKBONE_RESTRAINT is cleaned again from its prediction
+# with this, and the result with fewer problems kept. On val (v0.8+7506c390aa, 149 models) 3.0 left 2 antibody models
+# with a broken or cis CDR-H3 peptide and 5.0 alone one nanobody model; with the retry none is left.
+RETRY_BACKBONE_RESTRAINT = 5.0
 SIDE_CHAIN_RESTRAINT = 0.1  # per Å², other atoms
 # Minimisation stages: (fraction of the geometry and clash weights, L-BFGS iterations at most). Soft terms first
 # converge in few iterations; the full weights then only polish.
@@ -377,14 +384,52 @@ def _minimise(x: torch.Tensor, terms: _Terms, iterations: int) -> torch.Tensor:
     return x
 
 
+def problem_counts(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: torch.Tensor,
+                   chain_slot: torch.Tensor) -> torch.Tensor:
+    """[B] long: each structure's broken peptide bonds, non-proline cis peptides, D-amino acids and clashes among
+    heavy atoms, by refine.find_problems' limits, straight from atom14 [B, N, 14, 3] Å (no PDB text; the written file's
+    3-decimal rounding can move a distance at a limit across it)."""
+    exists = residue_tables(atom14.device).atom_exists[restype] & residue_mask[..., None]  # [B, N, 14]
+    bonded = peptide_bonded(residue_mask, chain_slot)  # [B, N-1]
+    c, next_n = atom14[:, :-1, C], atom14[:, 1:, N]
+    bond_off = (torch.linalg.norm(c - next_n, dim=-1) - PEPTIDE_BOND_LENGTH).abs() > PEPTIDE_BOND_TOLERANCE
+    omega = dihedral(atom14[:, :-1, CA], c, next_n, atom14[:, 1:, CA])
+    cis = (omega.abs() < math.radians(CIS_OMEGA_LIMIT)) & (restype[:, 1:] != RESTYPE_INDEX["P"])
+    backbone_n, backbone_ca, backbone_c, cb = (atom14[..., slot, :] for slot in (N, CA, C, CB))  # [B, N, 3] each
+    volume = (torch.linalg.cross(backbone_n - backbone_ca, backbone_c - backbone_ca) * (cb - backbone_ca)).sum(-1)
+    d_amino = exists[..., CB] & (volume < 0)  # [B, N]: CB on the D side of the N-CA-C plane
+    first, second, _ = _clash_pairs(atom14, exists, restype, chain_slot, CLASH_CHECK_DISTANCE)
+    flat = atom14.reshape(-1, 3)
+    clashing = first[torch.linalg.norm(flat[first] - flat[second], dim=-1) < CLASH_CHECK_DISTANCE]
+    clashes = torch.zeros(len(restype), dtype=torch.long, device=atom14.device)
+    clashes.index_add_(0, clashing // (restype.shape[1] * 14), torch.ones_like(clashing))
+    return (bonded & (bond_off | cis)).sum(-1) + d_amino.sum(-1) + clashes
+
+
 def clean_geometry(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: torch.Tensor,
                    chain_slot: torch.Tensor, stages: tuple[tuple[float, int], ...] | None = None) -> torch.Tensor:
     """Predicted structures [B, N, 14, 3] (Å, built with ideal residue geometry) -> cleaned [B, N, 14, 3] Å.
 
     restype, residue_mask, chain_slot [B, N]: residue types, present residues, chain of each residue
     (consecutive present residues of one chain are joined by peptide bonds). Absent atoms stay zero.
-    Deterministic on the CPU; returns a new tensor.
+    A structure left with a problem (`problem_counts`) is cleaned again with the backbone held harder
+    (RETRY_BACKBONE_RESTRAINT) and the result with fewer problems kept. Deterministic on the CPU, each structure
+    cleaned as if alone; returns a new tensor.
     """
+    cleaned = _cleaned(atom14, restype, residue_mask, chain_slot, stages, BACKBONE_RESTRAINT)
+    left = problem_counts(cleaned, restype, residue_mask, chain_slot)
+    retry = torch.nonzero(left > 0).flatten()
+    if len(retry):
+        again = _cleaned(atom14[retry], restype[retry], residue_mask[retry], chain_slot[retry], stages,
+                         RETRY_BACKBONE_RESTRAINT)
+        fewer = problem_counts(again, restype[retry], residue_mask[retry], chain_slot[retry]) < left[retry]
+        cleaned[retry[fewer]] = again[fewer]
+    return cleaned
+
+
+def _cleaned(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: torch.Tensor, chain_slot: torch.Tensor,
+             stages: tuple[tuple[float, int], ...] | None, backbone_restraint: float) -> torch.Tensor:
+    """`clean_geometry` in one pass, N, CA, C, O and CB held at the prediction with `backbone_restraint` per Å²."""
     exists = residue_tables(atom14.device).atom_exists[restype] & residue_mask[..., None]  # [B, N, 14]
     x0 = atom14.detach().to(torch.float32) * exists[..., None]
     b, n = restype.shape
@@ -406,7 +451,7 @@ def clean_geometry(atom14: torch.Tensor, restype: torch.Tensor, residue_mask: to
     base = (torch.arange(restype.numel(), device=x0.device) * 14).view(restype.shape)
     chiral = compact[(chiral_index[restype] + base[..., None, None])[chiral_mask[restype] & residue_mask[..., None]]]
     restraint = torch.full(exists.shape, SIDE_CHAIN_RESTRAINT, device=x0.device)
-    restraint[..., : CB + 1] = BACKBONE_RESTRAINT
+    restraint[..., : CB + 1] = backbone_restraint
     restraint = torch.gather((restraint * exists).reshape(b, n * 14), 1, slots)[..., None]  # [B, M, 1] per Å²
     volume = _signed_volume(start.reshape(-1, 3), chiral)
     cleaned = start

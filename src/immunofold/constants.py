@@ -133,6 +133,10 @@ def is_framework(position):
 
 # Geometry
 PEPTIDE_BOND_LENGTH = 1.329  # C(i)-N(i+1), Å (Engh & Huber); the training loss and refinement's check both use it
+# What a model must not have (refine.find_problems; the clean-up checks its own result by the same limits):
+PEPTIDE_BOND_TOLERANCE = 0.1  # Å around PEPTIDE_BOND_LENGTH; a C(i)-N(i+1) distance outside it is a broken bond
+CIS_OMEGA_LIMIT = 30.0  # degrees: |omega| below this is cis
+CLASH_CHECK_DISTANCE = 2.0  # Å, non-bonded heavy atoms of different residues closer than this clash
 # Bond angles at the peptide bond, degrees (Engh & Huber 1991; medians of the val split's experimental structures:
 # 116.4 and 122.2). The clean-up (immunofold.cleanup) holds predicted peptide bonds to them.
 CA_C_N_ANGLE = 116.2

@@ -35,10 +35,13 @@ from immunofold.constants import (
     BACKBONE_ATOMS,
     C_N_CA_ANGLE,
     CA_C_N_ANGLE,
+    CIS_OMEGA_LIMIT,
+    CLASH_CHECK_DISTANCE,
     N_CA_C_ANGLE,
     O_C_N_ANGLE,
     ONE_TO_THREE,
     PEPTIDE_BOND_LENGTH,
+    PEPTIDE_BOND_TOLERANCE,
     THREE_TO_ONE,
 )
 from immunofold.io import ChainAtoms, atom14_names, read_chains, to_pdb_string
@@ -93,13 +96,10 @@ FORCE_FIELD = "amber14/protein.ff14SB.xml"
 NONBONDED_CUTOFF = 0.7 * unit.nanometer
 CPU_THREADS = 1  # one thread: minimisation is deterministic and, on 2 cores, about as fast as two
 
-PEPTIDE_BOND_TOLERANCE = 0.1  # Å around constants.PEPTIDE_BOND_LENGTH
-CIS_OMEGA_LIMIT = 30.0  # degrees: |omega| below this is cis
 TWISTED_OMEGA_LIMIT = 150.0  # degrees: |omega| from CIS_OMEGA_LIMIT to this is a twisted peptide (MolProbity's rule)
 # Degrees a backbone bond angle (N-CA-C, CA-C-N, C-N-CA, O-C-N) may deviate from Engh & Huber's value. 30 val
 # crystal structures: largest deviation 12.3°, 0.13 per structure above 10° (MolProbity flags ~4 sigma, 8-10°).
 BACKBONE_ANGLE_TOLERANCE = 15.0
-CLASH_CHECK_DISTANCE = 2.0  # Å, non-bonded heavy atoms closer than this clash (the acceptance check)
 # Heavy-atom pairs (atom of residue i, atom of residue i+1) within two bonds across a peptide bond.
 PEPTIDE_NEIGHBOUR_PAIRS = frozenset({("C", "N"), ("O", "N"), ("CA", "N"), ("C", "CA"), ("C", "CD")})
 
